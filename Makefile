@@ -1,0 +1,29 @@
+# pynet: `make run` runs the daemon on the embedded store, `make test` runs every test tier.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: install run test test-fast bench clean
+
+install:
+	packaging/install.sh test
+
+run:
+	@packaging/install.sh run
+	$(VENV)/bin/pynet serve $(ARGS)
+
+test:
+	@packaging/install.sh test
+	$(PY) -m pytest $(ARGS)
+
+# Only the tiers that need neither root nor Docker.
+test-fast:
+	@packaging/install.sh test
+	$(PY) -m pytest -m "not kernel and not docker and not multihost" $(ARGS)
+
+bench:
+	@packaging/install.sh test
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

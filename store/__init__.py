@@ -1,0 +1,1 @@
+"""pynet's store layer (see shared/docs/design.md)."""
