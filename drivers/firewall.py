@@ -1,0 +1,521 @@
+"""Firewall rules for bridge networks, written with `iptables-restore --noflush`.
+
+pynet owns only the chains named `PYNET-*` and one jump to each from its built-in chain. Every
+apply rewrites all of them in one restore per family, in the iptables flavour (nft or legacy)
+that Docker uses on the host: on a Docker host FORWARD's policy is DROP, and ACCEPTs written in
+the other flavour (or in a native nft table) never take effect (dependencies.md, section 2).
+Docker's chains are never edited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from drivers.base import PortMap
+from store.errors import InvalidRequest, PynetError
+
+FLAVOURS = ("nft", "legacy")
+ENV_FLAVOUR = "PYNET_IPTABLES_BACKEND"
+DOCKER_BRIDGES = ("docker0", "br-+")
+TIMEOUT = 30.0  # seconds for one iptables process; `-w` alone would wait for the lock forever
+
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+_PROTOS = ("tcp", "udp", "sctp")
+_DNATED = "-m conntrack --ctstate DNAT"
+
+# runs argv with optional stdin; returns stdout, raises PynetError on failure
+Runner = Callable[[list[str], str | None], Awaitable[str]]
+# runs argv; returns (exit status, stdout); only for detection, which must not fail
+SyncRunner = Callable[[list[str]], tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class Jump:
+    """The one rule in a built-in chain that hands packets to a pynet chain."""
+
+    table: str
+    chain: str
+    target: str
+    match: str = ""
+
+    def spec(self) -> str:
+        return f"{self.match} -j {self.target}".strip()
+
+
+JUMPS = (
+    Jump("filter", "FORWARD", "PYNET-FORWARD"),
+    Jump("nat", "PREROUTING", "PYNET-PREROUTING", "-m addrtype --dst-type LOCAL"),
+    Jump("nat", "OUTPUT", "PYNET-OUTPUT", "-m addrtype --dst-type LOCAL"),
+    Jump("nat", "POSTROUTING", "PYNET-POSTROUTING"),
+)
+TABLES = ("filter", "nat")
+
+
+@dataclass(frozen=True)
+class NetRules:
+    """Everything the firewall needs to know about one bridge network."""
+
+    bridge: str
+    subnets4: tuple[str, ...]
+    subnets6: tuple[str, ...]
+    internal: bool
+    icc: bool
+    masquerade: bool
+    ports: tuple[PortMap, ...]
+
+    def __post_init__(self) -> None:
+        # Validated here so that a bad value fails the request instead of a later restore,
+        # which would fail for every network at once.
+        _check_ifname(self.bridge, "bridge name")
+        for family, subnets in ((4, self.subnets4), (6, self.subnets6)):
+            for subnet in subnets:
+                _check_network(subnet, family)
+        for port in self.ports:
+            _check_port(port)
+
+    def subnets(self, family: int) -> tuple[str, ...]:
+        return tuple(
+            str(ipaddress.ip_network(s, strict=False))
+            for s in (self.subnets4 if family == 4 else self.subnets6)
+        )
+
+    def published(self, family: int) -> list[PortMap]:
+        """Published ports of this family; none on an internal network."""
+        if self.internal:
+            return []
+        return [p for p in self.ports if _port_family(p) == family]
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def _check_ifname(name: str, what: str, wildcard: bool = False) -> None:
+    plain = name[:-1] if wildcard and name.endswith("+") else name
+    if not _IFNAME.fullmatch(plain):
+        raise InvalidRequest(f"pynet: {what} must be 1-15 characters of [A-Za-z0-9_.-], got {name!r}")
+
+
+def _check_network(subnet: str, family: int) -> None:
+    try:
+        net = ipaddress.ip_network(subnet, strict=False)
+    except ValueError:
+        net = None
+    if net is None or net.version != family:
+        raise InvalidRequest(f"pynet: expected an IPv{family} subnet, got {subnet!r}")
+
+
+def _check_address(addr: str, what: str) -> int:
+    try:
+        return ipaddress.ip_address(addr).version
+    except ValueError:
+        raise InvalidRequest(f"pynet: {what} must be an IP address, got {addr!r}") from None
+
+
+def _check_port(port: PortMap) -> None:
+    if port.proto not in _PROTOS:
+        raise InvalidRequest(f"pynet: port protocol must be one of {', '.join(_PROTOS)}, got {port.proto!r}")
+    for value, what in ((port.host_port, "host port"), (port.container_port, "container port")):
+        if not 1 <= value <= 65535:
+            raise InvalidRequest(f"pynet: {what} must be in 1..65535, got {value}")
+    _check_address(port.container_ip, "container address")
+    if port.host_ip:
+        _check_address(port.host_ip, "host address")
+
+
+def _port_family(port: PortMap) -> int | None:
+    """The family a published port belongs to; None when host and container families differ."""
+    family = ipaddress.ip_address(port.container_ip).version
+    if port.host_ip and ipaddress.ip_address(port.host_ip).version != family:
+        return None
+    return family
+
+
+# -- rendering (pure) -------------------------------------------------------------------------
+
+
+def _comment(key: str) -> str:
+    """Marks a network's main rules for people reading `iptables -S`; the key is made safe to
+    quote since callers may fill `Firewall.desired` directly."""
+    return f' -m comment --comment "pynet {_UNSAFE.sub("_", key)[:200]}"'
+
+
+def _match_port(port: PortMap, dport: int) -> str:
+    return f"-p {port.proto} -m {port.proto} --dport {dport}"
+
+
+def _match_host(port: PortMap) -> str:
+    """`-d host_ip ` unless the port is published on every address (`""`, 0.0.0.0, ::)."""
+    if not port.host_ip or ipaddress.ip_address(port.host_ip).is_unspecified:
+        return ""
+    return f"-d {port.host_ip} "
+
+
+def _dnat_target(port: PortMap) -> str:
+    ip = ipaddress.ip_address(port.container_ip)
+    dest = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"-j DNAT --to-destination {dest}:{port.container_port}"
+
+
+def _isolation_rules(nets: list[tuple[str, NetRules]], outsiders: Iterable[str]) -> list[str]:
+    """Drops between every pynet bridge and every other bridge, both ways.
+
+    They come before any ACCEPT: a container's egress ACCEPT (`-i B ! -o B`) would otherwise
+    let it reach another network, since Docker's own isolation chains come after our jump.
+    """
+    bridges = [r.bridge for _, r in nets]
+    others = [x for x in outsiders if x not in bridges]
+    rules: list[str] = []
+    for _, r in nets:
+        for other in [b for b in bridges if b != r.bridge] + others:
+            rules += [f"-i {r.bridge} -o {other} -j DROP", f"-i {other} -o {r.bridge} -j DROP"]
+    return rules
+
+
+def _bridge_forward(family: int, key: str, r: NetRules) -> list[str]:
+    """The FORWARD rules of one network, after isolation."""
+    b = r.bridge
+    rules: list[str] = []
+    if r.internal:
+        rules += [f"-i {b} ! -o {b}{_comment(key)} -j DROP", f"-o {b} ! -i {b} -j DROP"]
+    elif r.subnets(family):
+        rules.append(f"-o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+        # Only DNAT'ed flows: a peer with a route to the subnet must not reach the port directly
+        # (what Docker 28 blocks in the raw table), e.g. one published on 127.0.0.1 only.
+        rules += [
+            f"-o {b} -d {p.container_ip} {_match_port(p, p.container_port)} {_DNATED} -j ACCEPT"
+            for p in r.published(family)
+        ]
+        rules.append(f"-i {b} ! -o {b}{_comment(key)} -j ACCEPT")
+    if not r.icc:
+        # After the published ports, so that hairpin and neighbours reach them with icc off.
+        rules.append(f"-i {b} -o {b} -j DROP")
+    return rules
+
+
+def forward_rules(family: int, nets: list[tuple[str, NetRules]], outsiders: Iterable[str]) -> list[str]:
+    # icc ACCEPTs first: a bridge named like a wildcard (`br-+`) would otherwise drop its own
+    # bridge-local traffic in the isolation rules.
+    rules = [f"-i {r.bridge} -o {r.bridge} -j ACCEPT" for _, r in nets if r.icc]
+    rules += _isolation_rules(nets, outsiders)
+    for key, r in nets:
+        rules += _bridge_forward(family, key, r)
+    return rules
+
+
+def postrouting_rules(family: int, nets: list[tuple[str, NetRules]]) -> list[str]:
+    rules: list[str] = []
+    for key, r in nets:
+        if r.internal:
+            continue
+        if r.masquerade:
+            rules += [f"-s {s} ! -o {r.bridge}{_comment(key)} -j MASQUERADE" for s in r.subnets(family)]
+        ports = r.published(family)
+        rules += [
+            f"-s {p.container_ip} -d {p.container_ip} {_match_port(p, p.container_port)} -j MASQUERADE"
+            for p in ports
+        ]
+        if family == 4 and ports:
+            # The host reaching 127.0.0.1:port (with route_localnet) must not send from 127/8.
+            rules.append(f"-o {r.bridge} -m addrtype --src-type LOCAL -j MASQUERADE")
+    return rules
+
+
+def dnat_rules(family: int, nets: list[tuple[str, NetRules]]) -> list[str]:
+    """DNAT for published ports; the same list serves PREROUTING and OUTPUT."""
+    rules: list[str] = []
+    for key, r in nets:
+        for p in r.published(family):
+            match = f"{_match_host(p)}{_match_port(p, p.host_port)}{_comment(key)}"
+            rules.append(f"{match} {_dnat_target(p)}")
+    return rules
+
+
+def _unique(rules: list[str]) -> list[str]:
+    """A repeated rule can never match what its first copy did not, so it is dropped."""
+    return list(dict.fromkeys(rules))
+
+
+def render_tables(
+    family: int,
+    nets: list[tuple[str, NetRules]],
+    outsiders: Iterable[str],
+    extra: dict[str, list[str]] | None = None,
+) -> str:
+    """The restore text for one family; `extra` adds lines (jump fixes) per table before COMMIT."""
+    dnat = dnat_rules(family, nets)
+    chains = {
+        "PYNET-FORWARD": forward_rules(family, nets, outsiders),
+        "PYNET-PREROUTING": dnat,
+        "PYNET-OUTPUT": dnat,
+        "PYNET-POSTROUTING": postrouting_rules(family, nets),
+    }
+    lines: list[str] = []
+    for table in TABLES:
+        names = [j.target for j in JUMPS if j.table == table]
+        lines.append(f"*{table}")
+        lines += [f":{name} - [0:0]" for name in names]
+        lines += [f"-A {name} {rule}" for name in names for rule in _unique(chains[name])]
+        lines += (extra or {}).get(table, [])
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+# -- jumps (pure) -----------------------------------------------------------------------------
+
+
+def _target(rule: str) -> str:
+    words = shlex.split(rule)
+    return words[words.index("-j") + 1] if "-j" in words else ""
+
+
+def jump_fixes(jump: Jump, listing: str) -> list[str]:
+    """Restore lines that leave exactly one jump, first in its chain; [] when it already is.
+
+    `listing` is `iptables -S <chain>`. Position matters: Docker re-inserts its DOCKER-USER jump
+    first when it restarts. Deleting by spec then inserting happens in one restore, so the
+    chain is never without the jump, and a listing gone stale makes the restore fail whole.
+    """
+    rules = [line for line in listing.splitlines() if line.startswith(f"-A {jump.chain} ")]
+    ours = [rule for rule in rules if _target(rule) == jump.target]
+    if len(ours) == 1 and rules[0] == ours[0]:
+        return []
+    deletes = ["-D" + rule[2:] for rule in ours]
+    return deletes + [f"-I {jump.chain} 1 {jump.spec()}"]
+
+
+def teardown_lines(table: str, listing: str) -> list[str]:
+    """Restore lines removing pynet's jumps and chains from one table (`iptables -S` listing)."""
+    targets = {j.target for j in JUMPS if j.table == table}
+    lines = listing.splitlines()
+    deletes = ["-D" + line[2:] for line in lines if line.startswith("-A ") and _target(line) in targets]
+    chains = [name for name in sorted(targets) if f"-N {name}" in lines]
+    return deletes + [f":{name} - [0:0]" for name in chains] + [f"-X {name}" for name in chains]
+
+
+# -- flavour detection ------------------------------------------------------------------------
+
+
+def _in_netns(netns: str | None, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+def _run_sync(argv: list[str]) -> tuple[int, str]:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 127, ""
+    return done.returncode, done.stdout
+
+
+def _has_docker_chains(save: str) -> bool:
+    return any(line.startswith((":DOCKER-USER ", ":DOCKER ")) for line in save.splitlines())
+
+
+def _count_rules(save: str) -> int:
+    return sum(line.startswith("-A ") for line in save.splitlines())
+
+
+def detect_flavour(netns: str | None = None, *, run: SyncRunner = _run_sync) -> str:
+    """The flavour Docker uses here: "nft" or "legacy".
+
+    `iptables-<f>-save` is called without `-t`: with `-t`, the legacy one instantiates the
+    table it reads, and that table would then count as "in use".
+    """
+    forced = os.environ.get(ENV_FLAVOUR, "").strip()
+    if forced:
+        if forced not in FLAVOURS:
+            raise InvalidRequest(f"pynet: {ENV_FLAVOUR} must be nft or legacy, got {forced!r}")
+        return forced
+    saves = {f: run(_in_netns(netns, [f"iptables-{f}-save"]))[1] for f in FLAVOURS}
+    docker = [f for f in FLAVOURS if _has_docker_chains(saves[f])]
+    if len(docker) == 1:
+        return docker[0]
+    counts = {f: _count_rules(saves[f]) for f in docker or FLAVOURS}
+    if len(set(counts.values())) > 1:
+        return max(counts, key=counts.__getitem__)
+    return "legacy" if "(legacy)" in run(["iptables", "-V"])[1] else "nft"
+
+
+# -- the firewall -----------------------------------------------------------------------------
+
+
+async def _run(argv: list[str], stdin: str | None = None) -> str:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as e:
+        raise PynetError(f"pynet: cannot run {argv[0]}: {e.strerror} (is iptables installed?)") from None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise PynetError(f"pynet: {shlex.join(argv)} timed out after {TIMEOUT:.0f}s") from None
+    if proc.returncode != 0:
+        raise PynetError(f"pynet: {shlex.join(argv)} failed: {_explain(err.decode(), stdin)}")
+    return out.decode()
+
+
+def _explain(stderr: str, stdin: str | None) -> str:
+    """stderr, plus the input line iptables-restore names, which it does not print itself."""
+    message = " ".join(line for line in stderr.splitlines() if not line.startswith("Try `"))
+    found = re.search(r"line:? (\d+)", stderr)
+    if stdin and found and 0 < int(found[1]) <= len(lines := stdin.splitlines()):
+        message += f" (line {found[1]}: {lines[int(found[1]) - 1]})"
+    return message or "no error message"
+
+
+class Firewall:
+    """pynet's iptables chains on one host (or in one netns, for tests).
+
+    `desired` maps a network key to its rules; `apply` makes the kernel match all of it. Calls
+    are serialised by one lock, since every apply rewrites every pynet chain.
+    """
+
+    def __init__(
+        self,
+        flavour: str | None = None,
+        netns: str | None = None,
+        *,
+        other_bridges: Iterable[str] = (),
+        families: tuple[int, ...] = (4, 6),
+        runner: Runner = _run,
+    ) -> None:
+        if flavour is not None and flavour not in FLAVOURS:
+            raise InvalidRequest(f"pynet: firewall flavour must be nft or legacy, got {flavour!r}")
+        self._flavour = flavour
+        self.netns = netns
+        self.other_bridges = frozenset(other_bridges)
+        self.families = families
+        self.desired: dict[str, NetRules] = {}
+        self._runner = runner
+        self._lock = asyncio.Lock()
+        self._active = False  # chains are installed: ensure_jumps keeps them, teardown clears it
+
+    @property
+    def other_bridges(self) -> frozenset[str]:
+        """Extra bridges (e.g. from a link dump) isolated from pynet's, besides Docker's."""
+        return self._other_bridges
+
+    @other_bridges.setter
+    def other_bridges(self, names: Iterable[str]) -> None:
+        names = frozenset(names)
+        for name in names:
+            _check_ifname(name, "bridge name", wildcard=True)
+        self._other_bridges = names
+
+    @property
+    def flavour(self) -> str:
+        """Detected on first use when not given; the async paths detect in a thread instead."""
+        if self._flavour is None:
+            self._flavour = detect_flavour(self.netns)
+        return self._flavour
+
+    async def _ensure_flavour(self) -> str:
+        if self._flavour is None:
+            self._flavour = await asyncio.to_thread(detect_flavour, self.netns)
+        return self._flavour
+
+    def render(self, family: int) -> str:
+        """The restore text for `desired`, without jump repairs (those depend on the kernel)."""
+        return self._render(family)
+
+    def _render(self, family: int, extra: dict[str, list[str]] | None = None) -> str:
+        nets = sorted(self.desired.items())
+        return render_tables(family, nets, DOCKER_BRIDGES + tuple(sorted(self.other_bridges)), extra)
+
+    async def set(self, key: str, rules: NetRules) -> None:
+        async with self._lock:
+            await self._change(key, rules)
+
+    async def remove(self, key: str) -> None:
+        async with self._lock:
+            if key in self.desired:
+                await self._change(key, None)
+
+    async def _change(self, key: str, rules: NetRules | None) -> None:
+        """Apply with one network changed; on failure keep the previous desired state, so one
+        bad network cannot make every later apply fail."""
+        previous = self.desired.get(key)
+        self._put(key, rules)
+        try:
+            await self._apply()
+        except BaseException:
+            self._put(key, previous)
+            raise
+
+    def _put(self, key: str, rules: NetRules | None) -> None:
+        if rules is None:
+            self.desired.pop(key, None)
+        else:
+            self.desired[key] = rules
+
+    async def apply(self) -> None:
+        async with self._lock:
+            await self._apply()
+
+    async def _apply(self) -> None:
+        for family in self.families:
+            await self._restore(family, self._render(family, await self._jump_fixes(family)))
+        self._active = True
+
+    async def ensure_jumps(self) -> bool:
+        """Put back jumps that were removed or pushed down; rewrites the chains too, in case
+        whoever removed the jumps removed the chains as well."""
+        async with self._lock:
+            if not self._active:
+                return False
+            fixed = False
+            for family in self.families:
+                fixes = await self._jump_fixes(family)
+                if fixes:
+                    await self._restore(family, self._render(family, fixes))
+                    fixed = True
+            return fixed
+
+    async def teardown(self) -> None:
+        """Remove every pynet chain and jump; `desired` is kept, so `apply` reinstalls it."""
+        async with self._lock:
+            for family in self.families:
+                text = ""
+                for table in TABLES:
+                    lines = teardown_lines(table, await self._iptables(family, "-t", table, "-S"))
+                    if lines:
+                        text += "\n".join([f"*{table}", *lines, "COMMIT"]) + "\n"
+                if text:
+                    await self._restore(family, text)
+            self._active = False
+
+    async def _jump_fixes(self, family: int) -> dict[str, list[str]]:
+        listings = await asyncio.gather(
+            *(self._iptables(family, "-t", j.table, "-S", j.chain) for j in JUMPS)
+        )
+        fixes: dict[str, list[str]] = {}
+        for jump, listing in zip(JUMPS, listings):
+            if lines := jump_fixes(jump, listing):
+                fixes.setdefault(jump.table, []).extend(lines)
+        return fixes
+
+    async def _iptables(self, family: int, *args: str) -> str:
+        binary = f"{_family_binary(family)}-{await self._ensure_flavour()}"
+        return await self._runner(_in_netns(self.netns, [binary, "-w", *args]), None)
+
+    async def _restore(self, family: int, text: str) -> None:
+        binary = f"{_family_binary(family)}-{await self._ensure_flavour()}-restore"
+        await self._runner(_in_netns(self.netns, [binary, "-w", "--noflush"]), text)
+
+
+def _family_binary(family: int) -> str:
+    return "iptables" if family == 4 else "ip6tables"

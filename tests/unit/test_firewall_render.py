@@ -1,0 +1,470 @@
+"""Golden restore text, jump repair, flavour detection and the apply protocol, without root."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from drivers.base import PortMap
+from drivers.firewall import (
+    JUMPS,
+    Firewall,
+    NetRules,
+    _explain,
+    _run,
+    detect_flavour,
+    jump_fixes,
+    teardown_lines,
+)
+from store.errors import InvalidRequest, PynetError
+
+
+def rules(bridge: str = "pnb-a", **kw: object) -> NetRules:
+    args: dict[str, object] = dict(
+        bridge=bridge,
+        subnets4=("10.99.0.0/24",),
+        subnets6=(),
+        internal=False,
+        icc=True,
+        masquerade=True,
+        ports=(),
+    )
+    args.update(kw)
+    return NetRules(**args)  # type: ignore[arg-type]
+
+
+def firewall(nets: dict[str, NetRules], **kw: object) -> Firewall:
+    fw = Firewall("nft", **kw)  # type: ignore[arg-type]
+    fw.desired.update(nets)
+    return fw
+
+
+def golden(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+EMPTY_NAT = """\
+    *nat
+    :PYNET-PREROUTING - [0:0]
+    :PYNET-OUTPUT - [0:0]
+    :PYNET-POSTROUTING - [0:0]
+    COMMIT
+"""
+
+
+# -- render -----------------------------------------------------------------------------------
+
+
+def test_no_networks_leaves_empty_chains() -> None:
+    assert Firewall("nft").render(4) == golden(
+        """
+        *filter
+        :PYNET-FORWARD - [0:0]
+        COMMIT
+        """
+    ) + golden(EMPTY_NAT)
+
+
+def test_default_network() -> None:
+    assert firewall({"n1": rules()}).render(4) == golden(
+        """
+        *filter
+        :PYNET-FORWARD - [0:0]
+        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
+        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
+        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
+        COMMIT
+        *nat
+        :PYNET-PREROUTING - [0:0]
+        :PYNET-OUTPUT - [0:0]
+        :PYNET-POSTROUTING - [0:0]
+        -A PYNET-POSTROUTING -s 10.99.0.0/24 ! -o pnb-a -m comment --comment "pynet n1" -j MASQUERADE
+        COMMIT
+        """
+    )
+
+
+def test_internal_network_has_no_egress_nat_or_ports() -> None:
+    port = PortMap("tcp", "", 8080, "10.99.0.2", 80)
+    fw = firewall({"n1": rules(internal=True, ports=(port,))})
+    assert fw.render(4) == golden(
+        """
+        *filter
+        :PYNET-FORWARD - [0:0]
+        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
+        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
+        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j DROP
+        -A PYNET-FORWARD -o pnb-a ! -i pnb-a -j DROP
+        COMMIT
+        """
+    ) + golden(EMPTY_NAT)
+
+
+def test_icc_off_and_masquerade_off() -> None:
+    port = PortMap("udp", "", 5353, "10.99.0.2", 53)
+    fw = firewall({"n1": rules(icc=False, masquerade=False, ports=(port,))})
+    assert fw.render(4) == golden(
+        """
+        *filter
+        :PYNET-FORWARD - [0:0]
+        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
+        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
+        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+        -A PYNET-FORWARD -o pnb-a -d 10.99.0.2 -p udp -m udp --dport 53 -m conntrack --ctstate DNAT -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a -o pnb-a -j DROP
+        COMMIT
+        *nat
+        :PYNET-PREROUTING - [0:0]
+        :PYNET-OUTPUT - [0:0]
+        :PYNET-POSTROUTING - [0:0]
+        -A PYNET-PREROUTING -p udp -m udp --dport 5353 -m comment --comment "pynet n1" -j DNAT --to-destination 10.99.0.2:53
+        -A PYNET-OUTPUT -p udp -m udp --dport 5353 -m comment --comment "pynet n1" -j DNAT --to-destination 10.99.0.2:53
+        -A PYNET-POSTROUTING -s 10.99.0.2 -d 10.99.0.2 -p udp -m udp --dport 53 -j MASQUERADE
+        -A PYNET-POSTROUTING -o pnb-a -m addrtype --src-type LOCAL -j MASQUERADE
+        COMMIT
+        """
+    )
+
+
+PORTS = (
+    PortMap("tcp", "", 8080, "10.99.0.2", 80),
+    PortMap("tcp", "127.0.0.1", 8081, "10.99.0.2", 80),
+    PortMap("tcp", "0.0.0.0", 8082, "10.99.0.3", 80),
+    PortMap("tcp", "::1", 8083, "10.99.0.2", 80),  # host family differs: skipped
+    PortMap("sctp", "::", 9000, "fd00:99::2", 90),
+)
+
+
+def test_ports_v4() -> None:
+    fw = firewall({"n1": rules(subnets6=("fd00:99::/64",), ports=PORTS)})
+    assert fw.render(4) == golden(
+        """
+        *filter
+        :PYNET-FORWARD - [0:0]
+        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
+        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
+        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+        -A PYNET-FORWARD -o pnb-a -d 10.99.0.2 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -j ACCEPT
+        -A PYNET-FORWARD -o pnb-a -d 10.99.0.3 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
+        COMMIT
+        *nat
+        :PYNET-PREROUTING - [0:0]
+        :PYNET-OUTPUT - [0:0]
+        :PYNET-POSTROUTING - [0:0]
+        -A PYNET-PREROUTING -p tcp -m tcp --dport 8080 -m comment --comment "pynet n1" -j DNAT --to-destination 10.99.0.2:80
+        -A PYNET-PREROUTING -d 127.0.0.1 -p tcp -m tcp --dport 8081 -m comment --comment "pynet n1" -j DNAT --to-destination 10.99.0.2:80
+        -A PYNET-PREROUTING -p tcp -m tcp --dport 8082 -m comment --comment "pynet n1" -j DNAT --to-destination 10.99.0.3:80
+        -A PYNET-OUTPUT -p tcp -m tcp --dport 8080 -m comment --comment "pynet n1" -j DNAT --to-destination 10.99.0.2:80
+        -A PYNET-OUTPUT -d 127.0.0.1 -p tcp -m tcp --dport 8081 -m comment --comment "pynet n1" -j DNAT --to-destination 10.99.0.2:80
+        -A PYNET-OUTPUT -p tcp -m tcp --dport 8082 -m comment --comment "pynet n1" -j DNAT --to-destination 10.99.0.3:80
+        -A PYNET-POSTROUTING -s 10.99.0.0/24 ! -o pnb-a -m comment --comment "pynet n1" -j MASQUERADE
+        -A PYNET-POSTROUTING -s 10.99.0.2 -d 10.99.0.2 -p tcp -m tcp --dport 80 -j MASQUERADE
+        -A PYNET-POSTROUTING -s 10.99.0.3 -d 10.99.0.3 -p tcp -m tcp --dport 80 -j MASQUERADE
+        -A PYNET-POSTROUTING -o pnb-a -m addrtype --src-type LOCAL -j MASQUERADE
+        COMMIT
+        """
+    )
+
+
+def test_ports_v6() -> None:
+    fw = firewall({"n1": rules(subnets6=("fd00:99::1/64",), ports=PORTS)})
+    assert fw.render(6) == golden(
+        """
+        *filter
+        :PYNET-FORWARD - [0:0]
+        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
+        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
+        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+        -A PYNET-FORWARD -o pnb-a -d fd00:99::2 -p sctp -m sctp --dport 90 -m conntrack --ctstate DNAT -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
+        COMMIT
+        *nat
+        :PYNET-PREROUTING - [0:0]
+        :PYNET-OUTPUT - [0:0]
+        :PYNET-POSTROUTING - [0:0]
+        -A PYNET-PREROUTING -p sctp -m sctp --dport 9000 -m comment --comment "pynet n1" -j DNAT --to-destination [fd00:99::2]:90
+        -A PYNET-OUTPUT -p sctp -m sctp --dport 9000 -m comment --comment "pynet n1" -j DNAT --to-destination [fd00:99::2]:90
+        -A PYNET-POSTROUTING -s fd00:99::/64 ! -o pnb-a -m comment --comment "pynet n1" -j MASQUERADE
+        -A PYNET-POSTROUTING -s fd00:99::2 -d fd00:99::2 -p sctp -m sctp --dport 90 -j MASQUERADE
+        COMMIT
+        """
+    )
+
+
+def test_v6_keeps_only_bridge_rules_of_v4_only_networks() -> None:
+    assert firewall({"n1": rules(icc=False)}).render(6) == golden(
+        """
+        *filter
+        :PYNET-FORWARD - [0:0]
+        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
+        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
+        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o pnb-a -j DROP
+        COMMIT
+        """
+    ) + golden(EMPTY_NAT)
+
+
+def test_two_networks_are_isolated_once_each_way_and_from_extra_bridges() -> None:
+    nets = {"n2": rules("pnb-b", subnets4=("10.98.0.0/24",)), "n1": rules()}
+    fw = firewall(nets, other_bridges={"virbr0", "pnb-a"})
+    filter_text = fw.render(4).split("COMMIT")[0]
+    assert filter_text == golden(
+        """
+        *filter
+        :PYNET-FORWARD - [0:0]
+        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-FORWARD -i pnb-b -o pnb-b -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a -o pnb-b -j DROP
+        -A PYNET-FORWARD -i pnb-b -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
+        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
+        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-a -o virbr0 -j DROP
+        -A PYNET-FORWARD -i virbr0 -o pnb-a -j DROP
+        -A PYNET-FORWARD -i pnb-b -o docker0 -j DROP
+        -A PYNET-FORWARD -i docker0 -o pnb-b -j DROP
+        -A PYNET-FORWARD -i pnb-b -o br-+ -j DROP
+        -A PYNET-FORWARD -i br-+ -o pnb-b -j DROP
+        -A PYNET-FORWARD -i pnb-b -o virbr0 -j DROP
+        -A PYNET-FORWARD -i virbr0 -o pnb-b -j DROP
+        -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+        -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
+        -A PYNET-FORWARD -o pnb-b -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+        -A PYNET-FORWARD -i pnb-b ! -o pnb-b -m comment --comment "pynet n2" -j ACCEPT
+        """
+    )
+
+
+def test_comment_key_is_made_safe_to_quote() -> None:
+    fw = firewall({'a "b"\n': rules(masquerade=False)})
+    assert '--comment "pynet a__b__" -j ACCEPT' in fw.render(4)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"bridge": "a-very-long-bridge"}, "bridge name"),
+        ({"bridge": "br0 -j ACCEPT"}, "bridge name"),
+        ({"bridge": "br-+"}, "bridge name"),
+        ({"subnets4": ("fd00::/64",)}, "IPv4 subnet"),
+        ({"subnets6": ("10.0.0.0/8",)}, "IPv6 subnet"),
+        ({"subnets4": ("10.0.0.0/33",)}, "IPv4 subnet"),
+        ({"ports": (PortMap("icmp", "", 1, "10.99.0.2", 1),)}, "protocol"),
+        ({"ports": (PortMap("tcp", "", 0, "10.99.0.2", 1),)}, "host port"),
+        ({"ports": (PortMap("tcp", "", 1, "10.99.0.2/32", 1),)}, "container address"),
+        ({"ports": (PortMap("tcp", "localhost", 1, "10.99.0.2", 1),)}, "host address"),
+    ],
+)
+def test_bad_rules_are_refused(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        rules(**kw)
+
+
+def test_other_bridges_may_be_wildcards_but_not_junk() -> None:
+    assert Firewall("nft", other_bridges=["virbr+"]).other_bridges == {"virbr+"}
+    with pytest.raises(InvalidRequest):
+        Firewall("nft", other_bridges=["a b"])
+    with pytest.raises(InvalidRequest):
+        Firewall("iptables")
+
+
+# -- jumps ------------------------------------------------------------------------------------
+
+FORWARD, PREROUTING = JUMPS[0], JUMPS[1]
+
+
+def test_jump_in_place_needs_nothing() -> None:
+    listing = "-P FORWARD DROP\n-A FORWARD -j PYNET-FORWARD\n-A FORWARD -j DOCKER-USER\n"
+    assert jump_fixes(FORWARD, listing) == []
+
+
+def test_missing_jump_is_inserted_first() -> None:
+    assert jump_fixes(FORWARD, "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n") == [
+        "-I FORWARD 1 -j PYNET-FORWARD"
+    ]
+    assert jump_fixes(PREROUTING, "-P PREROUTING ACCEPT\n") == [
+        "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j PYNET-PREROUTING"
+    ]
+
+
+def test_pushed_down_or_doubled_jump_is_moved_back_first() -> None:
+    listing = (
+        "-P PREROUTING ACCEPT\n"
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n"
+        "-A PREROUTING -m addrtype --dst-type LOCAL -j PYNET-PREROUTING\n"
+        "-A PREROUTING -j PYNET-PREROUTING\n"
+    )
+    assert jump_fixes(PREROUTING, listing) == [
+        "-D PREROUTING -m addrtype --dst-type LOCAL -j PYNET-PREROUTING",
+        "-D PREROUTING -j PYNET-PREROUTING",
+        "-I PREROUTING 1 -m addrtype --dst-type LOCAL -j PYNET-PREROUTING",
+    ]
+
+
+def test_teardown_lines_remove_jumps_then_chains() -> None:
+    listing = (
+        "-P PREROUTING ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n"
+        "-N DOCKER\n-N PYNET-OUTPUT\n-N PYNET-POSTROUTING\n"
+        "-A OUTPUT -m addrtype --dst-type LOCAL -j PYNET-OUTPUT\n"
+        "-A OUTPUT -m addrtype --dst-type LOCAL -j DOCKER\n"
+        '-A PYNET-POSTROUTING -s 10.0.0.0/24 -m comment --comment "pynet x" -j MASQUERADE\n'
+    )
+    assert teardown_lines("nat", listing) == [
+        "-D OUTPUT -m addrtype --dst-type LOCAL -j PYNET-OUTPUT",
+        ":PYNET-OUTPUT - [0:0]",
+        ":PYNET-POSTROUTING - [0:0]",
+        "-X PYNET-OUTPUT",
+        "-X PYNET-POSTROUTING",
+    ]
+    assert teardown_lines("filter", "-P FORWARD DROP\n-N DOCKER-USER\n") == []
+
+
+# -- flavour detection ------------------------------------------------------------------------
+
+DOCKER_SAVE = "*filter\n:FORWARD DROP [0:0]\n:DOCKER - [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\nCOMMIT\n"
+RULES_SAVE = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j ACCEPT\n-A FORWARD -j DROP\nCOMMIT\n"
+
+
+class FakeSaves:
+    """Stands in for the iptables binaries: answers per binary and records every argv."""
+
+    def __init__(self, nft: str = "", legacy: str = "", version: str = "iptables v1.8.9 (nf_tables)") -> None:
+        self.out = {"iptables-nft-save": nft, "iptables-legacy-save": legacy, "iptables": version}
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> tuple[int, str]:
+        self.calls.append(argv)
+        binary = next(a for a in argv if a.startswith("iptables"))
+        return 0, self.out[binary]
+
+
+@pytest.mark.parametrize(
+    "saves, expected",
+    [
+        ({"nft": DOCKER_SAVE, "legacy": RULES_SAVE}, "nft"),
+        ({"nft": RULES_SAVE, "legacy": DOCKER_SAVE}, "legacy"),
+        ({"nft": DOCKER_SAVE, "legacy": DOCKER_SAVE + RULES_SAVE}, "legacy"),  # both: more rules
+        ({"nft": "", "legacy": RULES_SAVE}, "legacy"),
+        ({"nft": RULES_SAVE, "legacy": ""}, "nft"),
+        ({"version": "iptables v1.8.9 (legacy)"}, "legacy"),  # nothing anywhere: iptables -V
+        ({}, "nft"),
+    ],
+)
+def test_detect_flavour(saves: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYNET_IPTABLES_BACKEND", raising=False)
+    run = FakeSaves(**saves)
+    assert detect_flavour(run=run) == expected
+    assert not any("-t" in argv for argv in run.calls)  # -t instantiates legacy tables
+
+
+def test_detect_flavour_in_netns_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYNET_IPTABLES_BACKEND", raising=False)
+    run = FakeSaves(nft=DOCKER_SAVE)
+    assert detect_flavour("pnfw-x", run=run) == "nft"
+    assert run.calls[0] == ["ip", "netns", "exec", "pnfw-x", "iptables-nft-save"]
+    monkeypatch.setenv("PYNET_IPTABLES_BACKEND", "legacy")
+    assert detect_flavour(run=run) == "legacy"
+    monkeypatch.setenv("PYNET_IPTABLES_BACKEND", "nftables")
+    with pytest.raises(InvalidRequest, match="PYNET_IPTABLES_BACKEND"):
+        detect_flavour(run=run)
+
+
+# -- apply protocol with a fake runner --------------------------------------------------------
+
+
+class FakeIptables:
+    """An async runner: answers `-S` with canned listings and records restore input."""
+
+    def __init__(self, listings: dict[str, str] | None = None, fail_restore: bool = False) -> None:
+        self.listings = listings or {}
+        self.fail_restore = fail_restore
+        self.restores: list[tuple[str, str]] = []
+
+    async def __call__(self, argv: list[str], stdin: str | None) -> str:
+        if argv[0].endswith("-restore"):
+            if self.fail_restore:
+                raise PynetError("pynet: restore failed")
+            self.restores.append((argv[0], stdin or ""))
+            return ""
+        return self.listings.get(argv[-1], "")
+
+
+async def test_apply_writes_one_restore_per_family_with_jump_fixes() -> None:
+    ipt = FakeIptables({"FORWARD": "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n"})
+    fw = Firewall("legacy", runner=ipt)
+    await fw.set("n1", rules())
+    assert [binary for binary, _ in ipt.restores] == ["iptables-legacy-restore", "ip6tables-legacy-restore"]
+    v4 = ipt.restores[0][1]
+    assert v4.startswith(fw.render(4).split("COMMIT")[0])
+    assert "-I FORWARD 1 -j PYNET-FORWARD\nCOMMIT\n*nat" in v4
+    assert "-I POSTROUTING 1 -j PYNET-POSTROUTING\nCOMMIT\n" in v4
+
+
+async def test_ensure_jumps_only_acts_while_installed_and_when_needed() -> None:
+    ok = {j.chain: f"-A {j.chain} {j.spec()}\n" for j in JUMPS}
+    ipt = FakeIptables(ok)
+    fw = Firewall("nft", runner=ipt)
+    assert await fw.ensure_jumps() is False  # nothing installed yet: must not create chains
+    await fw.apply()
+    ipt.restores.clear()
+    assert await fw.ensure_jumps() is False
+    assert ipt.restores == []
+    ipt.listings["FORWARD"] = "-A FORWARD -j DOCKER-USER\n" + ok["FORWARD"]
+    assert await fw.ensure_jumps() is True
+    assert len(ipt.restores) == 2
+    await fw.teardown()
+    assert await fw.ensure_jumps() is False
+
+
+async def test_failed_apply_keeps_previous_desired_state() -> None:
+    fw = Firewall("nft", runner=FakeIptables())
+    await fw.set("n1", rules())
+    fw._runner = FakeIptables(fail_restore=True)
+    with pytest.raises(PynetError):
+        await fw.set("n1", rules(icc=False))
+    with pytest.raises(PynetError):
+        await fw.set("n2", rules("pnb-b"))
+    with pytest.raises(PynetError):
+        await fw.remove("n1")
+    assert fw.desired == {"n1": rules()}
+
+
+async def test_failing_command_reports_stderr() -> None:
+    with pytest.raises(PynetError, match="cannot run no-such-binary-pnfw"):
+        await _run(["no-such-binary-pnfw"])
+    with pytest.raises(PynetError, match="failed: boom"):
+        await _run([sys.executable, "-c", "import sys; sys.exit('boom')"])
+    assert await _run([sys.executable, "-c", "print(input())"], "fed") == "fed\n"
+
+
+def test_explain_names_the_failing_restore_line() -> None:
+    stderr = (
+        "iptables-nft-restore v1.8.9 (nf_tables): Chain 'NOPE' does not exist\n"
+        "Error occurred at line: 2\nTry `iptables-nft-restore -h' for more information.\n"
+    )
+    assert _explain(stderr, "*filter\n-A X -j NOPE\nCOMMIT\n") == (
+        "iptables-nft-restore v1.8.9 (nf_tables): Chain 'NOPE' does not exist "
+        "Error occurred at line: 2 (line 2: -A X -j NOPE)"
+    )
