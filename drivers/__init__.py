@@ -1,0 +1,1 @@
+"""pynet's drivers layer (see shared/docs/design.md)."""

@@ -1,0 +1,1 @@
+"""pynet's plugin layer (see shared/docs/design.md)."""

@@ -1,0 +1,56 @@
+"""IpamDriver handlers (protocol.md §3): thin translations onto `ipam.Ipam`.
+
+The host's routes are passed as exclusions when pynet picks a subnet itself, so an automatic
+subnet never shadows a network the host already reaches (Docker then keeps asking, §3.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ipam import GLOBAL_SPACE, LOCAL_SPACE
+from plugin import models
+from plugin.context import Daemon
+from plugin.models import decode
+
+
+async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:
+    # No replay: allocations persist in pynet's store (protocol.md §3.4).
+    return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+
+async def get_default_address_spaces(_: Daemon, __: bytes) -> dict[str, Any]:
+    return {"LocalDefaultAddressSpace": LOCAL_SPACE, "GlobalDefaultAddressSpace": GLOBAL_SPACE}
+
+
+async def request_pool(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.RequestPoolRequest = decode(body, models.RequestPoolRequest)
+    exclude = [] if req.Pool else [r.dst for r in await d.netlink.routes() if not r.default]
+    reply = await d.ipam.request_pool(req.AddressSpace, req.Pool, req.SubPool, req.Options or {}, req.V6, exclude)
+    return {"PoolID": reply.pool_id, "Pool": reply.pool, "Data": reply.data}
+
+
+async def release_pool(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.ReleasePoolRequest = decode(body, models.ReleasePoolRequest)
+    await d.ipam.release_pool(req.PoolID)
+    return {}
+
+
+async def request_address(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.RequestAddressRequest = decode(body, models.RequestAddressRequest)
+    address = await d.ipam.request_address(req.PoolID, req.Address, req.Options or {})
+    return {"Address": address, "Data": {}}
+
+
+async def release_address(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.ReleaseAddressRequest = decode(body, models.ReleaseAddressRequest)
+    await d.ipam.release_address(req.PoolID, req.Address)
+    return {}
+
+
+HANDLERS = {
+    "RequestPool": request_pool,
+    "ReleasePool": release_pool,
+    "RequestAddress": request_address,
+    "ReleaseAddress": release_address,
+}

@@ -1,0 +1,134 @@
+"""Docker's plugin request and reply bodies, with Docker's own field names (protocol.md §2, §3).
+
+Decoding is strict about types and lenient about what Docker leaves out: a missing field or a
+JSON `null` map becomes its empty default, and unknown fields are ignored (Docker adds some in
+newer versions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+def decode(body: bytes, type_: type[msgspec.Struct]) -> Any:
+    """An empty body (no-argument calls, retries after a connection error) decodes as `{}`."""
+    if not body.strip():
+        return msgspec.convert({}, type_)
+    return msgspec.json.decode(body, type=type_)
+
+
+# -- NetworkDriver -----------------------------------------------------------------------------
+
+
+class IPAMData(msgspec.Struct):
+    AddressSpace: str = ""
+    Pool: str = ""
+    Gateway: str = ""
+    AuxAddresses: dict[str, str] | None = None
+
+
+class CreateNetworkRequest(msgspec.Struct):
+    NetworkID: str
+    Options: dict[str, Any] | None = None
+    IPv4Data: list[IPAMData] | None = None
+    IPv6Data: list[IPAMData] | None = None
+
+
+class NetworkRequest(msgspec.Struct):
+    """DeleteNetwork, FreeNetwork."""
+
+    NetworkID: str
+
+
+class EndpointInterface(msgspec.Struct):
+    Address: str = ""
+    AddressIPv6: str = ""
+    MacAddress: str = ""
+
+
+class CreateEndpointRequest(msgspec.Struct):
+    NetworkID: str
+    EndpointID: str
+    Interface: EndpointInterface | None = None
+    Options: dict[str, Any] | None = None
+
+
+class EndpointRequest(msgspec.Struct):
+    """DeleteEndpoint, EndpointOperInfo, Leave, RevokeExternalConnectivity."""
+
+    NetworkID: str
+    EndpointID: str
+
+
+class JoinRequest(msgspec.Struct):
+    NetworkID: str
+    EndpointID: str
+    SandboxKey: str = ""
+    Options: dict[str, Any] | None = None
+
+
+class ExternalConnectivityRequest(msgspec.Struct):
+    NetworkID: str
+    EndpointID: str
+    Options: dict[str, Any] | None = None
+
+
+class AllocateNetworkRequest(msgspec.Struct):
+    NetworkID: str
+    Options: dict[str, str] | None = None
+    IPv4Data: list[IPAMData] | None = None
+    IPv6Data: list[IPAMData] | None = None
+
+
+class DiscoveryRequest(msgspec.Struct):
+    DiscoveryType: int = 0
+    DiscoveryData: Any = None
+
+
+# -- IpamDriver --------------------------------------------------------------------------------
+
+
+class RequestPoolRequest(msgspec.Struct):
+    AddressSpace: str = ""
+    Pool: str = ""
+    SubPool: str = ""
+    Options: dict[str, str] | None = None
+    V6: bool = False
+
+
+class ReleasePoolRequest(msgspec.Struct):
+    PoolID: str
+
+
+class RequestAddressRequest(msgspec.Struct):
+    PoolID: str
+    Address: str = ""
+    Options: dict[str, str] | None = None
+
+
+class ReleaseAddressRequest(msgspec.Struct):
+    PoolID: str
+    Address: str
+
+
+# -- Docker's port-mapping labels (CreateEndpoint, Join and ProgramExternalConnectivity) ----------
+
+PORTMAP_OPTION = "com.docker.network.portmap"
+PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+
+
+class PortBinding(msgspec.Struct):
+    """One entry of `com.docker.network.portmap`; HostPort 0 means "pick one"."""
+
+    Proto: int = 6
+    IP: str = ""
+    Port: int = 0
+    HostIP: str = ""
+    HostPort: int = 0
+    HostPortEnd: int = 0
+
+
+def port_bindings(options: dict[str, Any] | None) -> list[PortBinding]:
+    raw = (options or {}).get(PORTMAP_OPTION) or []
+    return msgspec.convert(raw, list[PortBinding])

@@ -1,0 +1,366 @@
+"""NetworkDriver handlers (protocol.md §2): request -> model -> backend -> store -> reply.
+
+Each handler works only from the request and pynet's own records (never the Docker API), is
+idempotent (Docker retries after connection errors), and tolerates "already gone" on delete
+paths, whose errors Docker only logs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+from typing import Any
+
+from drivers.base import Endpoint, Network, PortMap, Subnet
+from plugin import models
+from plugin.models import decode
+from plugin.context import Daemon
+from store.errors import Conflict, InvalidRequest, NotFound
+
+log = logging.getLogger("pynet.network")
+
+GENERIC = "com.docker.network.generic"
+EPHEMERAL_PORTS = range(49153, 65536)
+
+
+async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:
+    # "local": per-host networks (there is no cluster store since Docker 23); pynet shares
+    # what must be shared through its own store (protocol.md §2.1, §4.4).
+    return {"Scope": "local", "ConnectivityScope": "global"}
+
+
+# -- networks ----------------------------------------------------------------------------------
+
+
+def _subnets(data: list[models.IPAMData] | None, version: int, field: str) -> list[Subnet]:
+    out = []
+    for i, d in enumerate(data or []):
+        if d.AddressSpace == "null" or not d.Pool:
+            continue
+        try:
+            pool = ipaddress.ip_network(d.Pool)
+        except ValueError:
+            raise InvalidRequest(f"pynet: {field}[{i}].Pool must be an IPv{version} subnet, got {d.Pool!r}") from None
+        if pool.version != version:
+            raise InvalidRequest(f"pynet: {field}[{i}].Pool must be an IPv{version} subnet, got {d.Pool!r}")
+        for name, value in (("Gateway", d.Gateway), *((f"AuxAddresses[{k}]", v) for k, v in (d.AuxAddresses or {}).items())):
+            if not value:
+                continue
+            try:
+                ok = ipaddress.ip_interface(value).ip in pool
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InvalidRequest(f"pynet: {field}[{i}].{name} must be an address in {pool}, got {value!r}")
+        out.append(Subnet(str(pool), d.Gateway, dict(d.AuxAddresses or {})))
+    return out
+
+
+async def create_network(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.CreateNetworkRequest = decode(body, models.CreateNetworkRequest)
+    opts = req.Options or {}
+    generic = opts.get(GENERIC) or {}
+    if not isinstance(generic, dict):
+        raise InvalidRequest(f"pynet: {GENERIC} must be a map, got {generic!r}")
+    user_opts = {k: v for k, v in generic.items() if k != "mode"}
+    mode = generic.get("mode", "bridge")
+    backend = d.backend(mode)
+    net = Network(
+        id=req.NetworkID,
+        mode=mode,
+        options=user_opts,
+        config={},
+        ipv4=_subnets(req.IPv4Data, 4, "IPv4Data"),
+        ipv6=_subnets(req.IPv6Data, 6, "IPv6Data"),
+        internal=opts.get("com.docker.network.internal") is True,
+        enable_ipv6=opts.get("com.docker.network.enable_ipv6") is True,
+    )
+    async with d.lock(net.id):
+        existing = await d.state.network(net.id)
+        if existing is not None:
+            # A retry: make sure the kernel has it, change nothing else.
+            await d.backend(existing.mode).create_network(existing)
+            return {}
+        net.config = backend.parse_options(user_opts, net)
+        await _check_unique(d, net)
+        await backend.create_network(net)
+        try:
+            await d.state.save_network(net)
+        except BaseException:
+            await backend.delete_network(net)
+            raise
+    log.info(
+        "network created",
+        extra={"network": net.id, "mode": mode, "subnets": ",".join(s.pool for s in (*net.ipv4, *net.ipv6))},
+    )
+    return {}
+
+
+async def _check_unique(d: Daemon, net: Network) -> None:
+    """Two networks must not share a bridge or a VXLAN identity on one host."""
+    for key in ("bridge", "vni"):
+        value = net.config.get(key)
+        if value is None:
+            continue
+        for other in await d.state.networks():
+            if other.id != net.id and other.config.get(key) == value:
+                raise Conflict(f"pynet: {key} {value!r} is already used by network {other.id[:12]}")
+
+
+async def delete_network(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.NetworkRequest = decode(body, models.NetworkRequest)
+    async with d.lock(req.NetworkID):
+        net = await d.state.network(req.NetworkID)
+        if net is None:
+            return {}
+        backend = d.backend(net.mode)
+        for ep in await d.state.endpoints(net.id):
+            await backend.delete_endpoint(net, ep)
+            await d.state.delete_endpoint(ep.id)
+        await backend.delete_network(net)
+        await d.state.delete_network(net.id)
+    log.info("network deleted", extra={"network": net.id})
+    return {}
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+
+async def _network(d: Daemon, network_id: str) -> Network:
+    net = await d.state.network(network_id)
+    if net is None:
+        raise NotFound(f"pynet: no network with NetworkID {network_id!r}")
+    return net
+
+
+def _check_address(net: Network, field: str, cidr: str, version: int) -> None:
+    if not cidr:
+        return
+    try:
+        iface = ipaddress.ip_interface(cidr)
+    except ValueError:
+        raise InvalidRequest(f"pynet: Interface.{field} must be an address in CIDR form, got {cidr!r}") from None
+    subnets = net.ipv4 if version == 4 else net.ipv6
+    if iface.version != version or not any(iface.ip in ipaddress.ip_network(s.pool) for s in subnets):
+        pools = ", ".join(s.pool for s in subnets) or "none"
+        raise InvalidRequest(f"pynet: Interface.{field} {cidr} is not in the network's subnets ({pools})")
+
+
+async def create_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.CreateEndpointRequest = decode(body, models.CreateEndpointRequest)
+    intf = req.Interface or models.EndpointInterface()
+    async with d.lock(req.NetworkID):
+        net = await _network(d, req.NetworkID)
+        existing = await d.state.endpoint(req.EndpointID)
+        if existing is not None:
+            await d.backend(net.mode).create_endpoint(net, existing)
+            return _endpoint_reply(intf, existing)
+        _check_address(net, "Address", intf.Address, 4)
+        _check_address(net, "AddressIPv6", intf.AddressIPv6, 6)
+        ep = Endpoint(
+            id=req.EndpointID,
+            network_id=net.id,
+            address=intf.Address,
+            address6=intf.AddressIPv6,
+            mac=intf.MacAddress,
+        )
+        backend = d.backend(net.mode)
+        await backend.create_endpoint(net, ep)
+        try:
+            await d.state.save_endpoint(ep)
+        except BaseException:
+            await backend.delete_endpoint(net, ep)
+            raise
+    for addr in (ep.address, ep.address6):
+        if addr:
+            await d.ipam.bind(addr, ep.id)
+    log.info(
+        "endpoint created",
+        extra={"network": net.id, "endpoint": ep.id, "address": ep.address or ep.address6, "link": ep.peer},
+    )
+    return _endpoint_reply(intf, ep)
+
+
+def _endpoint_reply(intf: models.EndpointInterface, ep: Endpoint) -> dict[str, Any]:
+    """Only fields Docker left empty: echoing one it set makes Docker roll back (§2.4)."""
+    reply: dict[str, str] = {}
+    if not intf.MacAddress and ep.mac:
+        reply["MacAddress"] = ep.mac
+    if not intf.Address and ep.address:
+        reply["Address"] = ep.address
+    if not intf.AddressIPv6 and ep.address6:
+        reply["AddressIPv6"] = ep.address6
+    return {"Interface": reply}
+
+
+async def delete_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.EndpointRequest = decode(body, models.EndpointRequest)
+    async with d.lock(req.NetworkID):
+        net = await d.state.network(req.NetworkID)
+        ep = await d.state.endpoint(req.EndpointID) or Endpoint(req.EndpointID, req.NetworkID)
+        if net is not None:
+            await d.backend(net.mode).delete_endpoint(net, ep)
+        await d.state.delete_endpoint(ep.id)
+    log.info("endpoint deleted", extra={"network": req.NetworkID, "endpoint": ep.id})
+    return {}
+
+
+async def endpoint_oper_info(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.EndpointRequest = decode(body, models.EndpointRequest)
+    ep = await d.state.endpoint(req.EndpointID)
+    if ep is None:
+        return {"Value": {}}
+    return {"Value": {"pynet.link": ep.peer, "pynet.mac": ep.mac}}
+
+
+async def join(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.JoinRequest = decode(body, models.JoinRequest)
+    async with d.lock(req.NetworkID):
+        net = await _network(d, req.NetworkID)
+        ep = await d.state.endpoint(req.EndpointID)
+        if ep is None:
+            raise NotFound(f"pynet: no endpoint with EndpointID {req.EndpointID!r} on network {net.id[:12]}")
+        info = await d.backend(net.mode).join(net, ep)
+        ep.sandbox, ep.joined = req.SandboxKey, True
+        await d.state.save_endpoint(ep)
+    log.info("endpoint joined", extra={"network": net.id, "endpoint": ep.id, "sandbox": req.SandboxKey})
+    reply: dict[str, Any] = {
+        "InterfaceName": {"SrcName": info.src_name, "DstPrefix": "eth"},
+        "DisableGatewayService": info.disable_gateway,
+    }
+    if info.gateway:
+        reply["Gateway"] = info.gateway
+    if info.gateway6:
+        reply["GatewayIPv6"] = info.gateway6
+    if info.static_routes:
+        reply["StaticRoutes"] = info.static_routes
+    return reply
+
+
+async def leave(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.EndpointRequest = decode(body, models.EndpointRequest)
+    async with d.lock(req.NetworkID):
+        net = await d.state.network(req.NetworkID)
+        ep = await d.state.endpoint(req.EndpointID)
+        if net is None or ep is None:
+            return {}
+        await d.backend(net.mode).leave(net, ep)
+        ep.joined = False
+        await d.state.save_endpoint(ep)
+    log.info("endpoint left", extra={"network": net.id, "endpoint": ep.id})
+    return {}
+
+
+# -- published ports ---------------------------------------------------------------------------
+
+
+async def program_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.ExternalConnectivityRequest = decode(body, models.ExternalConnectivityRequest)
+    bindings = models.port_bindings(req.Options)
+    async with d.ports_lock, d.lock(req.NetworkID):
+        net = await _network(d, req.NetworkID)
+        ep = await d.state.endpoint(req.EndpointID)
+        if ep is None:
+            raise NotFound(f"pynet: no endpoint with EndpointID {req.EndpointID!r} on network {net.id[:12]}")
+        if net.internal:
+            return {}
+        taken = {
+            (p.proto, p.host_port)
+            for other in await d.state.endpoints()
+            if other.id != ep.id
+            for p in other.ports
+        }
+        ep.ports = _resolve_ports(net, ep, bindings, taken)
+        await d.backend(net.mode).program_external(net, ep)
+        await d.state.save_endpoint(ep)
+    if ep.ports:
+        log.info(
+            "ports published",
+            extra={
+                "network": net.id,
+                "endpoint": ep.id,
+                "ports": ",".join(f"{p.host_ip or '*'}:{p.host_port}->{p.container_port}/{p.proto}" for p in ep.ports),
+            },
+        )
+    return {}
+
+
+def _resolve_ports(
+    net: Network, ep: Endpoint, bindings: list[models.PortBinding], taken: set[tuple[str, int]]
+) -> list[PortMap]:
+    """Docker's portmap entries -> one PortMap per address family that can serve it."""
+    out: list[PortMap] = []
+    default_v4 = net.config.get("host_binding_ipv4", "")
+    for b in bindings:
+        proto = models.PROTOCOLS.get(b.Proto)
+        if proto is None:
+            raise InvalidRequest(f"pynet: published port protocol must be tcp, udp or sctp, got {b.Proto!r}")
+        host_port = b.HostPort or _free_port(proto, taken)
+        if (proto, host_port) in taken:
+            raise Conflict(f"pynet: host port {host_port}/{proto} is already published by another container")
+        taken.add((proto, host_port))
+        host_ip = b.HostIP or default_v4
+        try:
+            families = [4, 6] if not host_ip else [ipaddress.ip_address(host_ip).version]
+        except ValueError:
+            raise InvalidRequest(f"pynet: published port host IP must be an IP address, got {host_ip!r}") from None
+        for family in families:
+            addr = ep.address if family == 4 else ep.address6
+            if not addr:
+                continue
+            shown_ip = host_ip if host_ip not in ("0.0.0.0", "::") else ""
+            out.append(PortMap(proto, shown_ip, host_port, str(ipaddress.ip_interface(addr).ip), b.Port))
+    return out
+
+
+def _free_port(proto: str, taken: set[tuple[str, int]]) -> int:
+    """A host port for `-P` / `-p 80`, chosen like Docker: random in the ephemeral range."""
+    start = random.choice(EPHEMERAL_PORTS)
+    for offset in range(len(EPHEMERAL_PORTS)):
+        port = EPHEMERAL_PORTS[(start - EPHEMERAL_PORTS.start + offset) % len(EPHEMERAL_PORTS)]
+        if (proto, port) not in taken:
+            return port
+    raise Conflict(f"pynet: no free host port left for {proto}")
+
+
+async def revoke_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: models.EndpointRequest = decode(body, models.EndpointRequest)
+    async with d.ports_lock, d.lock(req.NetworkID):
+        net = await d.state.network(req.NetworkID)
+        ep = await d.state.endpoint(req.EndpointID)
+        if net is None or ep is None:
+            return {}
+        await d.backend(net.mode).revoke_external(net, ep)
+        ep.ports = []
+        await d.state.save_endpoint(ep)
+    return {}
+
+
+# -- swarm-only methods: never sent without swarm, answered so a swarm host does not fail -------
+
+
+async def allocate_network(_: Daemon, body: bytes) -> dict[str, Any]:
+    decode(body, models.AllocateNetworkRequest)
+    return {"Options": {}}
+
+
+async def acknowledge(_: Daemon, __: bytes) -> dict[str, Any]:
+    return {}
+
+
+HANDLERS = {
+    "CreateNetwork": create_network,
+    "DeleteNetwork": delete_network,
+    "CreateEndpoint": create_endpoint,
+    "DeleteEndpoint": delete_endpoint,
+    "EndpointOperInfo": endpoint_oper_info,
+    "Join": join,
+    "Leave": leave,
+    "ProgramExternalConnectivity": program_external_connectivity,
+    "RevokeExternalConnectivity": revoke_external_connectivity,
+    "AllocateNetwork": allocate_network,
+    "FreeNetwork": acknowledge,
+    "DiscoverNew": acknowledge,
+    "DiscoverDelete": acknowledge,
+}

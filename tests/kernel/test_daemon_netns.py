@@ -1,0 +1,225 @@
+"""The real daemon and bridge backend in a private network namespace, driven like dockerd.
+
+pynet runs inside its own netns (so its links, sysctls and iptables rules are the
+namespace's); the test plays Docker: it calls the socket, then moves the container end of
+the veth into a "container" namespace and configures it, as dockerd does after Join.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NET = "a1" * 32
+EP = "b2" * 32
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=30)
+
+
+class Namespaces:
+    def __init__(self) -> None:
+        tag = secrets.token_hex(2)
+        self.host = f"pnk-h{tag}"
+        self.ctr = f"pnk-c{tag}"
+        for ns in (self.host, self.ctr):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def links(self) -> set[str]:
+        out = sh("ip", "-n", self.host, "-o", "link", "show").stdout
+        return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
+
+    def rules(self) -> str:
+        return sh("ip", "netns", "exec", self.host, "iptables-save").stdout
+
+    def delete(self) -> None:
+        for ns in (self.host, self.ctr):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+class Pynet:
+    """`pynet serve` inside the host namespace, stopped by its pid."""
+
+    def __init__(self, ns: Namespaces, tmp: Path) -> None:
+        self.ns = ns
+        self.sock = tmp / "pynet.sock"
+        self.state = tmp / "state"
+        self.log = tmp / "pynet.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            "ip", "netns", "exec", self.ns.host, sys.executable, "-m", "plugin", "serve",
+            "--socket", str(self.sock), "--state-dir", str(self.state), "--host-id", "k1", "--log-level", "debug",
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
+        deadline = time.monotonic() + 20
+        while not self._accepts():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "pynet did not bind its socket"
+            time.sleep(0.05)
+
+    def _accepts(self) -> bool:
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(self.sock))
+                return True
+            except OSError:
+                return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def ns() -> Iterator[Namespaces]:
+    n = Namespaces()
+    yield n
+    n.delete()
+
+
+@pytest.fixture
+def pynet(ns: Namespaces, tmp_path: Path) -> Iterator[Pynet]:
+    p = Pynet(ns, tmp_path)
+    p.start()
+    yield p
+    p.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+async def call(pynet: Pynet) -> AsyncIterator[Any]:
+    async def do(method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        connector = aiohttp.UnixConnector(path=str(pynet.sock))
+        async with aiohttp.ClientSession(connector=connector) as s:
+            async with s.post(f"http://p/{method}", data=json.dumps(body or {})) as r:
+                reply = await r.json(content_type=None)
+                assert r.status == 200, reply
+                return reply
+
+    yield do
+
+
+NETWORK = {
+    "NetworkID": NET,
+    "Options": {"com.docker.network.generic": {"mtu": "1400"}, "com.docker.network.enable_ipv6": False},
+    "IPv4Data": [{"AddressSpace": "pynet-local", "Pool": "10.61.0.0/24", "Gateway": "10.61.0.1/24"}],
+    "IPv6Data": [],
+}
+ENDPOINT = {
+    "NetworkID": NET,
+    "EndpointID": EP,
+    "Interface": {"Address": "10.61.0.2/24", "AddressIPv6": "", "MacAddress": ""},
+    "Options": {},
+}
+
+
+def move_into_container(ns: Namespaces, src: str, cidr: str, gateway: str) -> None:
+    """What dockerd does with Join's SrcName."""
+    sh("ip", "-n", ns.host, "link", "set", src, "netns", ns.ctr)
+    sh("ip", "-n", ns.ctr, "link", "set", src, "name", "eth0")
+    sh("ip", "-n", ns.ctr, "addr", "add", cidr, "dev", "eth0")
+    sh("ip", "-n", ns.ctr, "link", "set", "eth0", "up")
+    sh("ip", "-n", ns.ctr, "route", "add", "default", "via", gateway)
+
+
+def pings(ns: str, target: str) -> bool:
+    return sh("ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "2", target, check=False).returncode == 0
+
+
+async def test_network_endpoint_lifecycle_in_the_kernel(ns: Namespaces, pynet: Pynet, call: Any) -> None:
+    await call("NetworkDriver.CreateNetwork", NETWORK)
+    bridge = "pnb-" + NET[:11]
+    assert bridge in ns.links()
+    assert "mtu 1400" in sh("ip", "-n", ns.host, "link", "show", bridge).stdout
+    assert "10.61.0.1/24" in sh("ip", "-n", ns.host, "addr", "show", bridge).stdout
+    assert re.search(rf"-s 10.61.0.0/24 ! -o {bridge} .*-j MASQUERADE", ns.rules())
+
+    reply = await call("NetworkDriver.CreateEndpoint", ENDPOINT)
+    assert reply == {"Interface": {"MacAddress": "02:42:0a:3d:00:02"}}
+    join = await call("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}})
+    src = join["InterfaceName"]["SrcName"]
+    assert join["Gateway"] == "10.61.0.1"
+    peer = sh("ip", "-n", ns.host, "link", "show", src).stdout
+    assert "mtu 1400" in peer and "02:42:0a:3d:00:02" in peer
+    move_into_container(ns, src, "10.61.0.2/24", "10.61.0.1")
+    assert pings(ns.ctr, "10.61.0.1")
+
+    # Docker moves the interface back before DeleteEndpoint.
+    sh("ip", "-n", ns.ctr, "link", "set", "eth0", "netns", ns.host)
+    await call("NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": EP})
+    await call("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
+    await call("NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    assert not {link for link in ns.links() if link.startswith("pn")}
+    assert bridge not in ns.rules()
+
+
+async def test_restart_rebuilds_the_kernel_from_the_store(ns: Namespaces, pynet: Pynet, call: Any) -> None:
+    await call("NetworkDriver.CreateNetwork", NETWORK)
+    await call("NetworkDriver.CreateEndpoint", ENDPOINT)
+    join = await call("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}})
+    move_into_container(ns, join["InterfaceName"]["SrcName"], "10.61.0.2/24", "10.61.0.1")
+    pynet.stop(signal.SIGKILL)
+    # Someone flushes pynet's rules and an orphan link appears while pynet is down.
+    sh("ip", "netns", "exec", ns.host, "iptables", "-t", "nat", "-F", "PYNET-POSTROUTING")
+    sh("ip", "-n", ns.host, "link", "add", "pnh-deadbeef00", "type", "veth", "peer", "name", "pnc-deadbeef00")
+    assert pings(ns.ctr, "10.61.0.1"), "the data plane does not need the daemon"
+    pynet.start()
+    await call("Plugin.Activate")
+    await call("NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})
+    assert re.search(r"-s 10.61.0.0/24 ! -o pnb-\S+ .*-j MASQUERADE", ns.rules())
+    assert "pnh-deadbeef00" not in ns.links()
+    assert pings(ns.ctr, "10.61.0.1")
+    # The restarted daemon still serves the old network.
+    other = {**ENDPOINT, "EndpointID": "c3" * 32, "Interface": {"Address": "10.61.0.3/24", "AddressIPv6": "", "MacAddress": ""}}
+    await call("NetworkDriver.CreateEndpoint", other)
+    assert "pnh-" + "c3" * 5 + "c" in ns.links()
+
+
+async def test_sigterm_removes_the_socket(ns: Namespaces, pynet: Pynet) -> None:
+    pynet.stop(signal.SIGTERM)
+    assert pynet.proc is not None and pynet.proc.returncode == 0
+    assert not pynet.sock.exists()
+
+
+async def test_stale_socket_is_replaced(ns: Namespaces, pynet: Pynet, call: Any) -> None:
+    pynet.stop(signal.SIGKILL)
+    assert pynet.sock.exists(), "a killed daemon leaves its socket"
+    pynet.start()
+    assert await call("Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert oct(pynet.sock.stat().st_mode & 0o777) == "0o660"
+
+
+async def test_failed_endpoint_leaves_no_link(ns: Namespaces, pynet: Pynet, call: Any) -> None:
+    await call("NetworkDriver.CreateNetwork", NETWORK)
+    before = ns.links()
+    # A link of the endpoint's peer name taken by another kind makes creation fail.
+    sh("ip", "-n", ns.host, "link", "add", "pnh-" + EP[:11], "type", "bridge")
+    connector = aiohttp.UnixConnector(path=str(pynet.sock))
+    async with aiohttp.ClientSession(connector=connector) as s:
+        async with s.post("http://p/NetworkDriver.CreateEndpoint", data=json.dumps(ENDPOINT)) as r:
+            assert r.status == 500
+            assert "pnh-" + EP[:11] in (await r.json(content_type=None))["Err"]
+    # pynet removed nothing it did not create, and created nothing that stayed.
+    assert ns.links() == before | {"pnh-" + EP[:11]}
+    connector = aiohttp.UnixConnector(path=str(pynet.sock))
+    async with aiohttp.ClientSession(connector=connector) as s:
+        async with s.post("http://p/NetworkDriver.EndpointOperInfo", data=json.dumps(ENDPOINT)) as r:
+            assert (await r.json(content_type=None)) == {"Value": {}}, "no endpoint record is kept"
