@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench lab-up lab-down lab-status clean
+HOSTS ?= 2
+LAB ?= pnlab
 
 install:
 	packaging/install.sh test
@@ -24,6 +26,17 @@ test-fast:
 bench:
 	@packaging/install.sh test
 	$(PY) -m bench $(ARGS)
+
+# N Docker hosts on this machine, each with its own dockerd and pynet, plus etcd.
+lab-up:
+	@packaging/install.sh test
+	$(VENV)/bin/pynet lab up --hosts $(HOSTS) --name $(LAB)
+
+lab-down:
+	$(VENV)/bin/pynet lab down --name $(LAB)
+
+lab-status:
+	$(VENV)/bin/pynet lab status --name $(LAB)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

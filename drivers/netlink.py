@@ -197,7 +197,7 @@ class Netlink:
             raise PynetError(f"pynet: interface {name!r} is missing")
         attrs: dict[str, Any] = {}
         if iface.version == 6:
-            attrs["IFA_FLAGS"] = 0x200  # IFA_F_NODAD: the gateway must answer at once
+            attrs["IFA_FLAGS"] = 0x02  # IFA_F_NODAD: the gateway must answer at once, not after DAD
         try:
             await self.ipr.addr(
                 "add",
