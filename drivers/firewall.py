@@ -437,8 +437,11 @@ class Firewall:
         return render_tables(family, nets, DOCKER_BRIDGES + tuple(sorted(self.other_bridges)), extra)
 
     async def set(self, key: str, rules: NetRules) -> None:
+        """Apply if the network's rules changed. Unchanged rules are not rewritten: a restore
+        costs tens of milliseconds, and Docker asks for every container start and stop."""
         async with self._lock:
-            await self._change(key, rules)
+            if not (self._active and self.desired.get(key) == rules):
+                await self._change(key, rules)
 
     async def remove(self, key: str) -> None:
         async with self._lock:

@@ -161,6 +161,10 @@ async def test_network_endpoint_lifecycle_in_the_kernel(ns: Namespaces, pynet: P
     assert "mtu 1400" in peer and "02:42:0a:3d:00:02" in peer
     move_into_container(ns, src, "10.61.0.2/24", "10.61.0.1")
     assert pings(ns.ctr, "10.61.0.1")
+    # A retried CreateEndpoint (Docker retries after connection errors) must not rebuild the
+    # pair under a running container.
+    assert await call("NetworkDriver.CreateEndpoint", ENDPOINT) == reply
+    assert pings(ns.ctr, "10.61.0.1")
 
     # Docker moves the interface back before DeleteEndpoint.
     sh("ip", "-n", ns.ctr, "link", "set", "eth0", "netns", ns.host)

@@ -422,6 +422,20 @@ async def test_apply_writes_one_restore_per_family_with_jump_fixes() -> None:
     assert "-I POSTROUTING 1 -j PYNET-POSTROUTING\nCOMMIT\n" in v4
 
 
+async def test_unchanged_rules_are_not_rewritten() -> None:
+    ipt = FakeIptables()
+    fw = Firewall("nft", runner=ipt)
+    await fw.set("n1", rules())
+    await fw.set("n1", rules())
+    assert len(ipt.restores) == 2, "one restore per family, not two"
+    await fw.set("n1", rules(icc=False))
+    assert len(ipt.restores) == 4
+    await fw.teardown()
+    ipt.restores.clear()
+    await fw.set("n1", rules(icc=False))
+    assert len(ipt.restores) == 2, "after teardown the same rules are applied again"
+
+
 async def test_ensure_jumps_only_acts_while_installed_and_when_needed() -> None:
     ok = {j.chain: f"-A {j.chain} {j.spec()}\n" for j in JUMPS}
     ipt = FakeIptables(ok)
