@@ -176,12 +176,14 @@ class BridgeBackend:
 
     async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         host_end, _ = endpoint_links(ep.id)
-        self.nl.delete_link_soon(host_end)
+        await self.nl.retire_link(host_end)
         if self._ports.get(net.id, {}).pop(ep.id, None):
             await self._apply_rules(net)
 
     async def program_external(self, net: Network, ep: Endpoint) -> None:
         self._ports.setdefault(net.id, {})[ep.id] = list(ep.ports)
+        if ep.ports:
+            await self.nl.set_hairpin(ep.ifname)
         await self._apply_rules(net)
 
     async def revoke_external(self, net: Network, ep: Endpoint) -> None:

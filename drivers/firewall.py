@@ -45,18 +45,24 @@ class Jump:
     chain: str
     target: str
     match: str = ""
+    first: bool = True  # else: after the chain's own rules (users' policy), before a final RETURN
 
     def spec(self) -> str:
         return f"{self.match} -j {self.target}".strip()
 
 
 JUMPS = (
-    Jump("filter", "FORWARD", "PYNET-FORWARD"),
+    Jump("filter", "FORWARD", "PYNET-FORWARD"),  # DOCKER-USER instead where it exists: jumps_for()
     Jump("nat", "PREROUTING", "PYNET-PREROUTING", "-m addrtype --dst-type LOCAL"),
     Jump("nat", "OUTPUT", "PYNET-OUTPUT", "-m addrtype --dst-type LOCAL"),
     Jump("nat", "POSTROUTING", "PYNET-POSTROUTING"),
 )
 TABLES = ("filter", "nat")
+# Docker keeps the jump to its users' chain first in FORWARD, re-inserting it above the rules
+# it adds for every new network; a jump of pynet's own in FORWARD would end up below those.
+# In DOCKER-USER pynet goes after the users' rules, so their policy still applies to pynet's
+# networks, and before Docker's final RETURN.
+DOCKER_USER_JUMP = Jump("filter", "DOCKER-USER", "PYNET-FORWARD", first=False)
 
 
 @dataclass(frozen=True)
@@ -277,18 +283,42 @@ def _target(rule: str) -> str:
 
 
 def jump_fixes(jump: Jump, listing: str) -> list[str]:
-    """Restore lines that leave exactly one jump, first in its chain; [] when it already is.
+    """Restore lines that leave exactly one jump in its place; [] when it already is.
 
-    `listing` is `iptables -S <chain>`. Position matters: Docker re-inserts its DOCKER-USER jump
-    first when it restarts. Deleting by spec then inserting happens in one restore, so the
-    chain is never without the jump, and a listing gone stale makes the restore fail whole.
+    `listing` is `iptables -S` of the jump's table. A `first` jump must be first in its chain:
+    Docker re-inserts its DOCKER-USER jump first when it restarts. Deleting by spec then
+    inserting happens in one restore, so the chain is never without the jump, and a listing
+    gone stale makes the restore fail whole.
     """
     rules = [line for line in listing.splitlines() if line.startswith(f"-A {jump.chain} ")]
     ours = [rule for rule in rules if _target(rule) == jump.target]
-    if len(ours) == 1 and rules[0] == ours[0]:
+    others = [rule for rule in rules if _target(rule) != jump.target]
+    if jump.first:
+        position = 1
+    else:
+        position = len(others) if others and _target(others[-1]) == "RETURN" else len(others) + 1
+    if len(ours) == 1 and rules.index(ours[0]) == position - 1:
         return []
     deletes = ["-D" + rule[2:] for rule in ours]
-    return deletes + [f"-I {jump.chain} 1 {jump.spec()}"]
+    return deletes + [f"-I {jump.chain} {position} {jump.spec()}"]
+
+
+def jumps_for(filter_listing: str) -> tuple[Jump, ...]:
+    """The jumps pynet keeps, given `iptables -t filter -S`: from DOCKER-USER on a Docker host."""
+    if "-N DOCKER-USER" not in filter_listing.splitlines():
+        return JUMPS
+    return tuple(DOCKER_USER_JUMP if j.chain == "FORWARD" else j for j in JUMPS)
+
+
+def stale_jumps(jumps: tuple[Jump, ...], listings: dict[str, str]) -> list[tuple[str, str]]:
+    """(table, restore line) deleting a FORWARD jump left from before Docker made DOCKER-USER."""
+    if DOCKER_USER_JUMP not in jumps:
+        return []
+    return [
+        ("filter", "-D" + line[2:])
+        for line in listings["filter"].splitlines()
+        if line.startswith("-A FORWARD ") and _target(line) == DOCKER_USER_JUMP.target
+    ]
 
 
 def teardown_lines(table: str, listing: str) -> list[str]:
@@ -502,12 +532,13 @@ class Firewall:
             self._active = False
 
     async def _jump_fixes(self, family: int) -> dict[str, list[str]]:
-        listings = await asyncio.gather(
-            *(self._iptables(family, "-t", j.table, "-S", j.chain) for j in JUMPS)
-        )
+        listings = dict(zip(TABLES, await asyncio.gather(*(self._iptables(family, "-t", t, "-S") for t in TABLES))))
+        jumps = jumps_for(listings["filter"])
         fixes: dict[str, list[str]] = {}
-        for jump, listing in zip(JUMPS, listings):
-            if lines := jump_fixes(jump, listing):
+        for table, line in stale_jumps(jumps, listings):
+            fixes.setdefault(table, []).append(line)
+        for jump in jumps:
+            if lines := jump_fixes(jump, listings[jump.table]):
                 fixes.setdefault(jump.table, []).extend(lines)
         return fixes
 

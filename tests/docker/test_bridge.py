@@ -126,7 +126,9 @@ def test_published_port_from_outside_host_and_itself(docker: Docker, lab: Lab, h
     assert http_get(host.run, "127.0.0.1", 8080).startswith("hello-from-"), "from the host's loopback"
     client = docker.run("client", "--network", net)
     in_client = functools.partial(docker.exec, client)
-    assert http_get(in_client, host.address, 8080).startswith("hello-from-"), "hairpin"
+    assert http_get(in_client, host.address, 8080).startswith("hello-from-"), "from a neighbour"
+    in_web = functools.partial(docker.exec, web)
+    assert http_get(in_web, host.address, 8080).startswith("hello-from-"), "hairpin: to its own port"
     # Only the published port is open from outside.
     assert http_get(lab.outside.run, docker.ip(web, net), 80) == ""
     docker("rm", "-f", web)

@@ -7,6 +7,7 @@ the veth into a "container" namespace and configures it, as dockerd does after J
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -227,3 +228,14 @@ async def test_failed_endpoint_leaves_no_link(ns: Namespaces, pynet: Pynet, call
     async with aiohttp.ClientSession(connector=connector) as s:
         async with s.post("http://p/NetworkDriver.EndpointOperInfo", data=json.dumps(ENDPOINT)) as r:
             assert (await r.json(content_type=None)) == {"Value": {}}, "no endpoint record is kept"
+
+
+async def test_deleted_endpoint_link_goes_away_by_itself(ns: Namespaces, pynet: Pynet, call: Any) -> None:
+    """DeleteEndpoint answers before the kernel has unregistered the veth; the batch follows."""
+    await call("NetworkDriver.CreateNetwork", NETWORK)
+    await call("NetworkDriver.CreateEndpoint", ENDPOINT)
+    await call("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
+    deadline = time.monotonic() + 10
+    while "pnh-" + EP[:11] in ns.links():
+        assert time.monotonic() < deadline, "the retired link was never deleted"
+        await asyncio.sleep(0.2)

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from drivers.base import PortMap
-from drivers.firewall import JUMPS, Firewall, NetRules, detect_flavour
+from drivers.firewall import Firewall, NetRules, detect_flavour, jumps_for
+
+DOCKER_HOST_JUMPS = jumps_for("-N DOCKER-USER")
 
 TAG = str(os.getpid())
 ROLES = ("host", "ext", "ctr", "ctr2", "ctr3")
@@ -291,25 +293,40 @@ async def test_apply_twice_leaves_one_jump_first_in_each_chain(fw: Firewall) -> 
     await fw.apply()
     await fw.set("a", net_a(ports=(PORT80,)))
     for binary in ("iptables-nft", "ip6tables-nft"):
-        for jump in JUMPS:
+        for jump in DOCKER_HOST_JUMPS:
             rules = jumps(binary, jump.chain, jump.table)
             assert [r for r in rules if r.endswith(f"-j {jump.target}")] == [f"-A {jump.chain} {jump.spec()}"]
-            assert rules[0].endswith(f"-j {jump.target}")
+            if jump.first:
+                assert rules[0].endswith(f"-j {jump.target}")
+        assert jumps(binary, "DOCKER-USER") == ["-A DOCKER-USER -j PYNET-FORWARD", "-A DOCKER-USER -j RETURN"]
+        assert jumps(binary, "FORWARD") == ["-A FORWARD -j DOCKER-USER"], "Docker's own chains untouched"
     assert await fw.ensure_jumps() is False
 
 
 async def test_ensure_jumps_restores_deleted_and_pushed_down_jumps(fw: Firewall) -> None:
     await fw.set("a", net_a())
-    in_ns("host", "iptables-nft", "-w", "-D", "FORWARD", "-j", "PYNET-FORWARD")
+    in_ns("host", "iptables-nft", "-w", "-D", "DOCKER-USER", "-j", "PYNET-FORWARD")
     assert connect("ctr", "198.18.0.2", 80) is None
     assert await fw.ensure_jumps() is True
     assert connect("ctr", "198.18.0.2", 80) == "198.18.0.1"
-    # What Docker does to its DOCKER-USER jump when it restarts.
-    in_ns("host", "ip6tables-nft", "-w", "-D", "FORWARD", "-j", "DOCKER-USER")
-    in_ns("host", "ip6tables-nft", "-w", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
-    assert await fw.ensure_jumps() is True
-    assert jumps("ip6tables-nft", "FORWARD") == ["-A FORWARD -j PYNET-FORWARD", "-A FORWARD -j DOCKER-USER"]
+    # What Docker does for a new network: its own rule first in FORWARD, then its DOCKER-USER
+    # jump moved back above it. pynet's jump lives in DOCKER-USER, so nothing needs fixing.
+    in_ns("host", "iptables-nft", "-w", "-I", "FORWARD", "1", "-i", "br-other", "-j", "ACCEPT")
+    in_ns("host", "iptables-nft", "-w", "-D", "FORWARD", "-j", "DOCKER-USER")
+    in_ns("host", "iptables-nft", "-w", "-I", "FORWARD", "1", "-j", "DOCKER-USER")
     assert await fw.ensure_jumps() is False
+    assert connect("ctr", "198.18.0.2", 80) == "198.18.0.1"
+    # A user's own rule in DOCKER-USER stays ahead of pynet's jump: their policy applies.
+    in_ns("host", "iptables-nft", "-w", "-I", "DOCKER-USER", "1", "-s", "10.99.9.9", "-j", "DROP")
+    assert await fw.ensure_jumps() is False
+    in_ns("host", "iptables-nft", "-w", "-A", "DOCKER-USER", "-j", "ACCEPT", "-s", "10.99.9.8")
+    assert await fw.ensure_jumps() is True
+    assert jumps("iptables-nft", "DOCKER-USER")[-1] == "-A DOCKER-USER -j PYNET-FORWARD"
+    assert await fw.ensure_jumps() is False
+    # The topology is shared by the module's tests: take back what this test added.
+    in_ns("host", "iptables-nft", "-w", "-D", "FORWARD", "-i", "br-other", "-j", "ACCEPT")
+    in_ns("host", "iptables-nft", "-w", "-D", "DOCKER-USER", "-s", "10.99.9.9", "-j", "DROP")
+    in_ns("host", "iptables-nft", "-w", "-D", "DOCKER-USER", "-s", "10.99.9.8", "-j", "ACCEPT")
 
 
 async def test_teardown_restores_the_host_exactly(fw: Firewall, topo: Topology) -> None:
@@ -336,8 +353,8 @@ async def test_legacy_docker_host(monkeypatch: pytest.MonkeyPatch) -> None:
         fw = Firewall(netns=name)
         await fw.set("a", net_a())
         assert fw.flavour == "legacy"
-        rules = sh("ip", "netns", "exec", name, "iptables-legacy", "-S", "FORWARD").splitlines()
-        assert rules[1:] == ["-A FORWARD -j PYNET-FORWARD", "-A FORWARD -j DOCKER-USER"]
+        rules = sh("ip", "netns", "exec", name, "iptables-legacy", "-S", "DOCKER-USER").splitlines()
+        assert rules[1:] == ["-A DOCKER-USER -j PYNET-FORWARD"]
         await fw.teardown()
         assert sh("ip", "netns", "exec", name, "iptables-legacy", "-S") == before
     finally:

@@ -395,7 +395,8 @@ def test_detect_flavour_in_netns_and_env_override(monkeypatch: pytest.MonkeyPatc
 
 
 class FakeIptables:
-    """An async runner: answers `-S` with canned listings and records restore input."""
+    """An async runner: answers `-t TABLE -S` with the canned chain listings (all of them:
+    each chain name belongs to one table here) and records restore input."""
 
     def __init__(self, listings: dict[str, str] | None = None, fail_restore: bool = False) -> None:
         self.listings = listings or {}
@@ -408,7 +409,7 @@ class FakeIptables:
                 raise PynetError("pynet: restore failed")
             self.restores.append((argv[0], stdin or ""))
             return ""
-        return self.listings.get(argv[-1], "")
+        return "".join(self.listings.values())
 
 
 async def test_apply_writes_one_restore_per_family_with_jump_fixes() -> None:
@@ -420,6 +421,28 @@ async def test_apply_writes_one_restore_per_family_with_jump_fixes() -> None:
     assert v4.startswith(fw.render(4).split("COMMIT")[0])
     assert "-I FORWARD 1 -j PYNET-FORWARD\nCOMMIT\n*nat" in v4
     assert "-I POSTROUTING 1 -j PYNET-POSTROUTING\nCOMMIT\n" in v4
+
+
+async def test_on_a_docker_host_the_filter_jump_is_in_docker_user() -> None:
+    docker = {"DOCKER-USER": "-N DOCKER-USER\n-A DOCKER-USER -j RETURN\n", "FORWARD": "-A FORWARD -j DOCKER-USER\n"}
+    ipt = FakeIptables(docker)
+    fw = Firewall("nft", runner=ipt)
+    await fw.set("n1", rules())
+    v4 = ipt.restores[0][1]
+    assert "-I DOCKER-USER 1 -j PYNET-FORWARD\n" in v4
+    assert "-I FORWARD 1 -j PYNET-FORWARD" not in v4
+
+
+async def test_a_forward_jump_from_before_docker_moves_to_docker_user() -> None:
+    listings = {
+        "DOCKER-USER": "-N DOCKER-USER\n-A DOCKER-USER -j RETURN\n",
+        "FORWARD": "-A FORWARD -j DOCKER-USER\n-A FORWARD -j PYNET-FORWARD\n",
+    }
+    ipt = FakeIptables(listings)
+    fw = Firewall("nft", runner=ipt)
+    await fw.apply()
+    v4 = ipt.restores[0][1]
+    assert "-D FORWARD -j PYNET-FORWARD\n" in v4 and "-I DOCKER-USER 1 -j PYNET-FORWARD\n" in v4
 
 
 async def test_unchanged_rules_are_not_rewritten() -> None:
