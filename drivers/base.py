@@ -68,6 +68,11 @@ class Backend(Protocol):
     and delete paths must tolerate objects that are already gone."""
 
     mode: ClassVar[str]
+    # Name prefixes of the links this mode creates in the host namespace; a link with one of
+    # them that no backend expects (expected_links) is an orphan, deleted at start.
+    link_prefixes: ClassVar[tuple[str, ...]]
+    # Whether `-p` means anything here (not on macvlan: containers answer on their own address).
+    publishes_ports: ClassVar[bool]
 
     def parse_options(self, options: dict[str, str], net: Network) -> dict[str, Any]:
         """Validate the user's `-o` options for this mode and resolve defaults into `config`.
@@ -97,6 +102,9 @@ class Backend(Protocol):
     async def revoke_external(self, net: Network, ep: Endpoint) -> None: ...
 
     async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
-        """Make the kernel match these records (all of this mode on this host), and remove
-        links of this mode that no record references."""
+        """Make the kernel match these records (all of this mode on this host)."""
+        ...
+
+    def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
+        """The host-namespace links these records (of this mode) account for."""
         ...

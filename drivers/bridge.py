@@ -78,6 +78,8 @@ def gateway_ip(net: Network, address: str) -> str:
 
 class BridgeBackend:
     mode: ClassVar[str] = "bridge"
+    link_prefixes: ClassVar[tuple[str, ...]] = (BRIDGE_PREFIX, HOST_END_PREFIX, PEER_PREFIX)
+    publishes_ports: ClassVar[bool] = True
 
     def __init__(self, netlink: Netlink, firewall: Firewall) -> None:
         self.nl = netlink
@@ -220,19 +222,6 @@ class BridgeBackend:
             await self._ensure_bridge(net)
             self.fw.desired[net.id] = self.rules(net)
         await self.fw.apply()
-        await self.remove_orphans(nets, eps)
 
-    async def remove_orphans(self, nets: list[Network], eps: list[Endpoint]) -> list[str]:
-        """Delete bridge-mode links that no record references; returns their names."""
-        await self.nl.settle()
-        bridges = {n.config["bridge"] for n in nets}
-        known = {e.ifname for e in eps} | {e.peer for e in eps}
-        removed = []
-        for link in await self.nl.links():
-            orphan_bridge = link.name.startswith(BRIDGE_PREFIX) and link.name not in bridges
-            orphan_veth = link.name.startswith((HOST_END_PREFIX, PEER_PREFIX)) and link.name not in known
-            if (orphan_bridge or orphan_veth) and await self.nl.delete_link(link.name):
-                removed.append(link.name)
-        if removed:
-            log.info("removed orphan links", extra={"links": ",".join(removed)})
-        return removed
+    def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
+        return {n.config["bridge"] for n in nets} | {e.ifname for e in eps} | {e.peer for e in eps}

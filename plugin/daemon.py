@@ -19,6 +19,7 @@ from aiohttp import web
 from drivers.base import Backend
 from drivers.bridge import BridgeBackend
 from drivers.firewall import Firewall
+from drivers.macvlan import MacvlanBackend
 from drivers.netlink import Netlink
 from ipam import Ipam
 from plugin import logs
@@ -41,7 +42,9 @@ def build(settings: Settings) -> Daemon:
     store = open_store(settings)
     netlink = Netlink()
     firewall = Firewall()
-    backends: dict[str, Backend] = {b.mode: b for b in (BridgeBackend(netlink, firewall),)}
+    backends: dict[str, Backend] = {
+        b.mode: b for b in (BridgeBackend(netlink, firewall), MacvlanBackend(netlink))
+    }
     return Daemon(
         settings=settings,
         host=host,
@@ -64,11 +67,28 @@ async def reconcile(d: Daemon) -> None:
     """Rebuild the kernel from the store: Docker never replays CreateNetwork (§4.3)."""
     nets = await d.state.networks()
     eps = await d.state.endpoints()
+    expected: set[str] = set()
     for mode, backend in d.backends.items():
         mine = [n for n in nets if n.mode == mode]
         ids = {n.id for n in mine}
-        await backend.reconcile(mine, [e for e in eps if e.network_id in ids])
-    log.info("reconciled", extra={"networks": len(nets), "endpoints": len(eps)})
+        my_eps = [e for e in eps if e.network_id in ids]
+        await backend.reconcile(mine, my_eps)
+        expected |= backend.expected_links(mine, my_eps)
+    removed = await remove_orphan_links(d, expected)
+    log.info("reconciled", extra={"networks": len(nets), "endpoints": len(eps), "orphans": ",".join(removed)})
+
+
+async def remove_orphan_links(d: Daemon, expected: set[str]) -> list[str]:
+    """Delete links with a pynet prefix that no record accounts for (a crash between creating
+    a link and saving its record, endpoints Docker never deleted). Judged across all modes at
+    once: the bridge and VXLAN modes share the veth prefixes."""
+    await d.netlink.settle()
+    prefixes = tuple(p for b in d.backends.values() for p in b.link_prefixes)
+    return [
+        link.name
+        for link in await d.netlink.links()
+        if link.name.startswith(prefixes) and link.name not in expected and await d.netlink.delete_link(link.name)
+    ]
 
 
 async def resync_forever(d: Daemon) -> None:

@@ -263,7 +263,13 @@ async def program_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any
         ep = await d.state.endpoint(req.EndpointID)
         if ep is None:
             raise NotFound(f"pynet: no endpoint with EndpointID {req.EndpointID!r} on network {net.id[:12]}")
-        if net.internal:
+        backend = d.backend(net.mode)
+        if net.internal or not backend.publishes_ports:
+            if bindings:
+                log.info(
+                    "published ports ignored: the network is internal or its containers answer on their own address",
+                    extra={"network": net.id, "endpoint": ep.id, "mode": net.mode},
+                )
             return {}
         taken = {
             (p.proto, p.host_port)
@@ -272,7 +278,7 @@ async def program_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any
             for p in other.ports
         }
         ep.ports = _resolve_ports(net, ep, bindings, taken)
-        await d.backend(net.mode).program_external(net, ep)
+        await backend.program_external(net, ep)
         await d.state.save_endpoint(ep)
     if ep.ports:
         log.info(

@@ -34,6 +34,8 @@ class RecordingBackend:
     """Records calls; `-o fail=true` makes create_network fail after "creating" something."""
 
     mode: ClassVar[str] = "bridge"
+    link_prefixes: ClassVar[tuple[str, ...]] = ("pnh-", "pnc-")
+    publishes_ports: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -78,6 +80,9 @@ class RecordingBackend:
 
     async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
         self.calls.append(("reconcile", str(len(nets))))
+
+    def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
+        return {e.peer for e in eps}
 
 
 class Client:

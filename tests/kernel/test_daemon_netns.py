@@ -185,12 +185,14 @@ async def test_restart_rebuilds_the_kernel_from_the_store(ns: Namespaces, pynet:
     # Someone flushes pynet's rules and an orphan link appears while pynet is down.
     sh("ip", "netns", "exec", ns.host, "iptables", "-t", "nat", "-F", "PYNET-POSTROUTING")
     sh("ip", "-n", ns.host, "link", "add", "pnh-deadbeef00", "type", "veth", "peer", "name", "pnc-deadbeef00")
+    sh("ip", "-n", ns.host, "link", "add", "pnm-deadbeef00", "type", "bridge")  # a macvlan-mode orphan
+    sh("ip", "-n", ns.host, "link", "add", "pnb-deadbeef00", "type", "bridge")
     assert pings(ns.ctr, "10.61.0.1"), "the data plane does not need the daemon"
     pynet.start()
     await call("Plugin.Activate")
     await call("NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})
     assert re.search(r"-s 10.61.0.0/24 ! -o pnb-\S+ .*-j MASQUERADE", ns.rules())
-    assert "pnh-deadbeef00" not in ns.links()
+    assert not {"pnh-deadbeef00", "pnc-deadbeef00", "pnm-deadbeef00", "pnb-deadbeef00"} & ns.links()
     assert pings(ns.ctr, "10.61.0.1")
     # The restarted daemon still serves the old network.
     other = {**ENDPOINT, "EndpointID": "c3" * 32, "Interface": {"Address": "10.61.0.3/24", "AddressIPv6": "", "MacAddress": ""}}
