@@ -224,10 +224,20 @@ class Lab:
         rootfs = build_image_rootfs(self.dir / "image")
         return build_image_tar(rootfs, self.dir / "image.tar")
 
+    def stop_etcd(self, kill: bool = False) -> None:
+        """Take etcd away (failure tests); its data stays for `start_etcd`."""
+        if self.etcd is not None:
+            self.etcd.stop(kill=kill)
+            self.etcd = None
+
+    def start_etcd(self) -> None:
+        """(Re)start etcd on its fixed address with the data it had."""
+        self._start_etcd()
+
     def _start_etcd(self) -> None:
         """A one-member etcd on the underlay, so hosts reach it as they would a real cluster."""
         data = self.dir / "etcd"
-        data.mkdir()
+        data.mkdir(exist_ok=True)
         peer = "http://127.0.0.1:2380"
         argv = [
             "etcd",
@@ -238,10 +248,13 @@ class Lab:
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster={self.name}={peer}",
+            # etcd 3.4's default logger drops empty files named after pointers in its cwd.
+            "--logger=zap",
+            "--log-outputs=stderr",
         ]
         log = data / "etcd.log"
         with open(log, "ab") as out:
-            self.etcd = Proc.spawn(self.etcd_node.command(*argv), stdout=out, stderr=out)
+            self.etcd = Proc.spawn(self.etcd_node.command(*argv), stdout=out, stderr=out, cwd=data)
         self.record_proc("etcd", self.etcd)
         deadline = time.monotonic() + 30
         while not self._etcd_healthy():

@@ -58,10 +58,12 @@ class Proc:
         stdout: int | IO[Any],
         stderr: int | IO[Any],
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> Proc:
         """Start a daemon in its own session, so a Ctrl-C meant for the CLI does not reach it."""
         popen = subprocess.Popen(
             list(argv),
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,

@@ -52,7 +52,9 @@ class Compare:
         """Evaluate against the current value (None when the key is absent)."""
         actual: int | bytes
         if kv is None:
-            actual = b"" if self.target == "value" else 0
+            if self.target == "value":
+                return False  # as etcd: a value compare on a missing key never holds
+            actual = 0
         else:
             actual = getattr(kv, self.target)
         match self.op:

@@ -7,18 +7,32 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 
 from store.base import Compare, Delete, Put, Store
 from store.embedded import EmbeddedStore
 from store.errors import NotFound, RevisionCompacted
+from store.etcd import EtcdStore
+from tests.etcd_server import EtcdServer, etcd_server
 
 
-@pytest.fixture(params=["embedded"])
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One private etcd for the module: starting one per test would dominate the run time."""
+    with etcd_server(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture(params=["embedded", "etcd"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = EmbeddedStore(tmp_path / "store.sqlite")
+    s: EmbeddedStore | EtcdStore
+    if request.param == "embedded":
+        s = EmbeddedStore(tmp_path / "store.sqlite")
+    else:
+        s = EtcdStore([request.getfixturevalue("etcd").endpoint])
+        await s.delete("", prefix=True)  # tests share the etcd: each starts from an empty keyspace
     yield s
     await s.close()
 

@@ -1,0 +1,283 @@
+"""EtcdStore against a private etcd that the tests stop, freeze, restart and compact by pid.
+
+Time bounds here are behavioural (fail fast rather than hang), so they are loose on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+from store.base import Event, Put
+from store.errors import NotFound, RevisionCompacted, StoreUnavailable
+from store.etcd import EtcdStore
+from tests.etcd_server import EtcdServer, etcd_server, free_port
+
+TIMEOUT = 1.0
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    with etcd_server(tmp_path / "etcd") as server:
+        yield server
+
+
+@pytest.fixture
+async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
+    s = EtcdStore([etcd.endpoint], timeout=TIMEOUT)
+    yield s
+    await s.close()
+
+
+class Collector:
+    """Consumes a watch in a task, so the test can write while the watch is disconnected."""
+
+    def __init__(self, store: EtcdStore, prefix: str, start: int) -> None:
+        self.events: list[Event] = []
+        self.arrived = asyncio.Event()
+        self.task = asyncio.create_task(self._run(store, prefix, start))
+
+    async def _run(self, store: EtcdStore, prefix: str, start: int) -> None:
+        async for event in store.watch(prefix, start):
+            self.events.append(event)
+            self.arrived.set()
+
+    async def wait_for(self, count: int, within: float = 10.0) -> list[tuple[str, str, bytes]]:
+        async with asyncio.timeout(within):
+            while len(self.events) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        await asyncio.sleep(0.2)  # room for a duplicate to show up
+        return [(e.kind, e.key, e.value) for e in self.events]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+
+async def test_down_etcd_fails_by_the_deadline_naming_it(etcd: EtcdServer, store: EtcdStore) -> None:
+    await store.put("/a", b"1")
+    etcd.kill()
+    down = f"etcd at {etcd.endpoint} did not answer within {TIMEOUT}s .*Connection refused"
+    # A read first: a write sent just as the socket died is reported as maybe applied instead.
+    for call in (store.get("/a"), store.put("/a", b"2")):
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=down):
+            await call
+        assert time.monotonic() - start < TIMEOUT + 2
+
+
+async def test_a_call_rides_out_a_short_restart(etcd: EtcdServer) -> None:
+    """An etcd back within the deadline costs a delay, not a failed request."""
+    store = EtcdStore([etcd.endpoint], timeout=5.0)
+    try:
+        await store.put("/a", b"1")
+        etcd.kill()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.get("/a"), 0.5)  # gRPC now backs off reconnecting
+        restart = asyncio.get_running_loop().call_later(0.3, etcd.start)
+        try:
+            assert (await store.get("/a")).value == b"1"  # type: ignore[union-attr]
+        finally:
+            restart.cancel()
+    finally:
+        await store.close()
+
+
+async def test_frozen_etcd_fails_at_the_deadline(etcd: EtcdServer, store: EtcdStore) -> None:
+    """SIGSTOP keeps the socket open and silent: only the deadline can end the call."""
+    await store.put("/a", b"1")
+    etcd.freeze()
+    try:
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=f"etcd at {etcd.endpoint} did not answer within {TIMEOUT}s"):
+            await store.get("/a")
+        assert TIMEOUT - 0.1 < time.monotonic() - start < TIMEOUT + 2
+    finally:
+        etcd.thaw()
+    assert (await store.get("/a")).value == b"1"  # type: ignore[union-attr]
+
+
+async def test_same_store_works_after_etcd_restarts(etcd: EtcdServer, store: EtcdStore) -> None:
+    await store.put("/a", b"1")
+    etcd.kill()
+    with pytest.raises(StoreUnavailable):
+        await store.get("/a")
+    etcd.start()
+    assert (await store.get("/a")).value == b"1"  # type: ignore[union-attr]
+    await store.put("/a", b"2")
+
+
+async def test_watch_resumes_across_an_outage_without_loss_or_duplicates(
+    etcd: EtcdServer, store: EtcdStore
+) -> None:
+    start = await store.revision() + 1
+    await store.put("/w/before", b"1")
+    watch = Collector(store, "/w/", start)
+    assert await watch.wait_for(1) == [("put", "/w/before", b"1")]
+
+    etcd.kill()
+    await asyncio.sleep(1.0)  # the watch retries meanwhile, backing off
+    etcd.start()
+    # Written through another client before the watch gets back: it must replay them.
+    async with asyncio.timeout(5):
+        writer = EtcdStore([etcd.endpoint], timeout=TIMEOUT)
+        await writer.txn([], [Put("/w/down1", b"2"), Put("/w/down2", b"3")])  # one revision, two events
+        await writer.delete("/w/before")
+        await writer.close()
+    await watch.wait_for(4)
+    await store.put("/w/after", b"4")
+    assert await watch.wait_for(5) == [
+        ("put", "/w/before", b"1"),
+        ("put", "/w/down1", b"2"),
+        ("put", "/w/down2", b"3"),
+        ("delete", "/w/before", b""),
+        ("put", "/w/after", b"4"),
+    ]
+    await watch.stop()
+
+
+async def test_watch_from_compacted_revision_raises(etcd: EtcdServer, store: EtcdStore) -> None:
+    for i in range(5):
+        await store.put("/c/k", str(i).encode())
+    rev = await store.revision()
+    etcd.etcdctl("compaction", str(rev))
+    with pytest.raises(RevisionCompacted) as raised:
+        async for _ in store.watch("/c/", 2):
+            pass
+    assert raised.value.compacted == rev
+
+
+async def test_watch_resuming_into_compacted_history_raises(etcd: EtcdServer, store: EtcdStore) -> None:
+    """Compaction while the watch is away: the consumer must hear it and resync with range()."""
+    start = await store.revision() + 1
+    await store.put("/c/a", b"1")
+    watch = Collector(store, "/c/", start)
+    await watch.wait_for(1)
+    etcd.kill()
+    await asyncio.sleep(1.0)
+    etcd.start()
+    etcd.etcdctl("put", "/c/b", "2")
+    etcd.etcdctl("put", "/c/b", "3")
+    etcd.etcdctl("compaction", str(await store.revision()))
+    with pytest.raises(RevisionCompacted):
+        async with asyncio.timeout(10):
+            await watch.task
+
+
+async def test_close_ends_open_watches(store: EtcdStore) -> None:
+    watch = Collector(store, "/w/", await store.revision() + 1)
+    await asyncio.sleep(0.2)
+    await store.close()
+    async with asyncio.timeout(2):
+        await watch.task
+
+
+async def test_failover_to_the_next_endpoint(etcd: EtcdServer) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    store = EtcdStore([dead, etcd.endpoint], timeout=TIMEOUT)
+    try:
+        start = time.monotonic()
+        rev = await store.put("/f", b"1")  # a write: retried because it never left
+        assert (await store.get("/f")).value == b"1"  # type: ignore[union-attr]
+        watch = Collector(store, "/f", rev)
+        assert await watch.wait_for(1) == [("put", "/f", b"1")]
+        await watch.stop()
+        assert time.monotonic() - start < TIMEOUT
+    finally:
+        await store.close()
+
+
+async def test_all_endpoints_down_names_them(etcd: EtcdServer) -> None:
+    dead1, dead2 = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
+    store = EtcdStore([dead1, dead2], timeout=TIMEOUT)
+    try:
+        with pytest.raises(
+            StoreUnavailable,
+            match=f"etcd at {dead1}, {dead2} did not answer within {TIMEOUT}s \\({dead1}: .*Connection refused; {dead2}: ",
+        ):
+            await store.connect()
+    finally:
+        await store.close()
+
+
+async def test_lease_expires_unless_kept_alive(store: EtcdStore) -> None:
+    lone, kept = await store.grant_lease(1), await store.grant_lease(1)
+    await store.put("/l/lone", b"v", lease=lone)
+    await store.put("/l/kept", b"v", lease=kept)
+    keepalive = asyncio.create_task(store.keepalive(kept, 1))
+    await asyncio.sleep(2.0)  # etcd revokes a lease within ttl + 0.5 s of its last refresh
+    assert await store.get("/l/lone") is None
+    assert await store.get("/l/kept") is not None
+    keepalive.cancel()
+    await asyncio.sleep(2.0)
+    assert await store.get("/l/kept") is None
+
+
+async def test_keepalive_rides_out_an_outage_and_reports_a_lost_lease(
+    etcd: EtcdServer, store: EtcdStore
+) -> None:
+    lease = await store.grant_lease(2)
+    await store.put("/l/host", b"v", lease=lease)
+    keepalive = asyncio.create_task(store.keepalive(lease, 2))
+    etcd.kill()
+    await asyncio.sleep(1.5)  # refreshes fail meanwhile; keepalive must carry on
+    etcd.start()
+    await asyncio.sleep(3.0)  # past the ttl etcd restarts leases with: only refreshes keep the key
+    assert await store.get("/l/host") is not None
+    assert not keepalive.done()
+    await store.revoke_lease(lease)
+    with pytest.raises(NotFound):
+        async with asyncio.timeout(3):
+            await keepalive
+    await store.revoke_lease(lease)  # revoking twice is fine
+
+
+async def test_user_password_auth(etcd: EtcdServer) -> None:
+    etcd.etcdctl("user", "add", "root:pw")
+    etcd.etcdctl("auth", "enable")
+    wrong = EtcdStore([etcd.endpoint], timeout=TIMEOUT, user="root", password="nope")
+    anonymous = EtcdStore([etcd.endpoint], timeout=TIMEOUT)
+    right = EtcdStore([etcd.endpoint], timeout=TIMEOUT, user="root", password="pw")
+    watching = EtcdStore([etcd.endpoint], timeout=TIMEOUT, user="root", password="pw")
+    try:
+        with pytest.raises(StoreUnavailable, match=f"etcd at {etcd.endpoint} refused user 'root': .*authentication failed"):
+            await wrong.connect()
+        with pytest.raises(StoreUnavailable, match="refused a client without user and password"):
+            await anonymous.put("/a", b"1")
+        start = await right.put("/a/1", b"1")
+        watch = Collector(watching, "/a/", start)
+        await watch.wait_for(1)
+        # etcd forgets its auth tokens when it restarts: both stores must log in again, the
+        # watching one on its own (it makes no other call).
+        etcd.stop()
+        etcd.start()
+        await right.put("/a/2", b"2")
+        assert await watch.wait_for(2) == [("put", "/a/1", b"1"), ("put", "/a/2", b"2")]
+        await watch.stop()
+    finally:
+        for s in (wrong, anonymous, right, watching):
+            await s.close()
+
+
+async def test_tls_with_client_certificates(tmp_path: Path) -> None:
+    with etcd_server(tmp_path / "etcd", tls=True) as etcd:
+        assert etcd.tls is not None
+        ca, cert, key = str(etcd.tls.ca), str(etcd.tls.client_cert), str(etcd.tls.client_key)
+        store = EtcdStore([etcd.endpoint], timeout=TIMEOUT, ca=ca, cert=cert, key=key)
+        no_cert = EtcdStore([etcd.endpoint], timeout=TIMEOUT, ca=ca)
+        try:
+            rev = await store.put("/t", b"1")
+            watch = Collector(store, "/t", rev)
+            assert await watch.wait_for(1) == [("put", "/t", b"1")]
+            await watch.stop()
+            with pytest.raises(StoreUnavailable, match=f"etcd at {etcd.endpoint}"):
+                await no_cert.get("/t")
+        finally:
+            await store.close()
+            await no_cert.close()
