@@ -108,3 +108,7 @@ class Backend(Protocol):
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
         """The host-namespace links these records (of this mode) account for."""
         ...
+
+    async def close(self) -> None:
+        """Stop background work at shutdown; the kernel state stays, containers keep working."""
+        ...

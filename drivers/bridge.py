@@ -87,6 +87,9 @@ class BridgeBackend:
         # Published ports per network, per endpoint: the firewall is rewritten per network.
         self._ports: dict[str, dict[str, list[PortMap]]] = {}
 
+    def bridge_mac(self, net: Network) -> str:
+        return bridge_mac(net.id)
+
     def parse_options(self, options: dict[str, str], net: Network) -> dict[str, Any]:
         cfg = parse_options(self.mode, OPTIONS, options)
         return {
@@ -124,7 +127,7 @@ class BridgeBackend:
     async def _ensure_bridge(self, net: Network) -> None:
         cfg = net.config
         owns = cfg.get("owns_bridge", True)
-        await self.nl.ensure_bridge(cfg["bridge"], cfg["mtu"], bridge_mac(net.id) if owns else "")
+        await self.nl.ensure_bridge(cfg["bridge"], cfg["mtu"], self.bridge_mac(net) if owns else "")
         for sub in (*net.ipv4, *net.ipv6):
             if sub.gateway:
                 await self.nl.ensure_address(cfg["bridge"], sub.gateway)
@@ -225,3 +228,6 @@ class BridgeBackend:
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
         return {n.config["bridge"] for n in nets} | {e.ifname for e in eps} | {e.peer for e in eps}
+
+    async def close(self) -> None:
+        return None

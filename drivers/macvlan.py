@@ -370,3 +370,6 @@ class MacvlanBackend:
         known = {e.peer for e in eps}
         known |= {shim_link(n.id) for n in nets if n.config["host_shim"]}
         return known | {n.config["parent"] for n in nets if n.internal}
+
+    async def close(self) -> None:
+        return None

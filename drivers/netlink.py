@@ -89,17 +89,14 @@ class Netlink:
     # -- links -------------------------------------------------------------------------------
 
     async def link(self, name: str) -> Link | None:
-        try:
-            msgs = await self.ipr.link("get", ifname=name)
-        except NetlinkError as e:
-            if e.code == errno.ENODEV:
-                return None
-            raise
-        return _link(msgs[0])
+        return await self._get_link(ifname=name)
 
     async def link_by_index(self, index: int) -> Link | None:
+        return await self._get_link(index=index)
+
+    async def _get_link(self, **key: Any) -> Link | None:
         try:
-            msgs = await self.ipr.link("get", index=index)
+            msgs = await self.ipr.link("get", **key)
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None

@@ -1,0 +1,241 @@
+"""The VXLAN backend: one L2 segment and one subnet across hosts, identified by its VNI.
+
+Each host that runs `docker network create -d pynet -o mode=vxlan -o vni=N ...` gets a bridge
+`pno-<vni>` holding the network's gateway and a VXLAN device `pnx-<vni>` (learning off, proxy
+on) as one of its ports; containers are veths on the bridge, exactly as in the bridge mode,
+which this class extends. Egress, isolation and published ports are the bridge mode's: every
+host masquerades its own containers' traffic through its own gateway.
+
+The gateway address is the same on every host, so its MAC is too (derived from the VNI):
+whichever bridge answers, a container's neighbour entry for its gateway stays valid, and ARP
+for it never crosses the tunnel (drivers/peers.py explains why).
+
+Who is where (VTEPs, endpoint MACs and IPs) is shared through the store and programmed as
+static FDB and neighbour entries by drivers/peers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from typing import Any, ClassVar
+
+from drivers.base import Endpoint, Network
+from drivers.bridge import OPTIONS as BRIDGE_OPTIONS
+from drivers.bridge import BridgeBackend
+from drivers.firewall import Firewall
+from drivers.netlink import Link, Netlink
+from drivers.options import Option, int_in, invalid, parse_options
+from drivers.peers import Observer, Registry, Sync, endpoint_key, vtep_key
+from store.base import Store
+from store.errors import InvalidRequest, PynetError
+
+log = logging.getLogger("pynet.vxlan")
+
+BRIDGE_PREFIX = "pno-"
+DEVICE_PREFIX = "pnx-"
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+
+
+def underlay(name: str, value: str) -> str:
+    """An interface name or an IPv4 address of this host."""
+    if not value or len(value) > 15 or "/" in value or " " in value:
+        raise invalid(name, "an interface name or an IPv4 address of this host", value)
+    return value
+
+
+def peer_list(name: str, value: str) -> tuple[str, ...]:
+    peers = tuple(p.strip() for p in value.split(",") if p.strip())
+    for p in peers:
+        try:
+            ipaddress.IPv4Address(p)
+        except ValueError:
+            raise invalid(name, "a comma-separated list of IPv4 addresses", value) from None
+    return peers
+
+
+OPTIONS = [o for o in BRIDGE_OPTIONS if o.name != "com.docker.network.bridge.name"] + [
+    Option("vni", int_in(1, 16777215)),
+    Option("vxlan_port", int_in(1, 65535), 4789),
+    Option("underlay", underlay, ""),
+    Option("peers", peer_list, ()),
+]
+
+
+def vni_mac(vni: int) -> str:
+    """The gateway bridge's MAC: the same on every host of the segment."""
+    return "02:70:78:" + ":".join(f"{b:02x}" for b in vni.to_bytes(3, "big"))
+
+
+class VxlanBackend(BridgeBackend):
+    mode: ClassVar[str] = "vxlan"
+    link_prefixes: ClassVar[tuple[str, ...]] = (BRIDGE_PREFIX, DEVICE_PREFIX)
+
+    def __init__(
+        self,
+        netlink: Netlink,
+        firewall: Firewall,
+        store: Store,
+        prefix: str,
+        host: str,
+        lease_ttl: int = 10,
+        observer: Observer | None = None,
+    ) -> None:
+        super().__init__(netlink, firewall)
+        self.prefix = prefix
+        self.host = host
+        self.registry = Registry(store, lease_ttl)
+        self.sync = Sync(store, prefix, host, netlink, observer)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def bridge_mac(self, net: Network) -> str:
+        return vni_mac(net.config["vni"])
+
+    def parse_options(self, options: dict[str, str], net: Network) -> dict[str, Any]:
+        cfg = parse_options(self.mode, OPTIONS, options)
+        vni = cfg["vni"]
+        if vni is None:
+            raise InvalidRequest(
+                "pynet: option vni is required with mode=vxlan: an integer in 1..16777215, "
+                "the same on every host of the network"
+            )
+        return {
+            "bridge": f"{BRIDGE_PREFIX}{vni}",
+            "vxlan": f"{DEVICE_PREFIX}{vni}",
+            "vni": vni,
+            "port": cfg["vxlan_port"],
+            "underlay": cfg["underlay"],
+            "peers": list(cfg["peers"]),
+            "mtu": cfg["com.docker.network.driver.mtu"],
+            "masquerade": cfg["com.docker.network.bridge.enable_ip_masquerade"],
+            "icc": cfg["com.docker.network.bridge.enable_icc"],
+            "host_binding_ipv4": cfg["com.docker.network.bridge.host_binding_ipv4"],
+        }
+
+    # -- networks ----------------------------------------------------------------------------
+
+    async def create_network(self, net: Network) -> None:
+        cfg = net.config
+        link, local = await self._underlay(cfg["underlay"])
+        cfg["local"] = local
+        limit = link.mtu - VXLAN_OVERHEAD
+        if cfg["mtu"] is None:
+            cfg["mtu"] = limit
+        elif cfg["mtu"] > limit:
+            log.warning(
+                "MTU does not fit the underlay: larger packets will be dropped",
+                extra={"network": net.id, "mtu": cfg["mtu"], "underlay": link.name, "underlay_mtu": link.mtu, "fits": limit},
+            )
+        try:
+            await super().create_network(net)
+            await self._ensure_device(net, link)
+            await self._register(net)
+        except BaseException:
+            await self.delete_network(net)
+            raise
+
+    async def _underlay(self, given: str) -> tuple[Link, str]:
+        """(link, IPv4 address) of the local VTEP: the option's, else the default route's."""
+        if not given:
+            link = await self.nl.default_link()
+            if link is None:
+                raise InvalidRequest("pynet: option underlay is needed: this host has no IPv4 default route")
+            return link, await self._first_ipv4(link, "the default route's interface")
+        try:
+            address = ipaddress.IPv4Address(given)
+        except ValueError:
+            found = await self.nl.link(given)
+            if found is None:
+                raise InvalidRequest(f"pynet: option underlay: no interface {given!r} on this host") from None
+            return found, await self._first_ipv4(found, f"option underlay {given!r}")
+        for link in await self.nl.links():
+            if any(ipaddress.ip_interface(a).ip == address for a in await self.nl.addresses(link.name)):
+                return link, str(address)
+        raise InvalidRequest(f"pynet: option underlay: {given} is not an address of this host")
+
+    async def _first_ipv4(self, link: Link, what: str) -> str:
+        for cidr in await self.nl.addresses(link.name):
+            iface = ipaddress.ip_interface(cidr)
+            if iface.version == 4:
+                return str(iface.ip)
+        raise InvalidRequest(f"pynet: {what} ({link.name}) has no IPv4 address to use as VTEP")
+
+    async def _ensure_device(self, net: Network, link: Link) -> None:
+        cfg = net.config
+        bridge = await self.nl.link(cfg["bridge"])
+        if bridge is None:
+            raise PynetError(f"pynet: bridge {cfg['bridge']!r} is missing")
+        await self.nl.add_link(
+            cfg["vxlan"],
+            "vxlan",
+            vxlan_id=cfg["vni"],
+            vxlan_local=cfg["local"],
+            vxlan_link=link.index,
+            vxlan_port=cfg["port"],
+            vxlan_learning=0,
+            # With static peers (VTEPs that are not pynet) ARP must cross the tunnel: no proxy.
+            vxlan_proxy=0 if cfg["peers"] else 1,
+            mtu=cfg["mtu"],
+        )
+        await self.nl.set_link(cfg["vxlan"], master=bridge.index, state="up")
+
+    async def _register(self, net: Network) -> None:
+        cfg = net.config
+        await self.registry.put(vtep_key(self.prefix, cfg["vni"], self.host), {"address": cfg["local"], "port": cfg["port"]})
+        await self.sync.attach(cfg["vni"], cfg["vxlan"], tuple(cfg["peers"]))
+
+    async def delete_network(self, net: Network) -> None:
+        cfg = net.config
+        self.sync.detach(cfg["vni"])
+        await self.registry.delete(vtep_key(self.prefix, cfg["vni"], self.host))
+        await self.nl.delete_link(cfg["vxlan"])
+        await super().delete_network(net)
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def create_endpoint(self, net: Network, ep: Endpoint) -> None:
+        await super().create_endpoint(net, ep)
+        try:
+            await self._register_endpoint(net, ep)
+        except BaseException:
+            await super().delete_endpoint(net, ep)
+            raise
+
+    async def _register_endpoint(self, net: Network, ep: Endpoint) -> None:
+        ips = [str(ipaddress.ip_interface(a).ip) for a in (ep.address, ep.address6) if a]
+        value = {"host": self.host, "vtep": net.config["local"], "mac": ep.mac, "ips": ips, "time": time.time()}
+        await self.registry.put(endpoint_key(self.prefix, net.config["vni"], ep.id), value)
+
+    async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
+        await super().delete_endpoint(net, ep)
+        await self.registry.delete(endpoint_key(self.prefix, net.config["vni"], ep.id))
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
+        """Rebuild devices, register this host's VTEPs and endpoints under a new lease, start
+        watching the others; FDB and neighbour entries are reprogrammed from the store."""
+        await super().reconcile(nets, eps)
+        by_id = {n.id: n for n in nets}
+        for net in nets:
+            link, _ = await self._underlay(net.config["underlay"] or net.config["local"])
+            await self._ensure_device(net, link)
+            await self._register(net)
+        for ep in eps:
+            await self._register_endpoint(by_id[ep.network_id], ep)
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self.registry.keep_alive_forever()),
+                asyncio.create_task(self.sync.run_forever()),
+            ]
+
+    def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
+        return super().expected_links(nets, eps) | {n.config["vxlan"] for n in nets}
+
+    async def close(self) -> None:
+        """Stop watching; the lease is left to expire, so a quick restart disturbs nothing."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
