@@ -333,7 +333,7 @@ def teardown_lines(table: str, listing: str) -> list[str]:
 # -- flavour detection ------------------------------------------------------------------------
 
 
-def _in_netns(netns: str | None, argv: list[str]) -> list[str]:
+def in_netns(netns: str | None, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv] if netns else argv
 
 
@@ -364,7 +364,7 @@ def detect_flavour(netns: str | None = None, *, run: SyncRunner = _run_sync) -> 
         if forced not in FLAVOURS:
             raise InvalidRequest(f"pynet: {ENV_FLAVOUR} must be nft or legacy, got {forced!r}")
         return forced
-    saves = {f: run(_in_netns(netns, [f"iptables-{f}-save"]))[1] for f in FLAVOURS}
+    saves = {f: run(in_netns(netns, [f"iptables-{f}-save"]))[1] for f in FLAVOURS}
     docker = [f for f in FLAVOURS if _has_docker_chains(saves[f])]
     if len(docker) == 1:
         return docker[0]
@@ -377,7 +377,7 @@ def detect_flavour(netns: str | None = None, *, run: SyncRunner = _run_sync) -> 
 # -- the firewall -----------------------------------------------------------------------------
 
 
-async def _run(argv: list[str], stdin: str | None = None) -> str:
+async def run_iptables(argv: list[str], stdin: str | None = None) -> str:
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -421,7 +421,7 @@ class Firewall:
         *,
         other_bridges: Iterable[str] = (),
         families: tuple[int, ...] = (4, 6),
-        runner: Runner = _run,
+        runner: Runner = run_iptables,
     ) -> None:
         if flavour is not None and flavour not in FLAVOURS:
             raise InvalidRequest(f"pynet: firewall flavour must be nft or legacy, got {flavour!r}")
@@ -544,11 +544,11 @@ class Firewall:
 
     async def _iptables(self, family: int, *args: str) -> str:
         binary = f"{_family_binary(family)}-{await self._ensure_flavour()}"
-        return await self._runner(_in_netns(self.netns, [binary, "-w", *args]), None)
+        return await self._runner(in_netns(self.netns, [binary, "-w", *args]), None)
 
     async def _restore(self, family: int, text: str) -> None:
         binary = f"{_family_binary(family)}-{await self._ensure_flavour()}-restore"
-        await self._runner(_in_netns(self.netns, [binary, "-w", "--noflush"]), text)
+        await self._runner(in_netns(self.netns, [binary, "-w", "--noflush"]), text)
 
 
 def _family_binary(family: int) -> str:

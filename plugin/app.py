@@ -15,8 +15,9 @@ from typing import Any, Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from plugin import ipam_api, network_api
+from plugin import admin_api, ipam_api, network_api
 from plugin.context import DAEMON, Daemon
+from plugin.metrics import METRICS, Metrics
 from store.errors import PynetError
 
 log = logging.getLogger("pynet.api")
@@ -49,6 +50,22 @@ ROUTES: dict[str, Handler] = {
 }
 
 
+class _Ids(msgspec.Struct):
+    NetworkID: str = ""
+    EndpointID: str = ""
+    PoolID: str = ""
+
+
+def _failure(method: str, body: bytes, error: object) -> dict[str, object]:
+    """Log fields of a failed request: the method and the IDs its body names, if it can be read."""
+    try:
+        ids = msgspec.json.decode(body.strip() or b"{}", type=_Ids)
+    except msgspec.MsgspecError:
+        ids = _Ids()
+    named = {"network": ids.NetworkID, "endpoint": ids.EndpointID, "pool": ids.PoolID}
+    return {"method": method, **{k: v for k, v in named.items() if v}, "error": str(error)}
+
+
 def _endpoint(method: str, handler: Handler, early: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def serve(request: web.Request) -> web.Response:
         daemon = request.app[DAEMON]
@@ -59,15 +76,16 @@ def _endpoint(method: str, handler: Handler, early: bool) -> Callable[[web.Reque
                 await asyncio.wait_for(daemon.ready.wait(), READY_TIMEOUT)
             reply = await handler(daemon, body)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            log.warning("bad request", extra={"method": method, "error": str(e)})
+            log.warning("bad request", extra=_failure(method, body, e))
             return error_reply(400, f"pynet: invalid {method} request: {e}")
         except PynetError as e:
-            log.warning("request failed", extra={"method": method, "error": str(e)})
+            log.warning("request failed", extra=_failure(method, body, e))
             return error_reply(500, str(e))
         except TimeoutError:
+            log.warning("request failed", extra=_failure(method, body, "pynet is still starting"))
             return error_reply(503, f"pynet: {method}: pynet is still starting, try again")
         except Exception as e:
-            log.exception("internal error", extra={"method": method})
+            log.exception("internal error", extra=_failure(method, body, e))
             return error_reply(500, f"pynet: internal error in {method}: {e}")
         log.debug("request", extra={"method": method, "ms": round((time.monotonic() - started) * 1000, 2)})
         return web.json_response(reply)
@@ -76,15 +94,39 @@ def _endpoint(method: str, handler: Handler, early: bool) -> Callable[[web.Reque
 
 
 async def not_found(request: web.Request) -> web.Response:
+    log.warning("unknown method", extra={"method": request.path.lstrip("/")})
     return error_reply(404, f"pynet: unknown method {request.path.lstrip('/')!r}")
 
 
-def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application()
+@web.middleware
+async def measure(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Counts and times Docker's requests, by method; unknown methods share one label so that
+    junk paths cannot grow the label set, and the operator's /pynet/ routes are not counted."""
+    if request.path.startswith(admin_api.PREFIX):
+        return await handler(request)
+    method = request.path[1:]
+    label = method if method in EARLY or method in ROUTES else "unknown"
+    started = time.perf_counter()
+    failed = True
+    try:
+        response = await handler(request)
+        failed = response.status != 200
+        return response
+    finally:
+        request.app[METRICS].observe_request(label, time.perf_counter() - started, failed)
+
+
+def make_app(daemon: Daemon, metrics: Metrics | None = None) -> web.Application:
+    """`metrics` is the daemon's own (its store is timed into it); tests may leave it out."""
+    app = web.Application(middlewares=[measure])
     app[DAEMON] = daemon
+    app[METRICS] = metrics or Metrics()
     for method, handler in EARLY.items():
         app.router.add_post("/" + method, _endpoint(method, handler, early=True))
     for method, handler in ROUTES.items():
         app.router.add_post("/" + method, _endpoint(method, handler, early=False))
+    admin_api.register(app, daemon)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

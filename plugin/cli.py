@@ -1,4 +1,5 @@
-"""The `pynet` command: `serve` runs the daemon; `lab` manages a multi-host lab."""
+"""The `pynet` command: `serve` runs the daemon; `lab` manages a multi-host lab; the operator's
+commands (`status`, `gc`, ...) live in plugin.admin."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from plugin import config
+from plugin import admin, config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,6 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the plugin daemon in the foreground")
     config.add_arguments(serve)
     sub.add_parser("lab", help="N Docker hosts on this machine (pynet lab --help)", add_help=False)
+    admin.add_parsers(sub)
     if argv[:1] == ["lab"]:
         from lab.cli import main as lab_main
 
@@ -25,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from plugin import daemon
 
         return daemon.main(config.from_args(args))
+    if args.command in admin.COMMANDS:
+        return admin.main(args)
     return 2
 
 

@@ -35,6 +35,9 @@ class Settings:
     etcd_password: str = _setting("", "etcd password")
     store_prefix: str = _setting("/pynet/", "key prefix in the store (several labs may share one etcd)")
     store_timeout: float = _setting(3.0, "deadline in seconds for one store operation", "SECONDS")
+    lease_ttl: int = _setting(
+        10, "seconds after pynet stops before other hosts drop this host's VXLAN entries", "SECONDS"
+    )
     default_pools: str = _setting(
         "10.208.0.0/12:24,fd70:706e::/32:64",
         "ranges automatic subnets are cut from, as CIDR:prefixlen, comma-separated",

@@ -21,29 +21,54 @@ from drivers.bridge import BridgeBackend
 from drivers.firewall import Firewall
 from drivers.macvlan import MacvlanBackend
 from drivers.netlink import Netlink
+from drivers.vxlan import VxlanBackend
 from ipam import Ipam
 from plugin import logs
+from plugin.admin_api import allocation_counts
 from plugin.app import make_app
 from plugin.config import Settings, resolve_host_id
 from plugin.context import Daemon
+from plugin.metrics import Metrics, serve_metrics, timed
 from plugin.state import State
 from store.base import Store
 from store.embedded import EmbeddedStore
+from store.errors import StoreUnavailable
 
 log = logging.getLogger("pynet")
 
 
 def open_store(settings: Settings) -> Store:
-    return EmbeddedStore(settings.store_path)
+    if not settings.etcd_endpoints:
+        return EmbeddedStore(settings.store_path)
+    from store.etcd import EtcdStore  # grpc is slow to import; only etcd users pay for it
+
+    return EtcdStore(
+        [e.strip() for e in settings.etcd_endpoints.split(",") if e.strip()],
+        timeout=settings.store_timeout,
+        ca=settings.etcd_ca,
+        cert=settings.etcd_cert,
+        key=settings.etcd_key,
+        user=settings.etcd_user,
+        password=settings.etcd_password,
+    )
 
 
-def build(settings: Settings) -> Daemon:
+def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
     host = resolve_host_id(settings)
-    store = open_store(settings)
+    store = timed(open_store(settings), metrics)
     netlink = Netlink()
     firewall = Firewall()
+    vxlan = VxlanBackend(
+        netlink,
+        firewall,
+        store,
+        settings.store_prefix,
+        host,
+        settings.lease_ttl,
+        observer=metrics.vxlan if metrics else None,
+    )
     backends: dict[str, Backend] = {
-        b.mode: b for b in (BridgeBackend(netlink, firewall), MacvlanBackend(netlink))
+        b.mode: b for b in (BridgeBackend(netlink, firewall), MacvlanBackend(netlink), vxlan)
     }
     return Daemon(
         settings=settings,
@@ -76,6 +101,21 @@ async def reconcile(d: Daemon) -> None:
         expected |= backend.expected_links(mine, my_eps)
     removed = await remove_orphan_links(d, expected)
     log.info("reconciled", extra={"networks": len(nets), "endpoints": len(eps), "orphans": ",".join(removed)})
+
+
+async def reconcile_until_done(d: Daemon, stop: asyncio.Event) -> None:
+    """At boot the store (etcd) may not be reachable yet: keep trying, without touching the
+    kernel, while requests get a clear "still starting" error instead of hanging."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await reconcile(d)
+            return
+        except StoreUnavailable as e:
+            log.warning("store unavailable at start, retrying", extra={"error": str(e), "retry_s": delay})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10.0)
 
 
 async def remove_orphan_links(d: Daemon, expected: set[str]) -> list[str]:
@@ -114,18 +154,22 @@ async def bind(app: web.Application, path: Path) -> web.AppRunner:
 
 
 async def serve(settings: Settings) -> None:
-    d = build(settings)
+    metrics = Metrics()
+    d = build(settings, metrics)
     sock = Path(settings.socket)
-    runner = await bind(make_app(d), sock)
-    log.info("listening", extra={"socket": str(sock), "host": d.host, "store": type(d.store).__name__})
+    runner = await bind(make_app(d, metrics), sock)
+    kind = "etcd" if settings.etcd_endpoints else "embedded"  # d.store is wrapped for timing
+    log.info("listening", extra={"socket": str(sock), "host": d.host, "store": kind})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     resync: asyncio.Task[None] | None = None
+    scrape: web.AppRunner | None = None
     try:
+        scrape = await serve_metrics(settings.metrics_listen, metrics, lambda: allocation_counts(d.ipam))
         await d.netlink.open()
-        await reconcile(d)
+        await reconcile_until_done(d, stop)
         d.ready.set()
         resync = asyncio.create_task(resync_forever(d))
         await stop.wait()
@@ -133,6 +177,10 @@ async def serve(settings: Settings) -> None:
     finally:
         if resync:
             resync.cancel()
+        for backend in d.backends.values():
+            await backend.close()
+        if scrape:
+            await scrape.cleanup()
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()

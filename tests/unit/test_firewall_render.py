@@ -13,7 +13,7 @@ from drivers.firewall import (
     Firewall,
     NetRules,
     _explain,
-    _run,
+    run_iptables,
     detect_flavour,
     jump_fixes,
     teardown_lines,
@@ -490,10 +490,10 @@ async def test_failed_apply_keeps_previous_desired_state() -> None:
 
 async def test_failing_command_reports_stderr() -> None:
     with pytest.raises(PynetError, match="cannot run no-such-binary-pnfw"):
-        await _run(["no-such-binary-pnfw"])
+        await run_iptables(["no-such-binary-pnfw"])
     with pytest.raises(PynetError, match="failed: boom"):
-        await _run([sys.executable, "-c", "import sys; sys.exit('boom')"])
-    assert await _run([sys.executable, "-c", "print(input())"], "fed") == "fed\n"
+        await run_iptables([sys.executable, "-c", "import sys; sys.exit('boom')"])
+    assert await run_iptables([sys.executable, "-c", "print(input())"], "fed") == "fed\n"
 
 
 def test_explain_names_the_failing_restore_line() -> None:

@@ -1,0 +1,282 @@
+"""The operator's routes, `POST /pynet/<command>` on the plugin socket, and the reports behind them.
+
+They share the socket with Docker's routes (one thing to secure and find) under a path Docker
+never calls. The reports are built from the store alone, so the CLI builds the same ones from
+the store directly when the daemon is down (`plugin.admin`). Nothing here calls Docker: `gc`
+gets Docker's view from the CLI, which asks Docker itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from drivers.base import Network
+from drivers.firewall import DOCKER_BRIDGES
+from ipam import Ipam
+from ipam.layout import GATEWAY, decode_poolset
+from ipam.netmath import reserved
+from plugin import gc, network_api
+from plugin.config import Settings
+from plugin.context import DAEMON, Daemon
+from plugin.state import State
+from store.base import Store
+
+PREFIX = "/pynet/"
+STORE_PROBE_TIMEOUT = 3.0
+
+
+class DaemonInfo(msgspec.Struct):
+    socket: str
+    answers: bool
+    pid: int = 0
+    uptime: float = 0.0
+    ready: bool = False
+    error: str = ""
+
+
+class StoreInfo(msgspec.Struct):
+    kind: str  # "embedded" | "etcd"
+    where: str  # file or endpoints
+    reachable: bool
+    error: str = ""
+
+
+class Peer(msgspec.Struct):
+    """A remote VTEP: registered by another host in the store, or a network's static peer."""
+
+    vni: int
+    host: str  # "" for a static peer
+    vtep: str
+
+
+class Status(msgspec.Struct):
+    daemon: DaemonInfo
+    host: str
+    store: StoreInfo
+    networks: int
+    endpoints: int
+    vxlan_peers: list[Peer]
+
+
+class NetworkInfo(msgspec.Struct):
+    id: str
+    mode: str
+    subnets: list[str]
+    gateways: list[str]
+    config: dict[str, Any]
+    internal: bool
+    endpoints: int
+
+
+class EndpointInfo(msgspec.Struct):
+    id: str
+    network: str
+    addresses: list[str]
+    mac: str
+    link: str
+    joined: bool
+    ports: list[str]
+
+
+class PoolInfo(msgspec.Struct):
+    subnet: str
+    hosts: list[str]
+    allocated: int
+    total: int  # usable addresses
+    gateway: str
+
+
+class SweepRequest(msgspec.Struct):
+    leaks: list[gc.Leak]
+    docker: gc.DockerView
+    min_age: float = gc.DEFAULT_MIN_AGE
+
+
+class _Vtep(msgspec.Struct):
+    address: str = ""
+
+
+# -- reports (shared with the CLI's store fallback) ------------------------------------------
+
+
+def store_location(settings: Settings) -> tuple[str, str]:
+    """(kind, where) of the store pynet is configured with."""
+    etcd = settings.etcd_endpoints
+    return ("etcd", etcd) if etcd else ("embedded", str(settings.store_path))
+
+
+async def store_info(settings: Settings, store: Store) -> StoreInfo:
+    kind, where = store_location(settings)
+    try:
+        await asyncio.wait_for(store.revision(), STORE_PROBE_TIMEOUT)
+    except Exception as e:
+        return StoreInfo(kind, where, False, str(e) or type(e).__name__)
+    return StoreInfo(kind, where, True)
+
+
+async def status(daemon: DaemonInfo, host: str, settings: Settings, store: Store) -> Status:
+    info = await store_info(settings, store)
+    if not info.reachable:
+        return Status(daemon, host, info, 0, 0, [])
+    state = State(store, settings.store_prefix, host)
+    nets = await state.networks()
+    peers = await vxlan_peers(store, settings.store_prefix, host, nets)
+    return Status(daemon, host, info, len(nets), len(await state.endpoints()), peers)
+
+
+async def vxlan_peers(store: Store, prefix: str, host: str, nets: list[Network]) -> list[Peer]:
+    """The other hosts' VTEPs as drivers/peers.py registers them (`vxlan/<vni>/vteps/<host>`),
+    for the VNIs this host has networks for, plus those networks' static peers."""
+    vnis = {n.config["vni"]: n for n in nets if n.mode == "vxlan" and isinstance(n.config.get("vni"), int)}
+    root = f"{prefix}vxlan/"
+    peers = []
+    for kv in await store.range(root):
+        vni, kind, name = (kv.key[len(root) :].split("/") + ["", ""])[:3]
+        if kind == "vteps" and vni.isdigit() and int(vni) in vnis and name != host:
+            peers.append(Peer(int(vni), name, msgspec.json.decode(kv.value, type=_Vtep).address))
+    peers += [Peer(vni, "", vtep) for vni, n in vnis.items() for vtep in n.config.get("peers") or []]
+    return peers
+
+
+async def networks(state: State) -> list[NetworkInfo]:
+    counts = Counter(ep.network_id for ep in await state.endpoints())
+    return [
+        NetworkInfo(
+            id=n.id,
+            mode=n.mode,
+            subnets=[s.pool for s in (*n.ipv4, *n.ipv6)],
+            gateways=[s.gateway for s in (*n.ipv4, *n.ipv6) if s.gateway],
+            config=n.config,
+            internal=n.internal,
+            endpoints=counts[n.id],
+        )
+        for n in await state.networks()
+    ]
+
+
+async def endpoints(state: State) -> list[EndpointInfo]:
+    return [
+        EndpointInfo(
+            id=ep.id,
+            network=ep.network_id,
+            addresses=[a for a in (ep.address, ep.address6) if a],
+            mac=ep.mac,
+            link=ep.peer or ep.ifname,
+            joined=ep.joined,
+            ports=[f"{p.host_ip or '*'}:{p.host_port}->{p.container_port}/{p.proto}" for p in ep.ports],
+        )
+        for ep in await state.endpoints()
+    ]
+
+
+async def pools(ipam: Ipam) -> list[PoolInfo]:
+    """Every pool in the store, with every host's allocations (pools may be shared)."""
+    poolset = await ipam.store.get(ipam.keys.poolset)
+    allocations = await ipam.allocations()
+    out = []
+    for subnet in decode_poolset(poolset.value if poolset else None):
+        hosts = await ipam.store.range(ipam.keys.pool(subnet) + "hosts/")
+        mine = [a for a in allocations if a.pool == str(subnet)]
+        out.append(
+            PoolInfo(
+                subnet=str(subnet),
+                hosts=[kv.key.rsplit("/", 1)[1] for kv in hosts],
+                allocated=len({a.address for a in mine}),
+                total=subnet.num_addresses - len(reserved(subnet)),
+                gateway=next((a.address for a in mine if a.owner == GATEWAY), ""),
+            )
+        )
+    return out
+
+
+async def allocation_counts(ipam: Ipam) -> dict[str, int]:
+    """For the `pynet_ipam_allocations` gauge."""
+    return {p.subnet: p.allocated for p in await pools(ipam)}
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Admin:
+    """What the admin routes need beyond the daemon; tests swap `iptables` for a fake."""
+
+    started: float
+    iptables: gc.Iptables
+
+
+ADMIN = web.AppKey("admin", Admin)
+
+Route = Callable[[Daemon, Admin, bytes], Awaitable[Any]]
+
+
+async def _status(d: Daemon, admin: Admin, _: bytes) -> Status:
+    uptime = round(time.monotonic() - admin.started, 3)
+    info = DaemonInfo(d.settings.socket, True, os.getpid(), uptime, d.ready.is_set())
+    return await status(info, d.host, d.settings, d.store)
+
+
+def sources(d: Daemon, admin: Admin) -> gc.Sources:
+    outsiders = (*DOCKER_BRIDGES, *sorted(d.firewall.other_bridges))
+    return gc.Sources(d.host, d.state, d.ipam, d.netlink, admin.iptables, outsiders)
+
+
+async def _inventory(d: Daemon, admin: Admin, _: bytes) -> gc.Inventory:
+    return await gc.gather(sources(d, admin))
+
+
+async def _sweep(d: Daemon, admin: Admin, body: bytes) -> list[gc.Outcome]:
+    req = msgspec.json.decode(body, type=SweepRequest)
+
+    async def remove_endpoint(leak: gc.Leak) -> None:
+        """As Docker's DeleteEndpoint would have: under the network's lock, backend first."""
+        await network_api.delete_endpoint(d, msgspec.json.encode({"NetworkID": leak.network, "EndpointID": leak.name}))
+
+    return await gc.sweep(req.leaks, req.docker, sources(d, admin), remove_endpoint, time.time(), req.min_age)
+
+
+ROUTES: dict[str, Route] = {
+    "status": _status,
+    "networks": lambda d, _, __: networks(d.state),
+    "endpoints": lambda d, _, __: endpoints(d.state),
+    "ipam": lambda d, _, __: pools(d.ipam),
+    "gc/inventory": _inventory,
+    "gc/sweep": _sweep,
+}
+# Before start-up completes, reconcile may still be removing orphans; gc must not race it.
+NEEDS_READY = frozenset({"gc/inventory", "gc/sweep"})
+
+
+def _reply(status_code: int, message: str) -> web.Response:
+    return web.json_response({"Err": message, "Error": message}, status=status_code)
+
+
+def _route(name: str, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def serve(request: web.Request) -> web.Response:
+        d = request.app[DAEMON]
+        if name in NEEDS_READY and not d.ready.is_set():
+            return _reply(503, f"pynet: {name}: pynet is still starting, try again")
+        try:
+            result = await route(d, request.app[ADMIN], await request.read())
+        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            return _reply(400, f"pynet: invalid {name} request: {e}")
+        except Exception as e:
+            return _reply(500, f"pynet: {name} failed: {e}")
+        return web.Response(body=msgspec.json.encode(result), content_type="application/json")
+
+    return serve
+
+
+def register(app: web.Application, daemon: Daemon) -> None:
+    app[ADMIN] = Admin(time.monotonic(), gc.Iptables(lambda: daemon.firewall.flavour, daemon.firewall.netns))
+    for name, route in ROUTES.items():
+        app.router.add_post(PREFIX + name, _route(name, route))

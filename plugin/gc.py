@@ -1,0 +1,450 @@
+"""Leak finding: what pynet's store, the kernel and Docker disagree about, and its removal.
+
+Leaks come from paths Docker only logs: a container removed while pynet is down leaves its
+endpoint record, veth and address behind (DeleteEndpoint and ReleaseAddress fail, Docker
+moves on). Four kinds:
+
+- endpoint: a record Docker does not know and no container holds: its container-side link is
+  back in the host namespace (Docker returns it when the sandbox goes) or its host-side link is
+  gone. The second condition keeps a wrong `--docker-host` from condemning live containers.
+- link: a pynet-named link (`PREFIXES`) that no live record references, by name or by the ID
+  its name is derived from.
+- allocation: an address this host allocated that no live record, no network and no Docker
+  container accounts for, and older than `min_age` (Docker allocates before it creates the
+  endpoint, so a young allocation may be a container starting right now).
+- rule: a rule in a PYNET-* chain naming a bridge (or, in its comment, a network) no network has.
+
+Endpoint and allocation leaks need Docker's word; without it only links and rules are found.
+
+The daemon and the CLI (when the daemon is down) run the same code over the same sources.
+Finding and removing are split so that the Docker view is taken *after* the inventory: a record
+older than the view that Docker does not know is really unknown to it. Removal then takes a
+fresh inventory and removes only what is a leak in both, so nothing created meanwhile goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import shlex
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import msgspec
+
+from drivers.base import Endpoint, Network
+from drivers.bridge import BridgeBackend
+from drivers.firewall import DOCKER_BRIDGES, Runner, in_netns, run_iptables, detect_flavour
+from drivers.macvlan import MacvlanBackend
+from drivers.netlink import Netlink
+from drivers.vxlan import VxlanBackend
+from ipam import Ipam
+from ipam.layout import AUX, GATEWAY, LOCAL_SPACE
+from ipam.pools import Allocation
+from plugin.state import State
+from store.errors import PynetError
+
+log = logging.getLogger("pynet.gc")
+
+T = TypeVar("T")
+
+# Every mode's, whichever modes this daemon runs: the CLI judges links without a daemon.
+PREFIXES = tuple(p for backend in (BridgeBackend, MacvlanBackend, VxlanBackend) for p in backend.link_prefixes)
+ID_CHARS = 11  # link names are a prefix plus this many characters of an ID
+DEFAULT_MIN_AGE = 60.0
+DOCKER_TIMEOUT = 10.0
+
+Kind = Literal["endpoint", "link", "allocation", "rule"]
+ORDER: dict[str, int] = {"endpoint": 0, "link": 1, "allocation": 2, "rule": 3}
+
+
+class Rule(msgspec.Struct, frozen=True):
+    family: int
+    table: str
+    line: str  # as iptables-save prints it: "-A PYNET-FORWARD ..."
+
+
+class Inventory(msgspec.Struct):
+    """Everything gc compares, read in this order: links first, then records, so that a link
+    and the record created right after it are both seen."""
+
+    host: str
+    links: list[str]
+    networks: list[Network]
+    endpoints: list[Endpoint]
+    allocations: list[Allocation]
+    rules: list[Rule]
+    outsiders: list[str]  # non-pynet bridges the firewall isolates pynet's from
+    rules_error: str = ""  # why the firewall could not be read, if it could not
+
+
+class DockerView(msgspec.Struct):
+    """What Docker has in use, from its API; IDs are full, addresses bare."""
+
+    networks: list[str]
+    endpoints: list[str]
+    addresses: list[str]
+    subnets: list[str]  # of every network whose IPAM is pynet's or whose driver is
+
+
+class Leak(msgspec.Struct, frozen=True):
+    kind: Kind
+    name: str  # endpoint ID, link name, address, or rule line
+    reason: str
+    network: str = ""  # endpoint leaks: its network
+    pool: str = ""  # allocation leaks
+    family: int = 0  # rule leaks
+    table: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.kind, self.name
+
+
+class Outcome(msgspec.Struct):
+    leak: Leak
+    result: Literal["removed", "vanished", "refused", "failed"]  # vanished: no longer a leak
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("removed", "vanished")
+
+
+# -- the firewall as gc sees it ---------------------------------------------------------------
+
+
+class Iptables:
+    """Reads and deletes rules in pynet's chains with the firewall's own tools and flavour."""
+
+    def __init__(
+        self, flavour: Callable[[], str] | None = None, netns: str | None = None, runner: Runner = run_iptables
+    ) -> None:
+        """`flavour` (blocking, run in a thread once) defaults to detecting it in `netns`."""
+        self._detect = flavour or (lambda: detect_flavour(netns))
+        self._flavour = ""
+        self.netns = netns
+        self._runner = runner
+
+    async def flavour(self) -> str:
+        if not self._flavour:
+            self._flavour = await asyncio.to_thread(self._detect)
+        return self._flavour
+
+    async def _tool(self, family: int, suffix: str) -> list[str]:
+        base = "iptables" if family == 4 else "ip6tables"
+        return [f"{base}-{await self.flavour()}{suffix}"]
+
+    async def table(self, family: int, table: str) -> str:
+        """`iptables -t TABLE -S`."""
+        argv = await self._tool(family, "")
+        return await self._runner(in_netns(self.netns, [*argv, "-w", "-t", table, "-S"]), None)
+
+    async def pynet_rules(self) -> list[Rule]:
+        rules: list[Rule] = []
+        for family in (4, 6):
+            save = await self._runner(in_netns(self.netns, await self._tool(family, "-save")), None)
+            table = ""
+            for line in save.splitlines():
+                if line.startswith("*"):
+                    table = line[1:]
+                elif line.startswith("-A PYNET-"):
+                    rules.append(Rule(family, table, line))
+        return rules
+
+    async def delete(self, rule: Rule) -> None:
+        argv = await self._tool(rule.family, "-restore")
+        text = f"*{rule.table}\n-D{rule.line[2:]}\nCOMMIT\n"
+        await self._runner(in_netns(self.netns, [*argv, "-w", "--noflush"]), text)
+
+
+# -- gathering --------------------------------------------------------------------------------
+
+
+@dataclass
+class Sources:
+    host: str
+    state: State
+    ipam: Ipam
+    netlink: Netlink
+    iptables: Iptables
+    outsiders: Sequence[str] = DOCKER_BRIDGES
+
+
+async def gather(src: Sources) -> Inventory:
+    links = [link.name for link in await src.netlink.links()]
+    rules: list[Rule] = []
+    rules_error = ""
+    try:
+        rules = await src.iptables.pynet_rules()
+    except PynetError as e:
+        rules_error = str(e)
+    return Inventory(
+        host=src.host,
+        links=links,
+        networks=await src.state.networks(),
+        endpoints=await src.state.endpoints(),
+        allocations=await src.ipam.allocations(),
+        rules=rules,
+        outsiders=list(src.outsiders),
+        rules_error=rules_error,
+    )
+
+
+# -- finding ----------------------------------------------------------------------------------
+
+
+def _bare(cidr: str) -> str:
+    return str(ipaddress.ip_interface(cidr).ip) if cidr else ""
+
+
+def _held(ep: Endpoint, links: set[str]) -> bool:
+    """A container may hold it: neither is its container side in our namespace nor is its host
+    side gone. (With no host side, as with macvlan, a missing link may be in a container.)"""
+    if ep.peer and ep.peer in links:
+        return False
+    return not (ep.ifname and ep.ifname not in links)
+
+
+def _endpoint_leaks(inv: Inventory, view: DockerView) -> list[Endpoint]:
+    known = set(view.endpoints)
+    links = set(inv.links)
+    return [ep for ep in inv.endpoints if ep.id not in known and not _held(ep, links)]
+
+
+def _referenced(inv: Inventory, live: list[Endpoint]) -> tuple[set[str], set[str]]:
+    """(link names, ID stems) that live records account for."""
+    names = {v for n in inv.networks for v in n.config.values() if isinstance(v, str)}
+    names |= {name for ep in live for name in (ep.ifname, ep.peer) if name}
+    stems = {n.id[:ID_CHARS] for n in inv.networks} | {ep.id[:ID_CHARS] for ep in live}
+    return names, stems
+
+
+def _link_leaks(inv: Inventory, live: list[Endpoint], leaked: list[Endpoint]) -> list[Leak]:
+    names, stems = _referenced(inv, live)
+    owners = {ep.id[:ID_CHARS]: ep.id for ep in leaked}
+    out = []
+    for link in inv.links:
+        prefix = next((p for p in PREFIXES if link.startswith(p)), "")
+        stem = link[len(prefix) :]
+        if not prefix or link in names or stem in stems:
+            continue
+        owner = owners.get(stem)
+        reason = f"belongs to leaked endpoint {owner[:12]}" if owner else "no network or endpoint record references it"
+        out.append(Leak("link", link, reason))
+    return out
+
+
+def _allocation_leaks(
+    inv: Inventory, live: list[Endpoint], view: DockerView, now: float, min_age: float
+) -> list[Leak]:
+    subnets = [s for n in inv.networks for s in (*n.ipv4, *n.ipv6)]
+    reserved = {_bare(a) for s in subnets for a in (s.gateway, *s.aux.values()) if a}
+    pools = {s.pool for s in subnets} | set(view.subnets)
+    in_use = {_bare(a) for ep in live for a in (ep.address, ep.address6) if a} | set(view.addresses)
+    live_ids = {ep.id for ep in live}
+    out = []
+    for a in inv.allocations:
+        if a.host != inv.host or now - a.time < min_age:
+            continue
+        if a.owner in (GATEWAY, AUX):
+            if a.address in reserved or a.pool in pools:
+                continue
+            reason = f"{a.owner} of pool {a.pool}, which no network has"
+        else:
+            if a.address in in_use or a.owner in live_ids:
+                continue
+            whose = "a container" if a.owner == "container" else f"endpoint {a.owner[:12]}"
+            reason = f"allocated for {whose}; no endpoint record or Docker container uses it"
+        out.append(Leak("allocation", a.address, reason, pool=a.pool))
+    return out
+
+
+def _rule_names(line: str) -> tuple[list[str], str]:
+    """(interfaces the rule matches, the network key of its comment or "")."""
+    words = shlex.split(line)
+    names = [words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-i", "-o", "--in-interface", "--out-interface")]
+    comment = next((words[i + 1] for i, w in enumerate(words[:-1]) if w == "--comment"), "")
+    return names, comment.removeprefix("pynet ") if comment.startswith("pynet ") else ""
+
+
+def _rule_leaks(inv: Inventory) -> list[Leak]:
+    bridges = {n.config.get("bridge") for n in inv.networks} | set(inv.outsiders)
+    networks = {n.id for n in inv.networks}
+    out = []
+    for rule in inv.rules:
+        names, key = _rule_names(rule.line)
+        unknown = [name for name in names if name not in bridges]
+        if unknown:
+            reason = f"bridge {unknown[0]} belongs to no network"
+        elif key and key not in networks:
+            reason = f"network {key[:12]} does not exist"
+        else:
+            continue
+        out.append(Leak("rule", rule.line, reason, family=rule.family, table=rule.table))
+    return out
+
+
+def find(inv: Inventory, view: DockerView | None, now: float, min_age: float = DEFAULT_MIN_AGE) -> list[Leak]:
+    """Without a Docker view (Docker unreachable) only links and rules can be judged."""
+    leaked = _endpoint_leaks(inv, view) if view is not None else []
+    gone = {ep.id for ep in leaked}
+    live = [ep for ep in inv.endpoints if ep.id not in gone]
+    leaks = [
+        Leak("endpoint", ep.id, "Docker does not know it and no container holds its link", network=ep.network_id)
+        for ep in leaked
+    ]
+    leaks += _link_leaks(inv, live, leaked)
+    if view is not None:
+        leaks += _allocation_leaks(inv, live, view, now, min_age)
+    return leaks + _rule_leaks(inv)
+
+
+def refusal(inv: Inventory, view: DockerView) -> str:
+    """Why removing would be unsafe though Docker answered; "" when it is safe."""
+    if inv.networks and not {n.id for n in inv.networks} & set(view.networks):
+        return (
+            f"Docker knows none of pynet's {len(inv.networks)} networks: is --docker-host the Docker"
+            " daemon this pynet serves?"
+        )
+    return ""
+
+
+# -- removing ---------------------------------------------------------------------------------
+
+EndpointRemover = Callable[[Leak], Awaitable[None]]
+
+
+async def sweep(
+    requested: Iterable[Leak],
+    view: DockerView,
+    src: Sources,
+    remove_endpoint: EndpointRemover,
+    now: float,
+    min_age: float = DEFAULT_MIN_AGE,
+) -> list[Outcome]:
+    """Remove what was found earlier and is still a leak now; endpoints first, since removing
+    one also removes its links."""
+    inv = await gather(src)
+    why_not = refusal(inv, view)
+    current = {leak.key for leak in find(inv, view, now, min_age)}
+    outcomes = []
+    for leak in sorted(requested, key=lambda x: ORDER[x.kind]):
+        if why_not:
+            outcomes.append(Outcome(leak, "refused", why_not))
+        elif leak.key not in current:
+            outcomes.append(Outcome(leak, "vanished"))
+        else:
+            outcomes.append(await _remove(leak, src, remove_endpoint))
+    return outcomes
+
+
+async def _remove(leak: Leak, src: Sources, remove_endpoint: EndpointRemover) -> Outcome:
+    try:
+        match leak.kind:
+            case "endpoint":
+                await remove_endpoint(leak)
+            case "link":
+                await src.netlink.delete_link(leak.name)
+            case "allocation":
+                await src.ipam.release_address(f"{LOCAL_SPACE}:{leak.pool}", leak.name)
+            case "rule":
+                await src.iptables.delete(Rule(leak.family, leak.table, leak.name))
+    except Exception as e:
+        log.warning("gc: removal failed", extra={"kind": leak.kind, "leak": leak.name, "error": str(e)})
+        return Outcome(leak, "failed", str(e) or type(e).__name__)
+    log.info("gc: removed", extra={"kind": leak.kind, "leak": leak.name, "reason": leak.reason})
+    return Outcome(leak, "removed")
+
+
+# -- Docker's view (CLI only: the daemon never calls Docker from a request) ------------------
+
+
+class _IpamConfig(msgspec.Struct):
+    Subnet: str = ""
+    Gateway: str = ""
+    AuxiliaryAddresses: dict[str, str] | None = None
+
+
+class _Ipam(msgspec.Struct):
+    Driver: str = ""
+    Config: list[_IpamConfig] | None = None
+
+
+class _Attached(msgspec.Struct):
+    """An entry of a network's `Containers` or of a container's `NetworkSettings.Networks`."""
+
+    EndpointID: str = ""
+    IPv4Address: str = ""
+    IPv6Address: str = ""
+    IPAddress: str = ""
+    GlobalIPv6Address: str = ""
+    Gateway: str = ""
+
+    def addresses(self) -> set[str]:
+        found = (self.IPv4Address, self.IPv6Address, self.IPAddress, self.GlobalIPv6Address, self.Gateway)
+        return {_bare(a) for a in found if a}
+
+
+class _Network(msgspec.Struct):
+    Id: str
+    Driver: str = ""
+    IPAM: _Ipam | None = None
+    Containers: dict[str, _Attached] | None = None
+
+    def uses_pynet(self) -> bool:
+        return "pynet" in self.Driver or (self.IPAM is not None and "pynet" in self.IPAM.Driver)
+
+
+class _Settings(msgspec.Struct):
+    Networks: dict[str, _Attached] | None = None
+
+
+class _Container(msgspec.Struct):
+    NetworkSettings: _Settings | None = None
+
+
+def _session(docker_host: str) -> tuple[aiohttp.ClientSession, str]:
+    """A session and base URL for `unix:///path` or `tcp://host:port` (plain HTTP)."""
+    url = urlsplit(docker_host)
+    timeout = aiohttp.ClientTimeout(total=DOCKER_TIMEOUT)
+    if url.scheme == "unix":
+        return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=url.path), timeout=timeout), "http://docker"
+    if url.scheme in ("tcp", "http"):
+        return aiohttp.ClientSession(timeout=timeout), f"http://{url.netloc}"
+    raise ValueError(f"pynet: --docker-host must be unix:///path or tcp://host:port, got {docker_host!r}")
+
+
+async def docker_view(docker_host: str, pynet_networks: Iterable[str]) -> DockerView:
+    """Networks, endpoints and addresses Docker has in use: every network that is pynet's (by
+    ID, driver or IPAM driver) with its attachments, and every container's attachments.
+
+    Raises OSError, aiohttp.ClientError, msgspec.DecodeError or TimeoutError when Docker
+    cannot be asked."""
+    ours = set(pynet_networks)
+    session, base = _session(docker_host)
+    async with session:
+
+        async def get(path: str, type_: type[T]) -> T:
+            async with session.get(base + path) as r:
+                if r.status != 200:
+                    raise aiohttp.ClientError(f"Docker answered {r.status} to GET {path}: {await r.text()}")
+                return msgspec.json.decode(await r.read(), type=type_)
+
+        listed = await get("/networks", list[_Network])
+        relevant = [await get(f"/networks/{quote(n.Id)}", _Network) for n in listed if n.Id in ours or n.uses_pynet()]
+        containers = await get("/containers/json?all=1", list[_Container])
+    attached = [a for n in relevant for a in (n.Containers or {}).values()]
+    attached += [a for c in containers for a in ((c.NetworkSettings and c.NetworkSettings.Networks) or {}).values()]
+    configs = [c for n in relevant for c in ((n.IPAM and n.IPAM.Config) or [])]
+    reserved = {_bare(a) for c in configs for a in (c.Gateway, *(c.AuxiliaryAddresses or {}).values()) if a}
+    return DockerView(
+        networks=sorted(n.Id for n in listed),
+        endpoints=sorted({a.EndpointID for a in attached} - {""}),
+        addresses=sorted(reserved.union(*(a.addresses() for a in attached))),
+        subnets=sorted({str(ipaddress.ip_network(c.Subnet, strict=False)) for c in configs if c.Subnet}),
+    )

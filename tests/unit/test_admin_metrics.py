@@ -1,0 +1,98 @@
+"""The metrics pieces on their own: the store timing wrapper, the VXLAN observer, addresses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plugin.metrics import Metrics, TimedStore, parse_listen, timed
+from store.base import Compare, Put
+from store.embedded import EmbeddedStore
+from store.errors import NotFound
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_timed_store_times_each_operation_and_changes_nothing(tmp_path: Path) -> None:
+    metrics = Metrics()
+    inner = EmbeddedStore(tmp_path / "store.sqlite")
+    store = TimedStore(inner, metrics)
+    await store.put("/k", b"v")
+    assert (await store.get("/k")) == await inner.get("/k")
+    assert [kv.key for kv in await store.range("/")] == ["/k"]
+    assert await store.txn([Compare.absent("/k")], [Put("/k", b"w")]) is False
+    assert await store.delete("/k") == 1
+    lease = await store.grant_lease(10)
+    await store.refresh_lease(lease)
+    await store.revoke_lease(lease)
+    for op in ("put", "get", "range", "txn", "delete", "grant_lease", "refresh_lease", "revoke_lease"):
+        assert sample(metrics, "pynet_store_seconds_count", op=op) == 1, op
+    assert sample(metrics, "pynet_store_seconds_bucket", op="get", le="3.0") == 1
+    await store.close()
+
+
+async def test_timed_store_passes_failures_and_extras_through(tmp_path: Path) -> None:
+    metrics = Metrics()
+    inner = EmbeddedStore(tmp_path / "store.sqlite")
+    store = TimedStore(inner, metrics)
+    with pytest.raises(NotFound):
+        await store.refresh_lease(12345)
+    assert sample(metrics, "pynet_store_seconds_count", op="refresh_lease") == 1, "failures are timed too"
+    assert store.path == inner.path, "implementation extras (EtcdStore.connect) stay reachable"
+    await store.close()
+
+
+def test_without_metrics_the_store_is_not_wrapped(tmp_path: Path) -> None:
+    inner = EmbeddedStore(tmp_path / "store.sqlite")
+    assert timed(inner, None) is inner
+    assert isinstance(timed(inner, Metrics()), TimedStore)
+
+
+def test_vxlan_observer_reports_peers_and_programming_lag() -> None:
+    metrics = Metrics()
+    metrics.vxlan.on_programmed(42, 3, 0.02)
+    metrics.vxlan.on_programmed(42, 2, 0.0)  # no remote endpoint yet: no lag to observe
+    assert sample(metrics, "pynet_vxlan_peers", vni="42") == 2
+    assert sample(metrics, "pynet_fdb_programming_seconds_count") == 1
+    assert sample(metrics, "pynet_fdb_programming_seconds_bucket", le="0.025") == 1
+    metrics.vxlan.forget(42)
+    metrics.vxlan.forget(42)
+    assert metrics.registry.get_sample_value("pynet_vxlan_peers", {"vni": "42"}) is None
+
+
+def test_registries_are_private_to_each_daemon() -> None:
+    one, two = Metrics(), Metrics()
+    one.observe_request("Plugin.Activate", 0.001, failed=False)
+    assert sample(one, "pynet_requests_total", method="Plugin.Activate") == 1
+    assert sample(two, "pynet_requests_total", method="Plugin.Activate") == 0
+
+
+def test_ipam_gauge_forgets_removed_pools() -> None:
+    metrics = Metrics()
+    metrics.set_allocations({"10.1.0.0/24": 3, "10.2.0.0/24": 1})
+    metrics.set_allocations({"10.1.0.0/24": 4})
+    assert sample(metrics, "pynet_ipam_allocations", pool="10.1.0.0/24") == 4
+    assert metrics.registry.get_sample_value("pynet_ipam_allocations", {"pool": "10.2.0.0/24"}) is None
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("127.0.0.1:9477", ("127.0.0.1", 9477)),
+        ("[::1]:9477", ("::1", 9477)),
+        (":9477", ("127.0.0.1", 9477)),
+        ("/run/pynet/metrics.sock", "/run/pynet/metrics.sock"),
+    ],
+)
+def test_listen_addresses(given: str, expected: object) -> None:
+    assert parse_listen(given) == expected
+
+
+@pytest.mark.parametrize("given", ["localhost", "host:port", "host:70000"])
+def test_bad_listen_addresses_are_named(given: str) -> None:
+    with pytest.raises(ValueError, match="--metrics-listen"):
+        parse_listen(given)
