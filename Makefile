@@ -40,3 +40,29 @@ lab-status:
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# The managed plugin (README, "Install as a managed Docker plugin"). plugin-rootfs builds
+# config.json + rootfs/ in PLUGIN_DIR with debootstrap, no registry (the base is cached in
+# PLUGIN_CACHE, so a rebuild after a code change takes seconds); plugin then (re)creates
+# pynet:latest in the dockerd DOCKER_HOST names and enables it, keeping its `docker plugin
+# set` values. PLUGIN_SET="KEY=VALUE ..." sets more before enabling; FORCE=1 replaces a
+# plugin that networks use.
+PLUGIN_CACHE ?= /var/cache/pynet-plugin
+PLUGIN_DIR ?= $(PLUGIN_CACHE)/plugin
+PLUGIN_SET ?=
+FORCE ?= 0
+.PHONY: plugin plugin-rootfs install-service
+
+plugin-rootfs:
+	@packaging/install.sh run
+	PYNET_PLUGIN_CACHE=$(PLUGIN_CACHE) packaging/plugin/build.sh $(PLUGIN_DIR)
+
+plugin: plugin-rootfs
+	PLUGIN_SET="$(PLUGIN_SET)" FORCE=$(FORCE) packaging/plugin/create.sh $(PLUGIN_DIR)
+
+# pynet as a systemd service (README, "Install as a system service"): a venv in PREFIX, the
+# unit, /etc/default/pynet if missing; DESTDIR stages it under another root.
+DESTDIR ?=
+PREFIX ?= /opt/pynet
+install-service:
+	DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) packaging/install-service.sh

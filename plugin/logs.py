@@ -57,7 +57,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Daemon logs go to stdout: dockerd records a managed plugin's stderr at error level
+    whatever the line says, its stdout at info."""
+    handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

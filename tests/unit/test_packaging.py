@@ -1,0 +1,137 @@
+"""The packaging files agree with the daemon: config.json (the managed plugin's manifest), the
+systemd unit and /etc/default/pynet. Mistakes in config.json show up only when Docker enables
+the plugin, and in a unit only at boot, so they are checked here, with no root and no Docker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugin.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+# The daemon's own default paths are right inside the plugin; not meant to be changed there.
+FIXED = {"socket", "state_dir"}
+EXTRA_ENV = {"PYNET_IPTABLES_BACKEND", "PYTHONUNBUFFERED"}
+
+
+def manifest() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((REPO / "config.json").read_text())
+    return data
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """A systemd unit as {section: {key: [values...]}}: keys may repeat, which configparser refuses."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        assert current is not None, f"key outside a section: {line!r}"
+        key, sep, value = line.partition("=")
+        assert sep, f"not KEY=VALUE: {line!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def unit() -> dict[str, dict[str, list[str]]]:
+    return parse_unit((REPO / "packaging" / "pynet.service").read_text())
+
+
+def words(values: list[str]) -> list[str]:
+    return [w for v in values for w in v.split()]
+
+
+# -- config.json --------------------------------------------------------------------------------
+
+
+def test_manifest_declares_both_drivers_on_the_default_socket() -> None:
+    m = manifest()
+    assert m["interface"]["types"] == ["docker.networkdriver/1.0", "docker.ipamdriver/1.0"]
+    # Inside the plugin the socket is /run/docker/plugins/<socket>: pynet's default path.
+    assert f"/run/docker/plugins/{m['interface']['socket']}" == Settings().socket
+    assert m["network"]["type"] == "host", "veths must be made in the host's network namespace"
+
+
+def test_manifest_capabilities() -> None:
+    caps = set(manifest()["linux"]["capabilities"])
+    assert {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_RAW"} <= caps
+
+
+def test_entrypoint_runs_pynet_serve_unbuffered() -> None:
+    m = manifest()
+    argv = m["entrypoint"]
+    assert argv[-2:] == ["/opt/pynet/venv/bin/pynet", "serve"]
+    assert "-u" in argv
+    assert {"name": "PYTHONUNBUFFERED", "description": m["env"][0]["description"], "value": "1"} in m["env"]
+
+
+def test_every_setting_is_settable_with_the_daemons_default() -> None:
+    """Each env entry has a value (Docker only sets entries that have one) equal to the
+    daemon's default, parses as the setting's type, and is settable."""
+    env = {e["name"]: e for e in manifest()["env"]}
+    for f in dataclasses.fields(Settings):
+        name = "PYNET_" + f.name.upper()
+        if f.name in FIXED:
+            assert name not in env, f"{name} is fixed by the plugin's mounts and socket"
+            continue
+        assert name in env, f"config.json lacks {name}"
+        entry = env[name]
+        assert entry.get("settable") == ["value"], name
+        assert isinstance(entry.get("value"), str), f"{name} needs a value to be set at all"
+        kind: Any = type(f.default)
+        assert kind(entry["value"]) == f.default, name
+    assert set(env) - {"PYNET_" + f.name.upper() for f in dataclasses.fields(Settings)} == EXTRA_ENV
+
+
+def test_state_mount_is_the_daemons_state_dir_and_settable() -> None:
+    mounts = {m["name"]: m for m in manifest()["mounts"]}
+    state = mounts["state"]
+    assert state["source"] == state["destination"] == Settings().state_dir
+    assert state["settable"] == ["source"] and state["type"] == "bind"
+    lock = mounts["xtables-lock"]
+    assert lock["source"] == lock["destination"] == "/run/xtables.lock"
+
+
+# -- the systemd unit --------------------------------------------------------------------------
+
+
+def test_unit_orders_pynet_before_docker_and_is_wanted_by_it() -> None:
+    u = unit()
+    assert "docker.service" in words(u["Unit"]["Before"])
+    wanted = words(u["Install"]["WantedBy"])
+    assert "multi-user.target" in wanted and "docker.service" in wanted
+    # Requires= would restart docker (and its containers) with every `systemctl restart pynet`.
+    assert "RequiredBy" not in u["Install"]
+
+
+def test_unit_service_policy() -> None:
+    s = unit()["Service"]
+    assert s["ExecStart"] == ["/opt/pynet/venv/bin/pynet serve"]
+    assert s["Restart"] == ["on-failure"]
+    assert s["KillMode"] == ["process"]
+    assert "-/etc/default/pynet" in s["EnvironmentFile"]
+    assert "PYTHONUNBUFFERED=1" in s["Environment"]
+
+
+def test_default_file_names_only_real_settings() -> None:
+    text = (REPO / "packaging" / "pynet.default").read_text()
+    names = set(re.findall(r"^#?(PYNET_[A-Z_]+)=", text, re.MULTILINE))
+    known = {"PYNET_" + f.name.upper() for f in dataclasses.fields(Settings)}
+    assert names and names <= known, names - known
+    assert not re.search(r"^PYNET_", text, re.MULTILINE), "everything stays at its default until the user edits it"
+
+
+@pytest.mark.parametrize("script", ["plugin/build.sh", "plugin/create.sh", "install-service.sh"])
+def test_scripts_are_executable(script: str) -> None:
+    assert (REPO / "packaging" / script).stat().st_mode & 0o111
