@@ -199,7 +199,7 @@ class Ipam:
                 elif ip is not None:
                     got = await self._take_static(pid, state, ip)
                 else:
-                    got = await self._take_dynamic(pid, state)
+                    got = await self._take_dynamic(pid, state, contended=attempt > 0)
                 if got is not None:
                     return f"{got}/{pid.subnet.prefixlen}"
                 await _backoff(attempt)
@@ -419,13 +419,14 @@ class Ipam:
         ok = await self.store.txn([Compare.absent(key), state.alive()], [Put(key, rec.encode())])
         return ip if ok else None
 
-    async def _take_dynamic(self, pid: PoolId, state: _PoolState) -> IPAddress | None:
+    async def _take_dynamic(self, pid: PoolId, state: _PoolState, contended: bool) -> IPAddress | None:
+        """Serial from the shared cursor; after a lost race, from a random place: hosts that
+        read the same cursor would otherwise keep racing for the same next address."""
         rng = pid.range
-        cursor_kv = state.cursors.get(subnet_token(rng))
+        lo, hi = int(rng.network_address), int(rng.broadcast_address)
+        cursor = random.randint(lo, hi) if contended else _cursor(state.cursors.get(subnet_token(rng)))
         blocked = set(state.addrs) | reserved(pid.subnet)
-        pick = pick_serial(
-            int(rng.network_address), int(rng.broadcast_address), _cursor(cursor_kv), blocked
-        )
+        pick = pick_serial(lo, hi, cursor, blocked)
         if pick is None:
             raise Exhausted(f"pynet: no free address in pool {pid.subnet} (range {rng})")
         ip = to_address(pid.subnet, pick)

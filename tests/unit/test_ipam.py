@@ -644,3 +644,23 @@ def test_bad_configuration_fails_at_start(store: EmbeddedStore) -> None:
     )
     with pytest.raises(ValueError):
         Ipam(store, "a/b")
+
+
+async def test_a_host_that_keeps_losing_the_serial_race_still_gets_an_address(store: EmbeddedStore) -> None:
+    """Another host reading the same cursor wins every race for the next serial address; the
+    loser must not give up (a failed `docker run`) but pick elsewhere."""
+    racing = YieldingStore(store)
+    loser, winner = Ipam(racing, "h1"), Ipam(store, "h2")
+    mine = await loser.request_pool(LOCAL_SPACE, "10.9.0.0/24", "", {}, False)
+    theirs = await winner.request_pool(LOCAL_SPACE, "10.9.0.0/24", "", {}, False)
+    stolen: list[str] = []
+
+    async def win_the_race() -> None:
+        stolen.append(await winner.request_address(theirs.pool_id, "", None))
+        racing.before_txn = win_the_race
+
+    racing.before_txn = win_the_race
+    got = await loser.request_address(mine.pool_id, "", None)
+    racing.before_txn = None
+    assert got not in stolen
+    assert racing.lost_txns >= 1
