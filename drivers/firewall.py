@@ -56,8 +56,9 @@ JUMPS = (
     Jump("nat", "PREROUTING", "PYNET-PREROUTING", "-m addrtype --dst-type LOCAL"),
     Jump("nat", "OUTPUT", "PYNET-OUTPUT", "-m addrtype --dst-type LOCAL"),
     Jump("nat", "POSTROUTING", "PYNET-POSTROUTING"),
+    Jump("raw", "PREROUTING", "PYNET-NOTRACK"),
 )
-TABLES = ("filter", "nat")
+TABLES = ("filter", "nat", "raw")
 # Docker keeps the jump to its users' chain first in FORWARD, re-inserting it above the rules
 # it adds for every new network; a jump of pynet's own in FORWARD would end up below those.
 # In DOCKER-USER pynet goes after the users' rules, so their policy still applies to pynet's
@@ -153,8 +154,8 @@ def _comment(key: str) -> str:
     return f' -m comment --comment "pynet {_UNSAFE.sub("_", key)[:200]}"'
 
 
-def _match_port(port: PortMap, dport: int) -> str:
-    return f"-p {port.proto} -m {port.proto} --dport {dport}"
+def _match_port(port: PortMap, number: int, direction: str = "dport") -> str:
+    return f"-p {port.proto} -m {port.proto} --{direction} {number}"
 
 
 def _match_host(port: PortMap) -> str:
@@ -234,6 +235,26 @@ def postrouting_rules(family: int, nets: list[tuple[str, NetRules]]) -> list[str
     return rules
 
 
+def notrack_rules(family: int, nets: list[tuple[str, NetRules]]) -> list[str]:
+    """Skip conntrack for traffic between containers of one network.
+
+    It is bridged, yet with br_netfilter on (Docker turns it on) every frame would still go
+    through conntrack and the nat hooks: for nothing, since its filter rules (icc) need no
+    state and it is never NATed. Measured on VXLAN across hosts, conntrack cost about a tenth
+    of the throughput. Local destinations (the gateway, published ports) stay tracked, and so
+    do replies from a published port: a neighbour that reached it through the host's address
+    gets them bridged, and only conntrack can undo the DNAT on them.
+    """
+    rules: list[str] = []
+    for _, r in nets:
+        rules += [
+            f"-i {r.bridge} -s {p.container_ip} {_match_port(p, p.container_port, 'sport')} -j RETURN"
+            for p in r.published(family)
+        ]
+        rules += [f"-i {r.bridge} -d {s} -m addrtype ! --dst-type LOCAL -j NOTRACK" for s in r.subnets(family)]
+    return rules
+
+
 def dnat_rules(family: int, nets: list[tuple[str, NetRules]]) -> list[str]:
     """DNAT for published ports; the same list serves PREROUTING and OUTPUT."""
     rules: list[str] = []
@@ -262,6 +283,7 @@ def render_tables(
         "PYNET-PREROUTING": dnat,
         "PYNET-OUTPUT": dnat,
         "PYNET-POSTROUTING": postrouting_rules(family, nets),
+        "PYNET-NOTRACK": notrack_rules(family, nets),
     }
     lines: list[str] = []
     for table in TABLES:

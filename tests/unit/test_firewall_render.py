@@ -45,6 +45,11 @@ def golden(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
 
 
+def raw(*rules: str) -> str:
+    """The raw table section: NOTRACK for traffic that stays within a network."""
+    return "*raw\n:PYNET-NOTRACK - [0:0]\n" + "".join(f"-A PYNET-NOTRACK {r}\n" for r in rules) + "COMMIT\n"
+
+
 EMPTY_NAT = """\
     *nat
     :PYNET-PREROUTING - [0:0]
@@ -64,7 +69,7 @@ def test_no_networks_leaves_empty_chains() -> None:
         :PYNET-FORWARD - [0:0]
         COMMIT
         """
-    ) + golden(EMPTY_NAT)
+    ) + golden(EMPTY_NAT) + raw()
 
 
 def test_default_network() -> None:
@@ -87,7 +92,7 @@ def test_default_network() -> None:
         -A PYNET-POSTROUTING -s 10.99.0.0/24 ! -o pnb-a -m comment --comment "pynet n1" -j MASQUERADE
         COMMIT
         """
-    )
+    ) + raw("-i pnb-a -d 10.99.0.0/24 -m addrtype ! --dst-type LOCAL -j NOTRACK")
 
 
 def test_internal_network_has_no_egress_nat_or_ports() -> None:
@@ -106,7 +111,7 @@ def test_internal_network_has_no_egress_nat_or_ports() -> None:
         -A PYNET-FORWARD -o pnb-a ! -i pnb-a -j DROP
         COMMIT
         """
-    ) + golden(EMPTY_NAT)
+    ) + golden(EMPTY_NAT) + raw("-i pnb-a -d 10.99.0.0/24 -m addrtype ! --dst-type LOCAL -j NOTRACK")
 
 
 def test_icc_off_and_masquerade_off() -> None:
@@ -135,6 +140,9 @@ def test_icc_off_and_masquerade_off() -> None:
         -A PYNET-POSTROUTING -o pnb-a -m addrtype --src-type LOCAL -j MASQUERADE
         COMMIT
         """
+    ) + raw(
+        "-i pnb-a -s 10.99.0.2 -p udp -m udp --sport 53 -j RETURN",
+        "-i pnb-a -d 10.99.0.0/24 -m addrtype ! --dst-type LOCAL -j NOTRACK",
     )
 
 
@@ -179,6 +187,10 @@ def test_ports_v4() -> None:
         -A PYNET-POSTROUTING -o pnb-a -m addrtype --src-type LOCAL -j MASQUERADE
         COMMIT
         """
+    ) + raw(
+        "-i pnb-a -s 10.99.0.2 -p tcp -m tcp --sport 80 -j RETURN",
+        "-i pnb-a -s 10.99.0.3 -p tcp -m tcp --sport 80 -j RETURN",
+        "-i pnb-a -d 10.99.0.0/24 -m addrtype ! --dst-type LOCAL -j NOTRACK",
     )
 
 
@@ -207,6 +219,9 @@ def test_ports_v6() -> None:
         -A PYNET-POSTROUTING -s fd00:99::2 -d fd00:99::2 -p sctp -m sctp --dport 90 -j MASQUERADE
         COMMIT
         """
+    ) + raw(
+        "-i pnb-a -s fd00:99::2 -p sctp -m sctp --sport 90 -j RETURN",
+        "-i pnb-a -d fd00:99::/64 -m addrtype ! --dst-type LOCAL -j NOTRACK",
     )
 
 
@@ -222,7 +237,7 @@ def test_v6_keeps_only_bridge_rules_of_v4_only_networks() -> None:
         -A PYNET-FORWARD -i pnb-a -o pnb-a -j DROP
         COMMIT
         """
-    ) + golden(EMPTY_NAT)
+    ) + golden(EMPTY_NAT) + raw()
 
 
 def test_two_networks_are_isolated_once_each_way_and_from_extra_bridges() -> None:
@@ -395,8 +410,8 @@ def test_detect_flavour_in_netns_and_env_override(monkeypatch: pytest.MonkeyPatc
 
 
 class FakeIptables:
-    """An async runner: answers `-t TABLE -S` with the canned chain listings (all of them:
-    each chain name belongs to one table here) and records restore input."""
+    """An async runner: answers `-t TABLE -S` with the canned listings of that table (keyed
+    "table/CHAIN", or "CHAIN" for the filter table) and records restore input."""
 
     def __init__(self, listings: dict[str, str] | None = None, fail_restore: bool = False) -> None:
         self.listings = listings or {}
@@ -409,7 +424,8 @@ class FakeIptables:
                 raise PynetError("pynet: restore failed")
             self.restores.append((argv[0], stdin or ""))
             return ""
-        return "".join(self.listings.values())
+        table = argv[argv.index("-t") + 1]
+        return "".join(v for k, v in self.listings.items() if (k.partition("/")[0] if "/" in k else "filter") == table)
 
 
 async def test_apply_writes_one_restore_per_family_with_jump_fixes() -> None:
@@ -460,7 +476,7 @@ async def test_unchanged_rules_are_not_rewritten() -> None:
 
 
 async def test_ensure_jumps_only_acts_while_installed_and_when_needed() -> None:
-    ok = {j.chain: f"-A {j.chain} {j.spec()}\n" for j in JUMPS}
+    ok = {f"{j.table}/{j.chain}": f"-A {j.chain} {j.spec()}\n" for j in JUMPS}
     ipt = FakeIptables(ok)
     fw = Firewall("nft", runner=ipt)
     assert await fw.ensure_jumps() is False  # nothing installed yet: must not create chains
@@ -468,7 +484,7 @@ async def test_ensure_jumps_only_acts_while_installed_and_when_needed() -> None:
     ipt.restores.clear()
     assert await fw.ensure_jumps() is False
     assert ipt.restores == []
-    ipt.listings["FORWARD"] = "-A FORWARD -j DOCKER-USER\n" + ok["FORWARD"]
+    ipt.listings["filter/FORWARD"] = "-A FORWARD -j DOCKER-USER\n" + ok["filter/FORWARD"]
     assert await fw.ensure_jumps() is True
     assert len(ipt.restores) == 2
     await fw.teardown()
