@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import bridge
+from bench import bridge, macvlan, vxlan
 
-SUITES = {"bridge": bridge.main}
+SUITES = {"bridge": bridge.main, "macvlan": macvlan.main, "vxlan": vxlan.main}
 
 
 def main() -> None:
