@@ -68,6 +68,9 @@ class Netlink:
         self._ipr: AsyncIPRoute | None = None
         self._dump_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
+        # Bridge indexes, learnt by ensure_bridge: a `link get` per endpoint costs 0.8 ms of
+        # pyroute2 parsing. Dropped when the link is deleted or a request with it fails.
+        self._bridges: dict[str, int] = {}
 
     async def open(self) -> None:
         if self._ipr is None:
@@ -109,6 +112,7 @@ class Netlink:
 
     async def delete_link(self, name: str) -> bool:
         """True if it existed."""
+        self._bridges.pop(name, None)
         try:
             await self.ipr.link("del", ifname=name)
             return True
@@ -179,27 +183,44 @@ class Netlink:
             attrs["address"] = mac
         created = await self.add_link(name, "bridge", **attrs)
         await self.set_link(name, state="up")
+        link = await self.link(name)
+        if link is not None:
+            self._bridges[name] = link.index
         return created
 
     async def create_veth(self, name: str, peer: str, mtu: int, peer_mac: str, master: str) -> None:
         """A veth whose `name` end is a port of `master`; the `peer` end is what Docker moves
         into the container, so its MAC and MTU are set here, once, on both ends. On failure
         nothing created here is left."""
-        master_link = await self.link(master)
-        if master_link is None:
-            raise PynetError(f"pynet: bridge {master!r} is missing")
+        index = self._bridges.get(master) or await self._bridge_index(master)
         peer_attrs: dict[str, Any] = {"ifname": peer, "mtu": mtu}
         if peer_mac:
             peer_attrs["address"] = peer_mac
         # One request creates, enslaves and brings up the port (half the time of three).
-        attrs = {"mtu": mtu, "peer": peer_attrs, "master": master_link.index, "state": "up"}
-        if not await self.add_link(name, "veth", **attrs):
+        attrs = {"mtu": mtu, "peer": peer_attrs, "master": index, "state": "up"}
+        try:
+            created = await self.add_link(name, "veth", **attrs)
+        except PynetError:
+            if master not in self._bridges:
+                raise
+            # The cached index may be stale (the bridge was recreated): look it up once more.
+            del self._bridges[master]
+            attrs["master"] = await self._bridge_index(master)
+            created = await self.add_link(name, "veth", **attrs)
+        if not created:
             existing = await self.link(name)
-            if existing is not None and existing.master == master_link.index:
+            if existing is not None and existing.master == attrs["master"]:
                 return  # a retry: the pair is in place, its peer perhaps in the container already
             # Left over from a failed attempt: start again from nothing.
             await self.delete_link(name)
             await self.add_link(name, "veth", **attrs)
+
+    async def _bridge_index(self, name: str) -> int:
+        link = await self.link(name)
+        if link is None:
+            raise PynetError(f"pynet: bridge {name!r} is missing")
+        self._bridges[name] = link.index
+        return link.index
 
     async def set_hairpin(self, port: str) -> None:
         """Let frames leave the bridge port they came in on: a container reaching its own
