@@ -128,8 +128,8 @@ class VxlanBackend(BridgeBackend):
                 "MTU does not fit the underlay: larger packets will be dropped",
                 extra={"network": net.id, "mtu": cfg["mtu"], "underlay": link.name, "underlay_mtu": link.mtu, "fits": limit},
             )
+        await super().create_network(net)  # cleans up after itself when it fails
         try:
-            await super().create_network(net)
             await self._ensure_device(net, link)
             await self._register(net)
         except BaseException:

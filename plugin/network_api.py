@@ -99,12 +99,13 @@ async def create_network(d: Daemon, body: bytes) -> dict[str, Any]:
 
 async def _check_unique(d: Daemon, net: Network) -> None:
     """Two networks must not share a bridge or a VXLAN identity on one host."""
+    others = [n for n in await d.state.networks() if n.id != net.id]
     for key in ("bridge", "vni"):
         value = net.config.get(key)
         if value is None:
             continue
-        for other in await d.state.networks():
-            if other.id != net.id and other.config.get(key) == value:
+        for other in others:
+            if other.config.get(key) == value:
                 raise Conflict(f"pynet: {key} {value!r} is already used by network {other.id[:12]}")
 
 
