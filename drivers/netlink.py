@@ -323,6 +323,19 @@ class Netlink:
                 return False
             raise
 
+    async def route_link(self, dst: str) -> Link | None:
+        """The link the kernel would send a packet to `dst` out of (a FIB lookup, nothing is
+        sent); None when there is no route, or when it is the loopback."""
+        try:
+            msgs = await self.ipr.route("get", dst=dst)
+        except NetlinkError as e:
+            if e.code in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                return None
+            raise
+        oif = msgs[0].get("RTA_OIF") if msgs else None
+        link = await self.link_by_index(oif) if oif else None
+        return None if link is None or link.name == "lo" else link
+
     async def default_link(self) -> Link | None:
         """The link of the IPv4 default route, where pynet's egress and underlay go."""
         for r in await self.routes():

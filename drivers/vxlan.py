@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import time
 from typing import Any, ClassVar
 
@@ -64,6 +65,19 @@ OPTIONS = [o for o in BRIDGE_OPTIONS if o.name != "com.docker.network.bridge.nam
 ]
 
 
+async def _ipv4_of(host: str) -> str | None:
+    """An etcd endpoint's host as an IPv4 address; a name is resolved, bounded in time."""
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET), 2.0)
+    except (OSError, TimeoutError):
+        return None
+    return str(infos[0][4][0]) if infos else None
+
+
 def vni_mac(vni: int) -> str:
     """The gateway bridge's MAC: the same on every host of the segment."""
     return "02:70:78:" + ":".join(f"{b:02x}" for b in vni.to_bytes(3, "big"))
@@ -82,10 +96,17 @@ class VxlanBackend(BridgeBackend):
         host: str,
         lease_ttl: int = 10,
         observer: Observer | None = None,
+        underlay: str = "",
+        store_address: str = "",
     ) -> None:
         super().__init__(netlink, firewall)
         self.prefix = prefix
         self.host = host
+        # Where a network without `-o underlay` puts its VTEP: the daemon's --underlay, else
+        # the interface that routes to the store (etcd's first endpoint), else the default
+        # route's. An air-gapped lab often has no default route, but always reaches etcd.
+        self.default_underlay = underlay
+        self.store_address = store_address
         self.registry = Registry(store, lease_ttl)
         self.sync = Sync(store, prefix, host, netlink, observer)
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,12 +158,11 @@ class VxlanBackend(BridgeBackend):
             raise
 
     async def _underlay(self, given: str) -> tuple[Link, str]:
-        """(link, IPv4 address) of the local VTEP: the option's, else the default route's."""
+        """(link, IPv4 address) of the local VTEP: the option's, else the daemon's --underlay,
+        else the interface routing to the store, else the default route's."""
+        given = given or self.default_underlay
         if not given:
-            link = await self.nl.default_link()
-            if link is None:
-                raise InvalidRequest("pynet: option underlay is needed: this host has no IPv4 default route")
-            return link, await self._first_ipv4(link, "the default route's interface")
+            return await self._routed_underlay()
         try:
             address = ipaddress.IPv4Address(given)
         except ValueError:
@@ -154,6 +174,21 @@ class VxlanBackend(BridgeBackend):
             if any(ipaddress.ip_interface(a).ip == address for a in await self.nl.addresses(link.name)):
                 return link, str(address)
         raise InvalidRequest(f"pynet: option underlay: {given} is not an address of this host")
+
+    async def _routed_underlay(self) -> tuple[Link, str]:
+        target = await _ipv4_of(self.store_address) if self.store_address else None
+        if target:
+            link = await self.nl.route_link(target)
+            if link is not None:
+                return link, await self._first_ipv4(link, f"the interface routing to etcd at {self.store_address}")
+        link = await self.nl.default_link()
+        if link is not None:
+            return link, await self._first_ipv4(link, "the default route's interface")
+        to_store = f", nor a route to etcd at {self.store_address}" if self.store_address else ""
+        raise InvalidRequest(
+            f"pynet: no VXLAN underlay: this host has no IPv4 default route{to_store}; give the network "
+            "-o underlay=<interface or address>, or the daemon --underlay (PYNET_UNDERLAY)"
+        )
 
     async def _first_ipv4(self, link: Link, what: str) -> str:
         for cidr in await self.nl.addresses(link.name):

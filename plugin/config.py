@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlsplit
 
 
 def _setting(default: Any, help: str, metavar: str | None = None) -> Any:
@@ -44,7 +45,21 @@ class Settings:
         "LIST",
     )
     metrics_listen: str = _setting("", "serve Prometheus metrics at host:port or a unix socket path", "ADDR")
+    underlay: str = _setting(
+        "",
+        "VXLAN underlay of networks without -o underlay: an interface or IPv4 address "
+        "(default: the interface routing to the first etcd endpoint, else the default route's)",
+        "IFACE|ADDR",
+    )
     resync_interval: float = _setting(10.0, "seconds between checks that firewall jumps and links are in place", "SECONDS")
+
+    @property
+    def store_address(self) -> str:
+        """The host part of the first etcd endpoint ("" on the embedded store)."""
+        first = next((e.strip() for e in self.etcd_endpoints.split(",") if e.strip()), "")
+        if not first:
+            return ""
+        return urlsplit(first if "://" in first else "//" + first).hostname or ""
 
     @property
     def store_path(self) -> Path:

@@ -66,6 +66,8 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
         host,
         settings.lease_ttl,
         observer=metrics.vxlan if metrics else None,
+        underlay=settings.underlay,
+        store_address=settings.store_address,
     )
     backends: dict[str, Backend] = {
         b.mode: b for b in (BridgeBackend(netlink, firewall), MacvlanBackend(netlink), vxlan)

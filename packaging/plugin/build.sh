@@ -204,7 +204,7 @@ install_pynet() {
 # hosts into a plugin with host networking).
 finish() {
     mkdir -p "$ROOTFS/run/docker/plugins" "$ROOTFS/var/lib/pynet"
-    [ -e "$ROOTFS/run/xtables.lock" ] || : >"$ROOTFS/run/xtables.lock"
+    mkdir -p "$ROOTFS/host/run"
     : >"$ROOTFS/etc/resolv.conf"
     echo pynet >"$ROOTFS/etc/hostname"
     in_root "$VENV/bin/python" -c 'import plugin.cli, drivers.bridge, store.embedded' ||

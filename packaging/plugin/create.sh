@@ -16,9 +16,8 @@
 #   PLUGIN_SET    settings applied before enable, space-separated KEY=VALUE, e.g.
 #                 "PYNET_ETCD_ENDPOINTS=http://10.0.0.10:2379 state.source=/srv/pynet"
 #   FORCE=1       replace the plugin even while networks use it
-#   PREPARE_HOST  1 (default when the dockerd is local): create the state directory and the
-#                 xtables lock file the mounts need, plus a tmpfiles.d entry that recreates the
-#                 lock file at boot; 0 leaves the machine alone
+#   PREPARE_HOST  1 (default when the dockerd is local): create the state directory the state
+#                 mount needs; 0 leaves the machine alone
 set -eu
 
 DIR=${1:-${PLUGIN_DIR:-${PYNET_PLUGIN_CACHE:-/var/cache/pynet-plugin}/plugin}}
@@ -26,7 +25,6 @@ NAME=${PLUGIN_NAME:-pynet}
 case "$NAME" in *:*) REF=$NAME ;; *) REF=$NAME:latest ;; esac
 PLUGIN_SET=${PLUGIN_SET:-}
 FORCE=${FORCE:-0}
-TMPFILES=${TMPFILES:-/etc/tmpfiles.d/pynet-plugin.conf}
 
 say() { echo "pynet-plugin: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -68,25 +66,15 @@ remove_existing() {
     docker plugin rm -f "$REF" >/dev/null
 }
 
-# Directories and files the mounts' sources must be: runc refuses to bind a missing source.
+# The state directory the state mount's source must be: runc refuses to bind a missing source.
+# (The other mount is the host's /run, which every host has.)
 prepare_host() {
     state=/var/lib/pynet
-    lock=/run/xtables.lock
     # shellcheck disable=SC2086 # PLUGIN_SET wins over the saved settings, as in main
     for kv in ${saved:-} $PLUGIN_SET; do
-        case "$kv" in
-            state.source=*) state=${kv#state.source=} ;;
-            xtables-lock.source=*) lock=${kv#xtables-lock.source=} ;;
-        esac
+        case "$kv" in state.source=*) state=${kv#state.source=} ;; esac
     done
     mkdir -p "$state"
-    [ -e "$lock" ] || : >"$lock"
-    # /run is emptied at boot, and dockerd starts enabled plugins before anything else there
-    # would create the lock file (nft-flavoured iptables never does).
-    if [ "$lock" = /run/xtables.lock ] && [ -d "$(dirname "$TMPFILES")" ] && [ ! -e "$TMPFILES" ]; then
-        echo "f /run/xtables.lock 0600 root root -" >"$TMPFILES"
-        say "wrote $TMPFILES (recreates /run/xtables.lock at boot)"
-    fi
 }
 
 main() {

@@ -56,8 +56,9 @@ class Namespaces:
 class Pynet:
     """`pynet serve` inside the host namespace, stopped by its pid."""
 
-    def __init__(self, ns: Namespaces, tmp: Path) -> None:
+    def __init__(self, ns: Namespaces, tmp: Path, *args: str) -> None:
         self.ns = ns
+        self.args = args
         self.sock = tmp / "pynet.sock"
         self.state = tmp / "state"
         self.log = tmp / "pynet.log"
@@ -67,6 +68,7 @@ class Pynet:
         argv = [
             "ip", "netns", "exec", self.ns.host, sys.executable, "-m", "plugin", "serve",
             "--socket", str(self.sock), "--state-dir", str(self.state), "--host-id", "k1", "--log-level", "debug",
+            *self.args,
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=log)
@@ -241,3 +243,36 @@ async def test_deleted_endpoint_link_goes_away_by_itself(ns: Namespaces, pynet: 
     while "pnh-" + EP[:11] in ns.links():
         assert time.monotonic() < deadline, "the retired link was never deleted"
         await asyncio.sleep(0.2)
+
+
+VXLAN = {**NETWORK, "Options": {"com.docker.network.generic": {"mode": "vxlan", "vni": "4242"}}}
+
+
+async def post(sock: Path, method: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
+        async with s.post(f"http://p/{method}", data=json.dumps(body)) as r:
+            return r.status, await r.json(content_type=None)
+
+
+async def test_vxlan_without_default_route_says_what_to_set(ns: Namespaces, pynet: Pynet) -> None:
+    """An air-gapped host: no default route, no etcd to route to, no -o underlay."""
+    status, reply = await post(pynet.sock, "NetworkDriver.CreateNetwork", VXLAN)
+    assert status != 200
+    assert "no IPv4 default route" in reply["Err"] and "PYNET_UNDERLAY" in reply["Err"] and "-o underlay" in reply["Err"]
+    assert not {link for link in ns.links() if link.startswith("pn")}, "nothing half-created"
+
+
+async def test_daemon_underlay_setting_spares_the_option(ns: Namespaces, tmp_path: Path) -> None:
+    sh("ip", "-n", ns.host, "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
+    sh("ip", "-n", ns.host, "addr", "add", "192.0.2.77/24", "dev", "uplink0")
+    sh("ip", "-n", ns.host, "link", "set", "uplink0", "up")
+    daemon = Pynet(ns, tmp_path, "--underlay", "uplink0")
+    daemon.start()
+    try:
+        status, reply = await post(daemon.sock, "NetworkDriver.CreateNetwork", VXLAN)
+        assert status == 200, reply
+        device = sh("ip", "-n", ns.host, "-d", "link", "show", "pnx-4242").stdout
+        assert "local 192.0.2.77" in device and "dev uplink0" in device
+        assert "mtu 1450" in device, "the underlay's MTU less 50"
+    finally:
+        daemon.stop(signal.SIGKILL)

@@ -199,3 +199,24 @@ def test_network_rm_on_every_host_leaves_nothing(lab: Lab, clis: list[Docker]) -
     assert keys.stdout.strip() == ""
     pools = lab.hosts[0].run("etcdctl", f"--endpoints={lab.etcd_endpoint}", "get", "--prefix", "/pynet/ipam/pools/10.51.0.0_24", "--keys-only")
     assert pools.stdout.strip() == "", "the pool is released when the last host removes its network"
+
+
+def test_host_without_default_route_uses_the_route_to_etcd(lab: Lab, clis: list[Docker]) -> None:
+    """An air-gapped lab: no default route, no -o underlay. The VTEP is the interface that
+    routes to etcd (the hosts' eth0 here)."""
+    hosts, docks = lab.hosts[:2], clis[:2]
+    defaults = [h.run("ip", "-4", "route", "show", "default").stdout.split() for h in hosts]
+    for h in hosts:
+        h.run("ip", "route", "del", "default")
+    try:
+        net = vxlan_network(docks, "nodefault", 77, "10.77.0.0/24")
+        a = docks[0].run("a", "--network", net)
+        b = docks[1].run("b", "--network", net)
+        assert docks[0].pings(a, docks[1].ip(b, net))
+        for h in hosts:
+            device = h.run("ip", "-d", "link", "show", "pnx-77").stdout
+            assert f"local {h.address}" in device and "dev eth0" in device
+    finally:
+        for h, route in zip(hosts, defaults):
+            if route:
+                h.run("ip", "route", "replace", *route)

@@ -18,7 +18,7 @@ from plugin.config import Settings
 REPO = Path(__file__).resolve().parents[2]
 # The daemon's own default paths are right inside the plugin; not meant to be changed there.
 FIXED = {"socket", "state_dir"}
-EXTRA_ENV = {"PYNET_IPTABLES_BACKEND", "PYTHONUNBUFFERED"}
+EXTRA_ENV = {"PYNET_IPTABLES_BACKEND", "PYTHONUNBUFFERED", "XTABLES_LOCKFILE"}
 
 
 def manifest() -> dict[str, Any]:
@@ -99,8 +99,19 @@ def test_state_mount_is_the_daemons_state_dir_and_settable() -> None:
     state = mounts["state"]
     assert state["source"] == state["destination"] == Settings().state_dir
     assert state["settable"] == ["source"] and state["type"] == "bind"
-    lock = mounts["xtables-lock"]
-    assert lock["source"] == lock["destination"] == "/run/xtables.lock"
+
+
+def test_every_mount_source_exists_on_a_freshly_booted_host() -> None:
+    """Docker refuses to enable a plugin whose bind source is missing, and enables plugins at
+    boot before anything else runs: a source must be a directory every host has (the state
+    directory is made by `make plugin`), never a file such as /run/xtables.lock, which only a
+    legacy iptables creates (an nftables host never has it)."""
+    mounts = {m["name"]: m for m in manifest()["mounts"]}
+    assert set(mounts) == {"state", "host-run"}
+    assert mounts["host-run"]["source"] == "/run"
+    env = {e["name"]: e["value"] for e in manifest()["env"]}
+    # iptables (1.8.6 and later) takes its lock's path from XTABLES_LOCKFILE.
+    assert env["XTABLES_LOCKFILE"] == mounts["host-run"]["destination"] + "/xtables.lock"
 
 
 # -- the systemd unit --------------------------------------------------------------------------
