@@ -30,13 +30,13 @@ bench:
 # N Docker hosts on this machine, each with its own dockerd and pynet, plus etcd.
 lab-up:
 	@packaging/install.sh test
-	$(VENV)/bin/pynet lab up --hosts $(HOSTS) --name $(LAB)
+	$(PY) -m lab up --hosts $(HOSTS) --name $(LAB)
 
 lab-down:
-	$(VENV)/bin/pynet lab down --name $(LAB)
+	$(PY) -m lab down --name $(LAB)
 
 lab-status:
-	$(VENV)/bin/pynet lab status --name $(LAB)
+	$(PY) -m lab status --name $(LAB)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

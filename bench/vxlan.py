@@ -27,8 +27,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from bench.common import PluginClient, Row, cross_host_rows, percentile, print_table
-from drivers.vxlan import DEVICE_PREFIX
-from ipam import LOCAL_SPACE, PoolId
+from pynet.drivers.vxlan import DEVICE_PREFIX
+from pynet.ipam import LOCAL_SPACE, PoolId
 from lab import PLUGIN_SOCKET, Host, Lab
 
 VNI = 80

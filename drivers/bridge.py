@@ -17,11 +17,11 @@ import logging
 import random
 from typing import Any, ClassVar
 
-from drivers.base import Endpoint, JoinInfo, Network, PortMap
-from drivers.firewall import Firewall, NetRules
-from drivers.netlink import Netlink, write_sysctl
-from drivers.options import Option, int_in, ifname, ipv4_address, parse_bool, parse_options
-from store.errors import Conflict
+from pynet.drivers.base import Endpoint, JoinInfo, Network, PortMap
+from pynet.drivers.firewall import Firewall, NetRules
+from pynet.drivers.netlink import Netlink, write_sysctl
+from pynet.drivers.options import Option, int_in, ifname, ipv4_address, parse_bool, parse_options
+from pynet.store.errors import Conflict
 
 log = logging.getLogger("pynet.bridge")
 

@@ -18,8 +18,8 @@ import subprocess
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from drivers.base import PortMap
-from store.errors import InvalidRequest, PynetError
+from pynet.drivers.base import PortMap
+from pynet.store.errors import InvalidRequest, PynetError
 
 FLAVOURS = ("nft", "legacy")
 ENV_FLAVOUR = "PYNET_IPTABLES_BACKEND"

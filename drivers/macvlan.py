@@ -28,11 +28,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from drivers.base import Endpoint, JoinInfo, Network
-from drivers.bridge import BRIDGE_PREFIX, HOST_END_PREFIX, PEER_PREFIX, gateway_ip, mac_for
-from drivers.netlink import Link, Netlink
-from drivers.options import Option, ifname, int_in, invalid, one_of, parse_options
-from store.errors import Conflict, InvalidRequest, PynetError
+from pynet.drivers.base import Endpoint, JoinInfo, Network
+from pynet.drivers.bridge import BRIDGE_PREFIX, HOST_END_PREFIX, PEER_PREFIX, gateway_ip, mac_for
+from pynet.drivers.netlink import Link, Netlink
+from pynet.drivers.options import Option, ifname, int_in, invalid, one_of, parse_options
+from pynet.store.errors import Conflict, InvalidRequest, PynetError
 
 log = logging.getLogger("pynet.macvlan")
 

@@ -17,7 +17,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from store.errors import Conflict, PynetError
+from pynet.store.errors import Conflict, PynetError
 
 IFNAMSIZ = 15
 NTF_SELF = 0x02  # an FDB entry of the device itself (a VXLAN destination), not of its bridge

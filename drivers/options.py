@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from store.errors import InvalidRequest
+from pynet.store.errors import InvalidRequest
 
 Parser = Callable[[str, str], Any]
 

@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from drivers.netlink import ZERO_MAC, Forwarding, Netlink
-from store.base import Event, Store
-from store.errors import NotFound, RevisionCompacted, StoreUnavailable
+from pynet.drivers.netlink import ZERO_MAC, Forwarding, Netlink
+from pynet.store.base import Event, Store
+from pynet.store.errors import NotFound, RevisionCompacted, StoreUnavailable
 
 log = logging.getLogger("pynet.peers")
 

@@ -23,15 +23,15 @@ import socket
 import time
 from typing import Any, ClassVar
 
-from drivers.base import Endpoint, Network
-from drivers.bridge import OPTIONS as BRIDGE_OPTIONS
-from drivers.bridge import BridgeBackend
-from drivers.firewall import Firewall
-from drivers.netlink import Link, Netlink
-from drivers.options import Option, int_in, invalid, parse_options
-from drivers.peers import Observer, Registry, Sync, endpoint_key, vtep_key
-from store.base import Store
-from store.errors import InvalidRequest, PynetError
+from pynet.drivers.base import Endpoint, Network
+from pynet.drivers.bridge import OPTIONS as BRIDGE_OPTIONS
+from pynet.drivers.bridge import BridgeBackend
+from pynet.drivers.firewall import Firewall
+from pynet.drivers.netlink import Link, Netlink
+from pynet.drivers.options import Option, int_in, invalid, parse_options
+from pynet.drivers.peers import Observer, Registry, Sync, endpoint_key, vtep_key
+from pynet.store.base import Store
+from pynet.store.errors import InvalidRequest, PynetError
 
 log = logging.getLogger("pynet.vxlan")
 

@@ -5,8 +5,8 @@ allocations can both use it. See `ipam.layout` for the key layout and `ipam.pool
 semantics.
 """
 
-from ipam.layout import GLOBAL_SPACE, LOCAL_SPACE, PoolId
-from ipam.pools import GATEWAY_REQUEST, Allocation, Ipam, PoolReply
+from pynet.ipam.layout import GLOBAL_SPACE, LOCAL_SPACE, PoolId
+from pynet.ipam.pools import GATEWAY_REQUEST, Allocation, Ipam, PoolReply
 
 __all__ = [
     "GATEWAY_REQUEST",

@@ -40,8 +40,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipam.netmath import IPAddress, IPNetwork, parse_subnet
-from store.errors import InvalidRequest
+from pynet.ipam.netmath import IPAddress, IPNetwork, parse_subnet
+from pynet.store.errors import InvalidRequest
 
 log = logging.getLogger("pynet.ipam")
 

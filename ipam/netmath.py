@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Sequence
 
-from store.errors import InvalidRequest
+from pynet.store.errors import InvalidRequest
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

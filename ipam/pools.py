@@ -34,7 +34,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from ipam.layout import (
+from pynet.ipam.layout import (
     AUX,
     CONTAINER,
     GATEWAY,
@@ -50,7 +50,7 @@ from ipam.layout import (
     encode_poolset,
     subnet_token,
 )
-from ipam.netmath import (
+from pynet.ipam.netmath import (
     IPAddress,
     IPNetwork,
     check_assignable,
@@ -67,8 +67,8 @@ from ipam.netmath import (
     to_address,
     usable_exclusions,
 )
-from store.base import Compare, Delete, KeyValue, Op, Put, Store
-from store.errors import Conflict, Exhausted, InvalidRequest, NotFound
+from pynet.store.base import Compare, Delete, KeyValue, Op, Put, Store
+from pynet.store.errors import Conflict, Exhausted, InvalidRequest, NotFound
 
 log = logging.getLogger("pynet.ipam")
 

@@ -1,4 +1,4 @@
-"""`python -m lab` (and `pynet lab`): bring a lab up or down, look at it, work inside a host.
+"""`python -m lab` (in a checkout; `make lab-up`): bring a lab up or down, look at it, work inside a host.
 
 up --hosts 3            build the lab "pnlab" (etcd and pynet included unless --no-...)
 status                  hosts, addresses, DOCKER_HOST values, what runs
@@ -79,7 +79,7 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pynet lab", description="N Docker hosts on one Linux machine")
+    parser = argparse.ArgumentParser(prog="python -m lab", description="N Docker hosts on one Linux machine")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, func: object, help: str) -> argparse.ArgumentParser:

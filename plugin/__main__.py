@@ -1,5 +1,5 @@
 import sys
 
-from plugin.cli import main
+from pynet.plugin.cli import main
 
 sys.exit(main())

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from store.base import Compare, Event, KeyValue, Op, Store
+from pynet.store.base import Compare, Event, KeyValue, Op, Store
 
 log = logging.getLogger("pynet.metrics")
 

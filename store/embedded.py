@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator, Sequence
 
-from store.base import Compare, Delete, Event, KeyValue, Op, Put
-from store.errors import NotFound, RevisionCompacted
+from pynet.store.base import Compare, Delete, Event, KeyValue, Op, Put
+from pynet.store.errors import NotFound, RevisionCompacted
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (

@@ -43,8 +43,8 @@ import grpc
 from aetcd import rpc, transactions
 from aetcd.utils import prefix_range_end
 
-from store.base import Compare, Event, KeyValue, Op, Put
-from store.errors import NotFound, RevisionCompacted, StoreUnavailable
+from pynet.store.base import Compare, Event, KeyValue, Op, Put
+from pynet.store.errors import NotFound, RevisionCompacted, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

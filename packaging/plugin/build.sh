@@ -207,7 +207,7 @@ finish() {
     mkdir -p "$ROOTFS/host/run"
     : >"$ROOTFS/etc/resolv.conf"
     echo pynet >"$ROOTFS/etc/hostname"
-    in_root "$VENV/bin/python" -c 'import plugin.cli, drivers.bridge, store.embedded' ||
+    in_root "$VENV/bin/python" -c 'import pynet.plugin.cli, pynet.drivers.bridge, pynet.store.embedded' ||
         die "the rootfs's pynet does not import"
     cp "$REPO/config.json" "$OUT/config.json"
 }

@@ -23,15 +23,16 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from drivers.base import Network
-from drivers.netlink import Link
-from plugin import cli, gc
-from plugin.admin_api import ADMIN, Admin, SweepRequest
-from plugin.app import make_app
-from plugin.config import Settings
-from plugin.context import Daemon
-from plugin.daemon import bind, build
-from plugin.metrics import Metrics
+from pynet.drivers.base import Network
+from pynet.drivers.netlink import Link
+from pynet.plugin import cli
+from pynet.plugin.ops import gc
+from pynet.plugin.ops.admin_api import ADMIN, Admin, SweepRequest
+from pynet.plugin.api.app import make_app
+from pynet.plugin.daemon.config import Settings
+from pynet.plugin.daemon.daemon import Daemon
+from pynet.plugin.serve import bind, build
+from pynet.plugin.metrics import Metrics
 from tests.api.test_routes import RecordingBackend
 
 NET = "a1" * 32

@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from plugin.admin_api import allocation_counts
-from plugin.logs import JsonFormatter, KeyValueFormatter
-from plugin.metrics import serve_metrics
+from pynet.plugin.ops.admin_api import allocation_counts
+from pynet.plugin.daemon.logs import JsonFormatter, KeyValueFormatter
+from pynet.plugin.metrics import serve_metrics
 from tests.api.test_admin_api import NET, Plugin, plugin, populate  # noqa: F401  (plugin is a fixture)
 
 

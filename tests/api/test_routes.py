@@ -14,17 +14,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from drivers.base import Endpoint, JoinInfo, Network
-from drivers.firewall import Firewall
-from drivers.netlink import Netlink
-from drivers.options import Option, parse_bool, parse_options
-from ipam import Ipam
-from plugin.app import make_app
-from plugin.config import Settings
-from plugin.context import Daemon
-from plugin.state import State
-from store.embedded import EmbeddedStore
-from store.errors import PynetError
+from pynet.drivers.base import Endpoint, JoinInfo, Network
+from pynet.drivers.firewall import Firewall
+from pynet.drivers.netlink import Netlink
+from pynet.drivers.options import Option, parse_bool, parse_options
+from pynet.ipam import Ipam
+from pynet.plugin.api.app import make_app
+from pynet.plugin.daemon.config import Settings
+from pynet.plugin.daemon.daemon import Daemon
+from pynet.plugin.daemon.state import State
+from pynet.store.embedded import EmbeddedStore
+from pynet.store.errors import PynetError
 
 NET = "n" * 64
 EP = "e" * 64

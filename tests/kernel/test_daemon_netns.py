@@ -66,7 +66,7 @@ class Pynet:
 
     def start(self) -> None:
         argv = [
-            "ip", "netns", "exec", self.ns.host, sys.executable, "-m", "plugin", "serve",
+            "ip", "netns", "exec", self.ns.host, sys.executable, "-m", "pynet.plugin", "serve",
             "--socket", str(self.sock), "--state-dir", str(self.state), "--host-id", "k1", "--log-level", "debug",
             *self.args,
         ]

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from drivers.base import PortMap
-from drivers.firewall import Firewall, NetRules, detect_flavour, jumps_for
+from pynet.drivers.base import PortMap
+from pynet.drivers.firewall import Firewall, NetRules, detect_flavour, jumps_for
 
 DOCKER_HOST_JUMPS = jumps_for("-N DOCKER-USER")
 

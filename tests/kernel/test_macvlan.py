@@ -27,9 +27,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from drivers.base import Endpoint, Network, Subnet
-from drivers.macvlan import MacvlanBackend
-from drivers.netlink import Netlink
+from pynet.drivers.base import Endpoint, Network, Subnet
+from pynet.drivers.macvlan import MacvlanBackend
+from pynet.drivers.netlink import Netlink
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = str(os.getpid())
@@ -41,9 +41,9 @@ OURS = ("pnv-", "pns-", "pnm-")
 SERVE = """
 import asyncio, sys
 import msgspec
-from drivers.base import Endpoint, Network
-from drivers.macvlan import MacvlanBackend
-from drivers.netlink import Netlink
+from pynet.drivers.base import Endpoint, Network
+from pynet.drivers.macvlan import MacvlanBackend
+from pynet.drivers.netlink import Netlink
 
 ARGS = {
     "create_network": (Network,),

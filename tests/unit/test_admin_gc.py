@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from drivers.base import Endpoint, Network, Subnet
-from ipam.pools import Allocation
-from plugin import gc
+from pynet.drivers.base import Endpoint, Network, Subnet
+from pynet.ipam.pools import Allocation
+from pynet.plugin.ops import gc
 
 NET = "a" * 64
 LIVE = "b" * 64  # an endpoint whose container runs: its veth peer is inside the container

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from plugin.metrics import Metrics, TimedStore, parse_listen, timed
-from store.base import Compare, Put
-from store.embedded import EmbeddedStore
-from store.errors import NotFound
+from pynet.plugin.metrics import Metrics, TimedStore, parse_listen, timed
+from pynet.store.base import Compare, Put
+from pynet.store.embedded import EmbeddedStore
+from pynet.store.errors import NotFound
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

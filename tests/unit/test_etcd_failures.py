@@ -12,9 +12,9 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from store.base import Event, Put
-from store.errors import NotFound, RevisionCompacted, StoreUnavailable
-from store.etcd import EtcdStore
+from pynet.store.base import Event, Put
+from pynet.store.errors import NotFound, RevisionCompacted, StoreUnavailable
+from pynet.store.etcd import EtcdStore
 from tests.etcd_server import EtcdServer, etcd_server, free_port
 
 TIMEOUT = 1.0

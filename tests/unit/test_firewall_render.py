@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from drivers.base import PortMap
-from drivers.firewall import (
+from pynet.drivers.base import PortMap
+from pynet.drivers.firewall import (
     JUMPS,
     Firewall,
     NetRules,
@@ -18,7 +18,7 @@ from drivers.firewall import (
     jump_fixes,
     teardown_lines,
 )
-from store.errors import InvalidRequest, PynetError
+from pynet.store.errors import InvalidRequest, PynetError
 
 
 def rules(bridge: str = "pnb-a", **kw: object) -> NetRules:

@@ -10,11 +10,11 @@ from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
-from ipam import GATEWAY_REQUEST, GLOBAL_SPACE, LOCAL_SPACE, Allocation, Ipam, PoolId, PoolReply
-from ipam.netmath import first_free_subnet, pick_serial
-from store.base import Compare, Event, KeyValue, Op
-from store.embedded import EmbeddedStore
-from store.errors import Conflict, Exhausted, InvalidRequest, NotFound
+from pynet.ipam import GATEWAY_REQUEST, GLOBAL_SPACE, LOCAL_SPACE, Allocation, Ipam, PoolId, PoolReply
+from pynet.ipam.netmath import first_free_subnet, pick_serial
+from pynet.store.base import Compare, Event, KeyValue, Op
+from pynet.store.embedded import EmbeddedStore
+from pynet.store.errors import Conflict, Exhausted, InvalidRequest, NotFound
 
 GW = {"RequestAddressType": GATEWAY_REQUEST}
 POOLS = "/pynet/ipam/pools/"

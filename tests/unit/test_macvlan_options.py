@@ -11,10 +11,10 @@ from pyroute2.iproute.linux import get_arguments_processor
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from drivers.base import Endpoint, JoinInfo, Network, Subnet
-from drivers.macvlan import MacvlanBackend, check_sharing, split_vlan
-from drivers.netlink import Link, Netlink, vlan_request
-from store.errors import Conflict, InvalidRequest, PynetError
+from pynet.drivers.base import Endpoint, JoinInfo, Network, Subnet
+from pynet.drivers.macvlan import MacvlanBackend, check_sharing, split_vlan
+from pynet.drivers.netlink import Link, Netlink, vlan_request
+from pynet.store.errors import Conflict, InvalidRequest, PynetError
 
 NET = "ab" * 32
 LAN = Subnet("192.168.1.0/24", "192.168.1.1/24", {"host_shim": "192.168.1.250/24"})

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from plugin.config import Settings
+from pynet.plugin.daemon.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 # The daemon's own default paths are right inside the plugin; not meant to be changed there.

@@ -11,10 +11,10 @@ from typing import AsyncIterator, Iterator
 
 import pytest
 
-from store.base import Compare, Delete, Put, Store
-from store.embedded import EmbeddedStore
-from store.errors import NotFound, RevisionCompacted
-from store.etcd import EtcdStore
+from pynet.store.base import Compare, Delete, Put, Store
+from pynet.store.embedded import EmbeddedStore
+from pynet.store.errors import NotFound, RevisionCompacted
+from pynet.store.etcd import EtcdStore
 from tests.etcd_server import EtcdServer, etcd_server
 
 
@@ -143,7 +143,7 @@ def test_embedded_survives_kill_9(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import asyncio, os, sys
-        from store.embedded import EmbeddedStore
+        from pynet.store.embedded import EmbeddedStore
         async def main():
             s = EmbeddedStore({str(path)!r})
             i = 0

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ipam import GLOBAL_SPACE, LOCAL_SPACE
-from plugin import models
-from plugin.context import Daemon
-from plugin.models import decode
+from pynet.ipam import GLOBAL_SPACE, LOCAL_SPACE
+from pynet.plugin.api import wire
+from pynet.plugin.daemon.daemon import Daemon
+from pynet.plugin.api.wire import decode
 
 
 async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:
@@ -24,26 +24,26 @@ async def get_default_address_spaces(_: Daemon, __: bytes) -> dict[str, Any]:
 
 
 async def request_pool(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.RequestPoolRequest = decode(body, models.RequestPoolRequest)
+    req: wire.RequestPoolRequest = decode(body, wire.RequestPoolRequest)
     exclude = [] if req.Pool else [r.dst for r in await d.netlink.routes() if not r.default]
     reply = await d.ipam.request_pool(req.AddressSpace, req.Pool, req.SubPool, req.Options or {}, req.V6, exclude)
     return {"PoolID": reply.pool_id, "Pool": reply.pool, "Data": reply.data}
 
 
 async def release_pool(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.ReleasePoolRequest = decode(body, models.ReleasePoolRequest)
+    req: wire.ReleasePoolRequest = decode(body, wire.ReleasePoolRequest)
     await d.ipam.release_pool(req.PoolID)
     return {}
 
 
 async def request_address(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.RequestAddressRequest = decode(body, models.RequestAddressRequest)
+    req: wire.RequestAddressRequest = decode(body, wire.RequestAddressRequest)
     address = await d.ipam.request_address(req.PoolID, req.Address, req.Options or {})
     return {"Address": address, "Data": {}}
 
 
 async def release_address(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.ReleaseAddressRequest = decode(body, models.ReleaseAddressRequest)
+    req: wire.ReleaseAddressRequest = decode(body, wire.ReleaseAddressRequest)
     await d.ipam.release_address(req.PoolID, req.Address)
     return {}
 

@@ -12,11 +12,11 @@ import logging
 import random
 from typing import Any
 
-from drivers.base import Endpoint, Network, PortMap, Subnet
-from plugin import models
-from plugin.models import decode
-from plugin.context import Daemon
-from store.errors import Conflict, InvalidRequest, NotFound
+from pynet.drivers.base import Endpoint, Network, PortMap, Subnet
+from pynet.plugin.api import wire
+from pynet.plugin.api.wire import decode
+from pynet.plugin.daemon.daemon import Daemon
+from pynet.store.errors import Conflict, InvalidRequest, NotFound
 
 log = logging.getLogger("pynet.network")
 
@@ -33,7 +33,7 @@ async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:
 # -- networks ----------------------------------------------------------------------------------
 
 
-def _subnets(data: list[models.IPAMData] | None, version: int, field: str) -> list[Subnet]:
+def _subnets(data: list[wire.IPAMData] | None, version: int, field: str) -> list[Subnet]:
     out = []
     for i, d in enumerate(data or []):
         if d.AddressSpace == "null" or not d.Pool:
@@ -58,7 +58,7 @@ def _subnets(data: list[models.IPAMData] | None, version: int, field: str) -> li
 
 
 async def create_network(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.CreateNetworkRequest = decode(body, models.CreateNetworkRequest)
+    req: wire.CreateNetworkRequest = decode(body, wire.CreateNetworkRequest)
     opts = req.Options or {}
     generic = opts.get(GENERIC) or {}
     if not isinstance(generic, dict):
@@ -110,7 +110,7 @@ async def _check_unique(d: Daemon, net: Network) -> None:
 
 
 async def delete_network(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.NetworkRequest = decode(body, models.NetworkRequest)
+    req: wire.NetworkRequest = decode(body, wire.NetworkRequest)
     async with d.lock(req.NetworkID):
         net = await d.state.network(req.NetworkID)
         if net is None:
@@ -149,8 +149,8 @@ def _check_address(net: Network, field: str, cidr: str, version: int) -> None:
 
 
 async def create_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.CreateEndpointRequest = decode(body, models.CreateEndpointRequest)
-    intf = req.Interface or models.EndpointInterface()
+    req: wire.CreateEndpointRequest = decode(body, wire.CreateEndpointRequest)
+    intf = req.Interface or wire.EndpointInterface()
     async with d.lock(req.NetworkID):
         net = await _network(d, req.NetworkID)
         existing = await d.state.endpoint(req.EndpointID)
@@ -183,7 +183,7 @@ async def create_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
     return _endpoint_reply(intf, ep)
 
 
-def _endpoint_reply(intf: models.EndpointInterface, ep: Endpoint) -> dict[str, Any]:
+def _endpoint_reply(intf: wire.EndpointInterface, ep: Endpoint) -> dict[str, Any]:
     """Only fields Docker left empty: echoing one it set makes Docker roll back (§2.4)."""
     reply: dict[str, str] = {}
     if not intf.MacAddress and ep.mac:
@@ -196,7 +196,7 @@ def _endpoint_reply(intf: models.EndpointInterface, ep: Endpoint) -> dict[str, A
 
 
 async def delete_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.EndpointRequest = decode(body, models.EndpointRequest)
+    req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     async with d.lock(req.NetworkID):
         net = await d.state.network(req.NetworkID)
         ep = await d.state.endpoint(req.EndpointID) or Endpoint(req.EndpointID, req.NetworkID)
@@ -208,7 +208,7 @@ async def delete_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
 
 
 async def endpoint_oper_info(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.EndpointRequest = decode(body, models.EndpointRequest)
+    req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     ep = await d.state.endpoint(req.EndpointID)
     if ep is None:
         return {"Value": {}}
@@ -216,7 +216,7 @@ async def endpoint_oper_info(d: Daemon, body: bytes) -> dict[str, Any]:
 
 
 async def join(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.JoinRequest = decode(body, models.JoinRequest)
+    req: wire.JoinRequest = decode(body, wire.JoinRequest)
     async with d.lock(req.NetworkID):
         net = await _network(d, req.NetworkID)
         ep = await d.state.endpoint(req.EndpointID)
@@ -240,7 +240,7 @@ async def join(d: Daemon, body: bytes) -> dict[str, Any]:
 
 
 async def leave(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.EndpointRequest = decode(body, models.EndpointRequest)
+    req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     async with d.lock(req.NetworkID):
         net = await d.state.network(req.NetworkID)
         ep = await d.state.endpoint(req.EndpointID)
@@ -257,8 +257,8 @@ async def leave(d: Daemon, body: bytes) -> dict[str, Any]:
 
 
 async def program_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.ExternalConnectivityRequest = decode(body, models.ExternalConnectivityRequest)
-    bindings = models.port_bindings(req.Options)
+    req: wire.ExternalConnectivityRequest = decode(body, wire.ExternalConnectivityRequest)
+    bindings = wire.port_bindings(req.Options)
     async with d.ports_lock, d.lock(req.NetworkID):
         net = await _network(d, req.NetworkID)
         ep = await d.state.endpoint(req.EndpointID)
@@ -294,13 +294,13 @@ async def program_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any
 
 
 def _resolve_ports(
-    net: Network, ep: Endpoint, bindings: list[models.PortBinding], taken: set[tuple[str, int]]
+    net: Network, ep: Endpoint, bindings: list[wire.PortBinding], taken: set[tuple[str, int]]
 ) -> list[PortMap]:
     """Docker's portmap entries -> one PortMap per address family that can serve it."""
     out: list[PortMap] = []
     default_v4 = net.config.get("host_binding_ipv4", "")
     for b in bindings:
-        proto = models.PROTOCOLS.get(b.Proto)
+        proto = wire.PROTOCOLS.get(b.Proto)
         if proto is None:
             raise InvalidRequest(f"pynet: published port protocol must be tcp, udp or sctp, got {b.Proto!r}")
         host_port = b.HostPort or _free_port(proto, taken)
@@ -332,7 +332,7 @@ def _free_port(proto: str, taken: set[tuple[str, int]]) -> int:
 
 
 async def revoke_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: models.EndpointRequest = decode(body, models.EndpointRequest)
+    req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     async with d.ports_lock, d.lock(req.NetworkID):
         net = await d.state.network(req.NetworkID)
         ep = await d.state.endpoint(req.EndpointID)
@@ -348,7 +348,7 @@ async def revoke_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any]
 
 
 async def allocate_network(_: Daemon, body: bytes) -> dict[str, Any]:
-    decode(body, models.AllocateNetworkRequest)
+    decode(body, wire.AllocateNetworkRequest)
     return {"Options": {}}
 
 

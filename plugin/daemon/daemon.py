@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from drivers.base import Backend
-from drivers.firewall import Firewall
-from drivers.netlink import Netlink
-from ipam import Ipam
-from plugin.config import Settings
-from plugin.state import State
-from store.base import Store
-from store.errors import InvalidRequest
+from pynet.drivers.base import Backend
+from pynet.drivers.firewall import Firewall
+from pynet.drivers.netlink import Netlink
+from pynet.ipam import Ipam
+from pynet.plugin.daemon.config import Settings
+from pynet.plugin.daemon.state import State
+from pynet.store.base import Store
+from pynet.store.errors import InvalidRequest
 
 
 @dataclass

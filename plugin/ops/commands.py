@@ -22,16 +22,19 @@ from typing import Any, Literal, Protocol, TypeVar
 import aiohttp
 import msgspec
 
-from drivers.firewall import TABLES, jump_fixes, jumps_for, stale_jumps
-from drivers.netlink import Link, Netlink
-from drivers.vxlan import VXLAN_OVERHEAD
-from ipam import Ipam
-from plugin import admin_api, config, daemon, gc
-from plugin.admin_api import DaemonInfo, EndpointInfo, NetworkInfo, PoolInfo, Status
-from plugin.config import Settings
-from plugin.state import State
-from store.base import Store
-from store.errors import PynetError
+from pynet.drivers.firewall import TABLES, jump_fixes, jumps_for, stale_jumps
+from pynet.drivers.netlink import Link, Netlink
+from pynet.drivers.vxlan import VXLAN_OVERHEAD
+from pynet.ipam import Ipam
+from pynet.plugin.ops import admin_api
+from pynet.plugin.daemon import config
+from pynet.plugin import serve
+from pynet.plugin.ops import gc
+from pynet.plugin.ops.admin_api import DaemonInfo, EndpointInfo, NetworkInfo, PoolInfo, Status
+from pynet.plugin.daemon.config import Settings
+from pynet.plugin.daemon.state import State
+from pynet.store.base import Store
+from pynet.store.errors import PynetError
 
 T = TypeVar("T")
 
@@ -137,7 +140,7 @@ def open_store(settings: Settings) -> Store:
     do not block each other); a missing embedded store is an error, never created here."""
     if not settings.etcd_endpoints and not settings.store_path.exists():
         raise CliError(f"no store at {settings.store_path}: wrong --state-dir, or pynet never ran here")
-    return daemon.open_store(settings)
+    return serve.open_store(settings)
 
 
 async def host_id(settings: Settings, store: Store) -> str:

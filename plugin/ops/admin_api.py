@@ -2,7 +2,7 @@
 
 They share the socket with Docker's routes (one thing to secure and find) under a path Docker
 never calls. The reports are built from the store alone, so the CLI builds the same ones from
-the store directly when the daemon is down (`plugin.admin`). Nothing here calls Docker: `gc`
+the store directly when the daemon is down (`plugin/ops/commands.py`). Nothing here calls Docker: `gc`
 gets Docker's view from the CLI, which asks Docker itself.
 """
 
@@ -19,16 +19,17 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from drivers.base import Network
-from drivers.firewall import DOCKER_BRIDGES
-from ipam import Ipam
-from ipam.layout import GATEWAY, decode_poolset
-from ipam.netmath import reserved
-from plugin import gc, network_api
-from plugin.config import Settings
-from plugin.context import DAEMON, Daemon
-from plugin.state import State
-from store.base import Store
+from pynet.drivers.base import Network
+from pynet.drivers.firewall import DOCKER_BRIDGES
+from pynet.ipam import Ipam
+from pynet.ipam.layout import GATEWAY, decode_poolset
+from pynet.ipam.netmath import reserved
+from pynet.plugin.ops import gc
+from pynet.plugin.api import network
+from pynet.plugin.daemon.config import Settings
+from pynet.plugin.daemon.daemon import DAEMON, Daemon
+from pynet.plugin.daemon.state import State
+from pynet.store.base import Store
 
 PREFIX = "/pynet/"
 STORE_PROBE_TIMEOUT = 3.0
@@ -239,7 +240,7 @@ async def _sweep(d: Daemon, admin: Admin, body: bytes) -> list[gc.Outcome]:
 
     async def remove_endpoint(leak: gc.Leak) -> None:
         """As Docker's DeleteEndpoint would have: under the network's lock, backend first."""
-        await network_api.delete_endpoint(d, msgspec.json.encode({"NetworkID": leak.network, "EndpointID": leak.name}))
+        await network.delete_endpoint(d, msgspec.json.encode({"NetworkID": leak.network, "EndpointID": leak.name}))
 
     return await gc.sweep(req.leaks, req.docker, sources(d, admin), remove_endpoint, time.time(), req.min_age)
 

@@ -15,10 +15,12 @@ from typing import Any, Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from plugin import admin_api, ipam_api, network_api
-from plugin.context import DAEMON, Daemon
-from plugin.metrics import METRICS, Metrics
-from store.errors import PynetError
+from pynet.plugin.ops import admin_api
+from pynet.plugin.api import ipam
+from pynet.plugin.api import network
+from pynet.plugin.daemon.daemon import DAEMON, Daemon
+from pynet.plugin.metrics import METRICS, Metrics
+from pynet.store.errors import PynetError
 
 log = logging.getLogger("pynet.api")
 
@@ -39,14 +41,14 @@ async def activate(_: Daemon, __: bytes) -> dict[str, Any]:
 # Methods answered before start-up completes: Docker calls them at registration.
 EARLY: dict[str, Handler] = {
     "Plugin.Activate": activate,
-    "NetworkDriver.GetCapabilities": network_api.get_capabilities,
-    "IpamDriver.GetCapabilities": ipam_api.get_capabilities,
-    "IpamDriver.GetDefaultAddressSpaces": ipam_api.get_default_address_spaces,
+    "NetworkDriver.GetCapabilities": network.get_capabilities,
+    "IpamDriver.GetCapabilities": ipam.get_capabilities,
+    "IpamDriver.GetDefaultAddressSpaces": ipam.get_default_address_spaces,
 }
 
 ROUTES: dict[str, Handler] = {
-    **{f"NetworkDriver.{name}": h for name, h in network_api.HANDLERS.items()},
-    **{f"IpamDriver.{name}": h for name, h in ipam_api.HANDLERS.items()},
+    **{f"NetworkDriver.{name}": h for name, h in network.HANDLERS.items()},
+    **{f"IpamDriver.{name}": h for name, h in ipam.HANDLERS.items()},
 }
 
 

@@ -16,23 +16,23 @@ from pathlib import Path
 
 from aiohttp import web
 
-from drivers.base import Backend
-from drivers.bridge import BridgeBackend
-from drivers.firewall import Firewall
-from drivers.macvlan import MacvlanBackend
-from drivers.netlink import Netlink
-from drivers.vxlan import VxlanBackend
-from ipam import Ipam
-from plugin import logs
-from plugin.admin_api import allocation_counts
-from plugin.app import make_app
-from plugin.config import Settings, resolve_host_id
-from plugin.context import Daemon
-from plugin.metrics import Metrics, serve_metrics, timed
-from plugin.state import State
-from store.base import Store
-from store.embedded import EmbeddedStore
-from store.errors import StoreUnavailable
+from pynet.drivers.base import Backend
+from pynet.drivers.bridge import BridgeBackend
+from pynet.drivers.firewall import Firewall
+from pynet.drivers.macvlan import MacvlanBackend
+from pynet.drivers.netlink import Netlink
+from pynet.drivers.vxlan import VxlanBackend
+from pynet.ipam import Ipam
+from pynet.plugin.daemon import logs
+from pynet.plugin.ops.admin_api import allocation_counts
+from pynet.plugin.api.app import make_app
+from pynet.plugin.daemon.config import Settings, resolve_host_id
+from pynet.plugin.daemon.daemon import Daemon
+from pynet.plugin.metrics import Metrics, serve_metrics, timed
+from pynet.plugin.daemon.state import State
+from pynet.store.base import Store
+from pynet.store.embedded import EmbeddedStore
+from pynet.store.errors import StoreUnavailable
 
 log = logging.getLogger("pynet")
 
@@ -40,7 +40,7 @@ log = logging.getLogger("pynet")
 def open_store(settings: Settings) -> Store:
     if not settings.etcd_endpoints:
         return EmbeddedStore(settings.store_path)
-    from store.etcd import EtcdStore  # grpc is slow to import; only etcd users pay for it
+    from pynet.store.etcd import EtcdStore  # grpc is slow to import; only etcd users pay for it
 
     return EtcdStore(
         [e.strip() for e in settings.etcd_endpoints.split(",") if e.strip()],

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
-from drivers.base import Endpoint, Network
-from store.base import Store
+from pynet.drivers.base import Endpoint, Network
+from pynet.store.base import Store
 
 
 class State:

@@ -36,17 +36,17 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import msgspec
 
-from drivers.base import Endpoint, Network
-from drivers.bridge import BridgeBackend
-from drivers.firewall import DOCKER_BRIDGES, Runner, in_netns, run_iptables, detect_flavour
-from drivers.macvlan import MacvlanBackend
-from drivers.netlink import Netlink
-from drivers.vxlan import VxlanBackend
-from ipam import Ipam
-from ipam.layout import AUX, GATEWAY, LOCAL_SPACE
-from ipam.pools import Allocation
-from plugin.state import State
-from store.errors import PynetError
+from pynet.drivers.base import Endpoint, Network
+from pynet.drivers.bridge import BridgeBackend
+from pynet.drivers.firewall import DOCKER_BRIDGES, Runner, in_netns, run_iptables, detect_flavour
+from pynet.drivers.macvlan import MacvlanBackend
+from pynet.drivers.netlink import Netlink
+from pynet.drivers.vxlan import VxlanBackend
+from pynet.ipam import Ipam
+from pynet.ipam.layout import AUX, GATEWAY, LOCAL_SPACE
+from pynet.ipam.pools import Allocation
+from pynet.plugin.daemon.state import State
+from pynet.store.errors import PynetError
 
 log = logging.getLogger("pynet.gc")
 
