@@ -7,8 +7,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from pynet.plugin.ops import commands
 from pynet.plugin.daemon import config
+from pynet.plugin.ops import cli as ops
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,14 +16,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pynet", description="Docker network and IPAM plugin")
     sub = parser.add_subparsers(dest="command", required=True)
     config.add_arguments(sub.add_parser("serve", help="run the plugin daemon in the foreground"))
-    commands.add_parsers(sub)
+    ops.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         from pynet.plugin import serve
 
         return serve.main(config.from_args(args))
-    if args.command in commands.COMMANDS:
-        return commands.main(args)
+    if args.command in ops.COMMANDS:
+        return ops.main(args)
     return 2
 
 

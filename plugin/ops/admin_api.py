@@ -2,7 +2,7 @@
 
 They share the socket with Docker's routes (one thing to secure and find) under a path Docker
 never calls. The reports are built from the store alone, so the CLI builds the same ones from
-the store directly when the daemon is down (`plugin/ops/commands.py`). Nothing here calls Docker: `gc`
+the store directly when the daemon is down (`plugin/ops/access.py`). Nothing here calls Docker: `gc`
 gets Docker's view from the CLI, which asks Docker itself.
 """
 
@@ -24,11 +24,12 @@ from pynet.drivers.firewall import DOCKER_BRIDGES
 from pynet.ipam import Ipam
 from pynet.ipam.layout import GATEWAY, decode_poolset
 from pynet.ipam.netmath import reserved
-from pynet.plugin.ops import gc
 from pynet.plugin.api import network
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import DAEMON, Daemon
 from pynet.plugin.daemon.state import State
+from pynet.plugin.ops import gc
+from pynet.plugin.ops.iptables import Iptables
 from pynet.store.base import Store
 
 PREFIX = "/pynet/"
@@ -212,7 +213,7 @@ class Admin:
     """What the admin routes need beyond the daemon; tests swap `iptables` for a fake."""
 
     started: float
-    iptables: gc.Iptables
+    iptables: Iptables
 
 
 ADMIN = web.AppKey("admin", Admin)
@@ -278,6 +279,6 @@ def _route(name: str, route: Route) -> Callable[[web.Request], Awaitable[web.Res
 
 
 def register(app: web.Application, daemon: Daemon) -> None:
-    app[ADMIN] = Admin(time.monotonic(), gc.Iptables(lambda: daemon.firewall.flavour, daemon.firewall.netns))
+    app[ADMIN] = Admin(time.monotonic(), Iptables(lambda: daemon.firewall.flavour, daemon.firewall.netns))
     for name, route in ROUTES.items():
         app.router.add_post(PREFIX + name, _route(name, route))

@@ -24,21 +24,18 @@ fresh inventory and removes only what is a leak in both, so nothing created mean
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import shlex
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import Literal
 
-import aiohttp
 import msgspec
 
 from pynet.drivers.base import Endpoint, Network
 from pynet.drivers.bridge import BridgeBackend
-from pynet.drivers.firewall import DOCKER_BRIDGES, Runner, in_netns, run_iptables, detect_flavour
+from pynet.drivers.firewall import DOCKER_BRIDGES
 from pynet.drivers.macvlan import MacvlanBackend
 from pynet.drivers.netlink import Netlink
 from pynet.drivers.vxlan import VxlanBackend
@@ -46,26 +43,18 @@ from pynet.ipam import Ipam
 from pynet.ipam.layout import AUX, GATEWAY, LOCAL_SPACE
 from pynet.ipam.pools import Allocation
 from pynet.plugin.daemon.state import State
+from pynet.plugin.ops.iptables import Iptables, Rule
 from pynet.store.errors import PynetError
 
 log = logging.getLogger("pynet.gc")
-
-T = TypeVar("T")
 
 # Every mode's, whichever modes this daemon runs: the CLI judges links without a daemon.
 PREFIXES = tuple(p for backend in (BridgeBackend, MacvlanBackend, VxlanBackend) for p in backend.link_prefixes)
 ID_CHARS = 11  # link names are a prefix plus this many characters of an ID
 DEFAULT_MIN_AGE = 60.0
-DOCKER_TIMEOUT = 10.0
 
 Kind = Literal["endpoint", "link", "allocation", "rule"]
 ORDER: dict[str, int] = {"endpoint": 0, "link": 1, "allocation": 2, "rule": 3}
-
-
-class Rule(msgspec.Struct, frozen=True):
-    family: int
-    table: str
-    line: str  # as iptables-save prints it: "-A PYNET-FORWARD ..."
 
 
 class Inventory(msgspec.Struct):
@@ -115,53 +104,6 @@ class Outcome(msgspec.Struct):
         return self.result in ("removed", "vanished")
 
 
-# -- the firewall as gc sees it ---------------------------------------------------------------
-
-
-class Iptables:
-    """Reads and deletes rules in pynet's chains with the firewall's own tools and flavour."""
-
-    def __init__(
-        self, flavour: Callable[[], str] | None = None, netns: str | None = None, runner: Runner = run_iptables
-    ) -> None:
-        """`flavour` (blocking, run in a thread once) defaults to detecting it in `netns`."""
-        self._detect = flavour or (lambda: detect_flavour(netns))
-        self._flavour = ""
-        self.netns = netns
-        self._runner = runner
-
-    async def flavour(self) -> str:
-        if not self._flavour:
-            self._flavour = await asyncio.to_thread(self._detect)
-        return self._flavour
-
-    async def _tool(self, family: int, suffix: str) -> list[str]:
-        base = "iptables" if family == 4 else "ip6tables"
-        return [f"{base}-{await self.flavour()}{suffix}"]
-
-    async def table(self, family: int, table: str) -> str:
-        """`iptables -t TABLE -S`."""
-        argv = await self._tool(family, "")
-        return await self._runner(in_netns(self.netns, [*argv, "-w", "-t", table, "-S"]), None)
-
-    async def pynet_rules(self) -> list[Rule]:
-        rules: list[Rule] = []
-        for family in (4, 6):
-            save = await self._runner(in_netns(self.netns, await self._tool(family, "-save")), None)
-            table = ""
-            for line in save.splitlines():
-                if line.startswith("*"):
-                    table = line[1:]
-                elif line.startswith("-A PYNET-"):
-                    rules.append(Rule(family, table, line))
-        return rules
-
-    async def delete(self, rule: Rule) -> None:
-        argv = await self._tool(rule.family, "-restore")
-        text = f"*{rule.table}\n-D{rule.line[2:]}\nCOMMIT\n"
-        await self._runner(in_netns(self.netns, [*argv, "-w", "--noflush"]), text)
-
-
 # -- gathering --------------------------------------------------------------------------------
 
 
@@ -198,7 +140,8 @@ async def gather(src: Sources) -> Inventory:
 # -- finding ----------------------------------------------------------------------------------
 
 
-def _bare(cidr: str) -> str:
+def bare(cidr: str) -> str:
+    """The address of `10.0.0.2/24` (Docker and pynet keep some with, some without a length)."""
     return str(ipaddress.ip_interface(cidr).ip) if cidr else ""
 
 
@@ -243,9 +186,9 @@ def _allocation_leaks(
     inv: Inventory, live: list[Endpoint], view: DockerView, now: float, min_age: float
 ) -> list[Leak]:
     subnets = [s for n in inv.networks for s in (*n.ipv4, *n.ipv6)]
-    reserved = {_bare(a) for s in subnets for a in (s.gateway, *s.aux.values()) if a}
+    reserved = {bare(a) for s in subnets for a in (s.gateway, *s.aux.values()) if a}
     pools = {s.pool for s in subnets} | set(view.subnets)
-    in_use = {_bare(a) for ep in live for a in (ep.address, ep.address6) if a} | set(view.addresses)
+    in_use = {bare(a) for ep in live for a in (ep.address, ep.address6) if a} | set(view.addresses)
     live_ids = {ep.id for ep in live}
     out = []
     for a in inv.allocations:
@@ -359,92 +302,3 @@ async def _remove(leak: Leak, src: Sources, remove_endpoint: EndpointRemover) ->
         return Outcome(leak, "failed", str(e) or type(e).__name__)
     log.info("gc: removed", extra={"kind": leak.kind, "leak": leak.name, "reason": leak.reason})
     return Outcome(leak, "removed")
-
-
-# -- Docker's view (CLI only: the daemon never calls Docker from a request) ------------------
-
-
-class _IpamConfig(msgspec.Struct):
-    Subnet: str = ""
-    Gateway: str = ""
-    AuxiliaryAddresses: dict[str, str] | None = None
-
-
-class _Ipam(msgspec.Struct):
-    Driver: str = ""
-    Config: list[_IpamConfig] | None = None
-
-
-class _Attached(msgspec.Struct):
-    """An entry of a network's `Containers` or of a container's `NetworkSettings.Networks`."""
-
-    EndpointID: str = ""
-    IPv4Address: str = ""
-    IPv6Address: str = ""
-    IPAddress: str = ""
-    GlobalIPv6Address: str = ""
-    Gateway: str = ""
-
-    def addresses(self) -> set[str]:
-        found = (self.IPv4Address, self.IPv6Address, self.IPAddress, self.GlobalIPv6Address, self.Gateway)
-        return {_bare(a) for a in found if a}
-
-
-class _Network(msgspec.Struct):
-    Id: str
-    Driver: str = ""
-    IPAM: _Ipam | None = None
-    Containers: dict[str, _Attached] | None = None
-
-    def uses_pynet(self) -> bool:
-        return "pynet" in self.Driver or (self.IPAM is not None and "pynet" in self.IPAM.Driver)
-
-
-class _Settings(msgspec.Struct):
-    Networks: dict[str, _Attached] | None = None
-
-
-class _Container(msgspec.Struct):
-    NetworkSettings: _Settings | None = None
-
-
-def _session(docker_host: str) -> tuple[aiohttp.ClientSession, str]:
-    """A session and base URL for `unix:///path` or `tcp://host:port` (plain HTTP)."""
-    url = urlsplit(docker_host)
-    timeout = aiohttp.ClientTimeout(total=DOCKER_TIMEOUT)
-    if url.scheme == "unix":
-        return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=url.path), timeout=timeout), "http://docker"
-    if url.scheme in ("tcp", "http"):
-        return aiohttp.ClientSession(timeout=timeout), f"http://{url.netloc}"
-    raise ValueError(f"pynet: --docker-host must be unix:///path or tcp://host:port, got {docker_host!r}")
-
-
-async def docker_view(docker_host: str, pynet_networks: Iterable[str]) -> DockerView:
-    """Networks, endpoints and addresses Docker has in use: every network that is pynet's (by
-    ID, driver or IPAM driver) with its attachments, and every container's attachments.
-
-    Raises OSError, aiohttp.ClientError, msgspec.DecodeError or TimeoutError when Docker
-    cannot be asked."""
-    ours = set(pynet_networks)
-    session, base = _session(docker_host)
-    async with session:
-
-        async def get(path: str, type_: type[T]) -> T:
-            async with session.get(base + path) as r:
-                if r.status != 200:
-                    raise aiohttp.ClientError(f"Docker answered {r.status} to GET {path}: {await r.text()}")
-                return msgspec.json.decode(await r.read(), type=type_)
-
-        listed = await get("/networks", list[_Network])
-        relevant = [await get(f"/networks/{quote(n.Id)}", _Network) for n in listed if n.Id in ours or n.uses_pynet()]
-        containers = await get("/containers/json?all=1", list[_Container])
-    attached = [a for n in relevant for a in (n.Containers or {}).values()]
-    attached += [a for c in containers for a in ((c.NetworkSettings and c.NetworkSettings.Networks) or {}).values()]
-    configs = [c for n in relevant for c in ((n.IPAM and n.IPAM.Config) or [])]
-    reserved = {_bare(a) for c in configs for a in (c.Gateway, *(c.AuxiliaryAddresses or {}).values()) if a}
-    return DockerView(
-        networks=sorted(n.Id for n in listed),
-        endpoints=sorted({a.EndpointID for a in attached} - {""}),
-        addresses=sorted(reserved.union(*(a.addresses() for a in attached))),
-        subnets=sorted({str(ipaddress.ip_network(c.Subnet, strict=False)) for c in configs if c.Subnet}),
-    )

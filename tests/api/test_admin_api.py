@@ -26,19 +26,20 @@ from aiohttp import web
 from pynet.drivers.base import Network
 from pynet.drivers.netlink import Link
 from pynet.plugin import cli
-from pynet.plugin.ops import gc
-from pynet.plugin.ops.admin_api import ADMIN, Admin, SweepRequest
 from pynet.plugin.api.app import make_app
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import Daemon
-from pynet.plugin.serve import bind, build
 from pynet.plugin.metrics import Metrics
+from pynet.plugin.ops import gc
+from pynet.plugin.ops.admin_api import ADMIN, Admin, SweepRequest
+from pynet.plugin.ops.iptables import Iptables, Rule
+from pynet.plugin.serve import bind, build
 from tests.api.test_routes import RecordingBackend
 
 NET = "a1" * 32
 LIVE = "b2" * 32
 DEAD = "c3" * 32
-STALE_RULE = gc.Rule(4, "filter", "-A PYNET-FORWARD -i pnb-0123456789a -o pnb-0123456789a -j ACCEPT")
+STALE_RULE = Rule(4, "filter", "-A PYNET-FORWARD -i pnb-0123456789a -o pnb-0123456789a -j ACCEPT")
 
 
 class FakeNetlink:
@@ -56,15 +57,15 @@ class FakeNetlink:
         return present
 
 
-class FakeIptables(gc.Iptables):
+class FakeIptables(Iptables):
     def __init__(self) -> None:
         super().__init__(lambda: "nft")
-        self.rules: list[gc.Rule] = []
+        self.rules: list[Rule] = []
 
-    async def pynet_rules(self) -> list[gc.Rule]:
+    async def pynet_rules(self) -> list[Rule]:
         return list(self.rules)
 
-    async def delete(self, rule: gc.Rule) -> None:
+    async def delete(self, rule: Rule) -> None:
         self.rules.remove(rule)
 
 

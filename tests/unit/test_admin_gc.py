@@ -5,6 +5,7 @@ from __future__ import annotations
 from pynet.drivers.base import Endpoint, Network, Subnet
 from pynet.ipam.pools import Allocation
 from pynet.plugin.ops import gc
+from pynet.plugin.ops.iptables import Rule
 
 NET = "a" * 64
 LIVE = "b" * 64  # an endpoint whose container runs: its veth peer is inside the container
@@ -42,7 +43,7 @@ def inventory(**changes: object) -> gc.Inventory:
             allocation("10.1.0.2", LIVE),
             allocation("10.1.0.3", DEAD),
         ],
-        rules=[gc.Rule(4, "filter", f"-A PYNET-FORWARD -i pnb-{NET[:11]} -o docker0 -j DROP")],
+        rules=[Rule(4, "filter", f"-A PYNET-FORWARD -i pnb-{NET[:11]} -o docker0 -j DROP")],
         outsiders=["docker0", "br-+"],
     )
     for k, v in changes.items():
@@ -99,7 +100,7 @@ def test_an_endpoint_whose_links_are_all_gone_is_a_leak() -> None:
 def test_without_docker_only_links_and_rules_are_judged() -> None:
     inv = inventory(
         links=[*inventory().links, "pnh-0123456789a"],
-        rules=[gc.Rule(4, "filter", "-A PYNET-FORWARD -i pnb-0123456789a -o pnb-0123456789a -j ACCEPT")],
+        rules=[Rule(4, "filter", "-A PYNET-FORWARD -i pnb-0123456789a -o pnb-0123456789a -j ACCEPT")],
     )
     assert keys(gc.find(inv, None, NOW)) == {
         ("link", "pnh-0123456789a"),
@@ -149,10 +150,10 @@ def test_rules_naming_unknown_bridges_or_networks_are_leaks() -> None:
     gone = "f" * 64
     comment = f'-m comment --comment "pynet {gone}"'
     rules = [
-        gc.Rule(4, "filter", f"-A PYNET-FORWARD -i pnb-{NET[:11]} -o br-+ -j DROP"),
-        gc.Rule(4, "nat", f"-A PYNET-POSTROUTING -s 10.2.0.0/24 ! -o pnb-{gone[:11]} {comment} -j MASQUERADE"),
-        gc.Rule(6, "nat", f"-A PYNET-PREROUTING -p tcp --dport 80 {comment} -j DNAT --to-destination [fd00::2]:80"),
-        gc.Rule(4, "filter", "-A PYNET-FORWARD -i virbr0 -o pnb-" + NET[:11] + " -j DROP"),
+        Rule(4, "filter", f"-A PYNET-FORWARD -i pnb-{NET[:11]} -o br-+ -j DROP"),
+        Rule(4, "nat", f"-A PYNET-POSTROUTING -s 10.2.0.0/24 ! -o pnb-{gone[:11]} {comment} -j MASQUERADE"),
+        Rule(6, "nat", f"-A PYNET-PREROUTING -p tcp --dport 80 {comment} -j DNAT --to-destination [fd00::2]:80"),
+        Rule(4, "filter", "-A PYNET-FORWARD -i virbr0 -o pnb-" + NET[:11] + " -j DROP"),
     ]
     leaks = gc.find(inventory(rules=rules, outsiders=["docker0", "br-+", "virbr0"]), None, NOW)
     rule_leaks = [x for x in leaks if x.kind == "rule"]

@@ -7,21 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from pynet.plugin.ops import commands
 from pynet.plugin import cli
-from pynet.plugin.ops import gc
+from pynet.plugin.ops import gc, gc_command, render, reports
 from pynet.plugin.ops.admin_api import DaemonInfo, Peer, Status, StoreInfo
 
 
 def test_tables_align_columns_and_say_when_empty() -> None:
-    text = commands.table(["A", "LONGER"], [("x", 1), ("yyyy", 22)])
+    text = render.table(["A", "LONGER"], [("x", 1), ("yyyy", 22)])
     assert text.splitlines() == ["A     LONGER", "x     1", "yyyy  22"]
-    assert commands.table(["A"], []) == "(none)"
+    assert render.table(["A"], []) == "(none)"
 
 
 def test_device_shows_whatever_the_mode_keeps() -> None:
-    assert commands.device({"bridge": "pno-42", "vxlan": "pnx-42", "vni": 42, "mtu": 1450}) == "bridge=pno-42 vni=42"
-    assert commands.device({"parent": "eth0.10", "mtu": None}) == "parent=eth0.10"
+    assert reports.device({"bridge": "pno-42", "vxlan": "pnx-42", "vni": 42, "mtu": 1450}) == "bridge=pno-42 vni=42"
+    assert reports.device({"parent": "eth0.10", "mtu": None}) == "parent=eth0.10"
 
 
 def status(answers: bool) -> Status:
@@ -33,11 +32,11 @@ def status(answers: bool) -> Status:
 
 
 def test_status_text_for_a_healthy_and_a_broken_host() -> None:
-    up = commands._status_text(status(True))
+    up = reports._status_text(status(True))
     assert "answers on /run/p.sock (pid 42, up 1h02m05s, ready)" in up
     assert "etcd http://127.0.0.1:2379: reachable" in up
     assert "42   10.99.0.2  h2" in up
-    down = commands._status_text(status(False))
+    down = reports._status_text(status(False))
     assert "DOWN: stale socket /run/p.sock" in down and "UNREACHABLE: deadline exceeded" in down
 
 
@@ -45,13 +44,13 @@ def test_gc_text_names_leaks_their_fate_and_why_nothing_was_removed() -> None:
     leak = gc.Leak("allocation", "10.1.0.3", "no one uses it", pool="10.1.0.0/24")
     rule = gc.Leak("rule", "-A PYNET-FORWARD -i pnb-x -j DROP", "gone", family=6, table="filter")
     outcomes = [gc.Outcome(leak, "removed"), gc.Outcome(rule, "failed", "busy")]
-    report = commands.GcReport("daemon", "unix:///d.sock", "", "", "", False, [leak, rule], outcomes)
-    text = commands._gc_text(report)
+    report = gc_command.GcReport("daemon", "unix:///d.sock", "", "", "", False, [leak, rule], outcomes)
+    text = gc_command._gc_text(report)
     assert "10.1.0.3 in 10.1.0.0/24" in text and "IPv6 filter -A PYNET-FORWARD" in text
     assert "removed 1 of 2" in text and "rule IPv6 filter -A PYNET-FORWARD -i pnb-x -j DROP: failed busy" in text
     why = "Docker at unix:///d.sock cannot be asked: refused"
-    unreachable = commands.GcReport("store", "unix:///d.sock", why, why, "iptables: not found", False, [], [])
-    text = commands._gc_text(unreachable)
+    unreachable = gc_command.GcReport("store", "unix:///d.sock", why, why, "iptables: not found", False, [], [])
+    text = gc_command._gc_text(unreachable)
     assert "not checked, nothing removed" in text and "firewall not checked: iptables: not found" in text
 
 

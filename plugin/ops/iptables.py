@@ -1,0 +1,62 @@
+"""The firewall as gc and doctor see it: pynet's rules read (and deleted) with the firewall's
+own tools, in the flavour Docker uses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import msgspec
+
+from pynet.drivers.firewall import Runner, detect_flavour, in_netns, run_iptables
+
+
+class Rule(msgspec.Struct, frozen=True):
+    family: int
+    table: str
+    line: str  # as iptables-save prints it: "-A PYNET-FORWARD ..."
+
+
+class Iptables:
+    """Reads and deletes rules in pynet's chains with the firewall's own tools and flavour."""
+
+    def __init__(
+        self, flavour: Callable[[], str] | None = None, netns: str | None = None, runner: Runner = run_iptables
+    ) -> None:
+        """`flavour` (blocking, run in a thread once) defaults to detecting it in `netns`."""
+        self._detect = flavour or (lambda: detect_flavour(netns))
+        self._flavour = ""
+        self.netns = netns
+        self._runner = runner
+
+    async def flavour(self) -> str:
+        if not self._flavour:
+            self._flavour = await asyncio.to_thread(self._detect)
+        return self._flavour
+
+    async def _tool(self, family: int, suffix: str) -> list[str]:
+        base = "iptables" if family == 4 else "ip6tables"
+        return [f"{base}-{await self.flavour()}{suffix}"]
+
+    async def table(self, family: int, table: str) -> str:
+        """`iptables -t TABLE -S`."""
+        argv = await self._tool(family, "")
+        return await self._runner(in_netns(self.netns, [*argv, "-w", "-t", table, "-S"]), None)
+
+    async def pynet_rules(self) -> list[Rule]:
+        rules: list[Rule] = []
+        for family in (4, 6):
+            save = await self._runner(in_netns(self.netns, await self._tool(family, "-save")), None)
+            table = ""
+            for line in save.splitlines():
+                if line.startswith("*"):
+                    table = line[1:]
+                elif line.startswith("-A PYNET-"):
+                    rules.append(Rule(family, table, line))
+        return rules
+
+    async def delete(self, rule: Rule) -> None:
+        argv = await self._tool(rule.family, "-restore")
+        text = f"*{rule.table}\n-D{rule.line[2:]}\nCOMMIT\n"
+        await self._runner(in_netns(self.netns, [*argv, "-w", "--noflush"]), text)
+
