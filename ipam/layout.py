@@ -115,7 +115,7 @@ class AddrRecord:
         return encode(value)
 
     @classmethod
-    def decode(cls, raw: bytes) -> "AddrRecord":
+    def decode(cls, raw: bytes) -> AddrRecord:
         v = decode(raw, "address")
         hosts = v.get("hosts") or ()
         return cls(
@@ -166,7 +166,7 @@ class PoolId:
         return self.sub_pool if self.sub_pool is not None else self.subnet
 
     @classmethod
-    def parse(cls, text: str) -> "PoolId":
+    def parse(cls, text: str) -> PoolId:
         m = _POOL_ID.match(text)
         if m is None or m["space"] not in SPACES:
             raise InvalidRequest(

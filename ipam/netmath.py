@@ -8,7 +8,7 @@ CLI flag and the value the user typed, because that is all the user sees of a fa
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from pynet.store.errors import InvalidRequest
 
@@ -145,7 +145,7 @@ def first_free_subnet(
 
 def _same_family_overlap(a: IPNetwork, b: IPNetwork) -> bool:
     """`overlaps` across families is always False, but typing wants them checked apart."""
-    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+    return a.version == b.version and a.overlaps(b)
 
 
 def _first_free_in(base: IPNetwork, prefixlen: int, blocked: list[IPNetwork]) -> IPNetwork | None:

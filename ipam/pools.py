@@ -31,8 +31,8 @@ import logging
 import random
 import time
 import weakref
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
 
 from pynet.ipam.layout import (
     AUX,
@@ -406,7 +406,7 @@ class Ipam:
                 raise _taken(target, pid.subnet)
             if self.host in old.hosts:
                 return target
-            rec = replace(old, hosts=old.hosts + (self.host,))
+            rec = replace(old, hosts=(*old.hosts, self.host))
             guard = Compare.unchanged(kv)
         ok = await self.store.txn([guard, state.alive()], [Put(key, rec.encode())])
         return target if ok else None
@@ -503,7 +503,7 @@ def _check_pool_options(options: Mapping[str, str] | None) -> None:
 
 def _check_overlap(subnet: IPNetwork, existing: list[IPNetwork]) -> None:
     for other in existing:
-        if other.version == subnet.version and other.overlaps(subnet):  # type: ignore[arg-type]
+        if other.version == subnet.version and other.overlaps(subnet):
             raise Conflict(f"pynet: --subnet {subnet} overlaps existing pool {other}")
 
 

@@ -7,8 +7,9 @@ can resume from a revision, and leases that expire keys of a host that stopped.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import AsyncIterator, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +42,11 @@ class Compare:
     operand: int | bytes
 
     @staticmethod
-    def absent(key: str) -> "Compare":
+    def absent(key: str) -> Compare:
         return Compare(key, "version", "==", 0)
 
     @staticmethod
-    def unchanged(kv: KeyValue) -> "Compare":
+    def unchanged(kv: KeyValue) -> Compare:
         return Compare(kv.key, "mod_revision", "==", kv.mod_revision)
 
     def holds(self, kv: KeyValue | None) -> bool:

@@ -20,8 +20,9 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 from pynet.store.base import Compare, Delete, Event, KeyValue, Op, Put
 from pynet.store.errors import NotFound, RevisionCompacted
@@ -41,7 +42,7 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0);
 """
 
 
-def _row(r: tuple) -> KeyValue:
+def _row(r: tuple[Any, ...]) -> KeyValue:
     return KeyValue(r[0], bytes(r[1]), r[2], r[3], r[4], r[5])
 
 

@@ -34,8 +34,9 @@ import asyncio
 import contextlib
 import logging
 import operator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd
@@ -94,7 +95,7 @@ class _WatchCancelled(Exception):
     """etcd cancelled a watch for a reason other than compaction (such as a token it forgot)."""
 
 
-class _Client(aetcd.Client):
+class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped (pyproject.toml, [tool.mypy])
     """aetcd's client for one endpoint, with the channel and the auth token managed here."""
 
     def __init__(
@@ -139,7 +140,7 @@ class _Client(aetcd.Client):
         )
         return int(status.header.revision)
 
-    async def open_watch(self, prefix: str, start: int) -> tuple[grpc.aio.StreamStreamCall, Any]:
+    async def open_watch(self, prefix: str, start: int) -> tuple[grpc.aio.StreamStreamCall[Any, Any], Any]:
         """A watch stream for keys under `prefix` from `start`, and its first (created) response."""
         await self.connect()
         call = rpc.WatchStub(self.channel).Watch(metadata=(*(self.metadata or ()), _REQUIRE_LEADER))
@@ -154,10 +155,10 @@ class _Client(aetcd.Client):
 
     def _channel(self) -> grpc.aio.Channel:
         if self._tls is None:
-            return rpc.insecure_channel(self._target, options=_CHANNEL_OPTIONS)
+            return grpc.aio.insecure_channel(self._target, options=_CHANNEL_OPTIONS)
         ca, cert, key = (Path(p).read_bytes() if p else None for p in self._tls)
         credentials = grpc.ssl_channel_credentials(ca, key, cert)
-        return rpc.secure_channel(self._target, credentials, options=_CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(self._target, credentials, options=_CHANNEL_OPTIONS)
 
     async def _token(self, channel: grpc.aio.Channel) -> tuple[tuple[str, str], ...] | None:
         if self._username is None:
@@ -259,7 +260,7 @@ class EtcdStore:
         next_revision, pause, stale_token = start_revision, _WATCH_RETRY_MIN, False
         while not self._closed:
             client = self._clients[self._current]
-            call: grpc.aio.StreamStreamCall | None = None
+            call: grpc.aio.StreamStreamCall[Any, Any] | None = None
             try:
                 async with asyncio.timeout(self.timeout):
                     if stale_token:
@@ -273,8 +274,9 @@ class EtcdStore:
                     response = await call.read()
                 problem = "the stream ended"
             except grpc.aio.AioRpcError as e:
+                # mypy keeps the loop test's narrowing of _closed across awaits; close() sets it.
                 if self._closed:
-                    return
+                    return  # type: ignore[unreachable]
                 self._raise_for_credentials(client, e)
                 problem, stale_token = f"{e.code().name}: {e.details()}", e.code() == grpc.StatusCode.UNAUTHENTICATED
             except _WatchCancelled as e:
