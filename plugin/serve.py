@@ -23,13 +23,13 @@ from pynet.drivers.macvlan import MacvlanBackend
 from pynet.drivers.netlink import Netlink
 from pynet.drivers.vxlan import VxlanBackend
 from pynet.ipam import Ipam
-from pynet.plugin.daemon import logs
-from pynet.plugin.ops.admin_api import allocation_counts
 from pynet.plugin.api.app import make_app
+from pynet.plugin.daemon import logs
 from pynet.plugin.daemon.config import Settings, resolve_host_id
 from pynet.plugin.daemon.daemon import Daemon
-from pynet.plugin.metrics import Metrics, serve_metrics, timed
 from pynet.plugin.daemon.state import State
+from pynet.plugin.metrics import Metrics, serve_metrics, timed
+from pynet.plugin.ops import admin_api
 from pynet.store.base import Store
 from pynet.store.embedded import EmbeddedStore
 from pynet.store.errors import StoreUnavailable
@@ -155,11 +155,17 @@ async def bind(app: web.Application, path: Path) -> web.AppRunner:
     return runner
 
 
+
+def application(d: Daemon, metrics: Metrics) -> web.Application:
+    """Docker's routes and the operator's, on one socket."""
+    return make_app(d, metrics, extend=lambda app: admin_api.register(app, d))
+
+
 async def serve(settings: Settings) -> None:
     metrics = Metrics()
     d = build(settings, metrics)
     sock = Path(settings.socket)
-    runner = await bind(make_app(d, metrics), sock)
+    runner = await bind(application(d, metrics), sock)
     kind = "etcd" if settings.etcd_endpoints else "embedded"  # d.store is wrapped for timing
     log.info("listening", extra={"socket": str(sock), "host": d.host, "store": kind})
     stop = asyncio.Event()
@@ -169,7 +175,7 @@ async def serve(settings: Settings) -> None:
     resync: asyncio.Task[None] | None = None
     scrape: web.AppRunner | None = None
     try:
-        scrape = await serve_metrics(settings.metrics_listen, metrics, lambda: allocation_counts(d.ipam))
+        scrape = await serve_metrics(settings.metrics_listen, metrics, lambda: admin_api.allocation_counts(d.ipam))
         await d.netlink.open()
         await reconcile_until_done(d, stop)
         d.ready.set()

@@ -15,9 +15,7 @@ from typing import Any, Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from pynet.plugin.ops import admin_api
-from pynet.plugin.api import ipam
-from pynet.plugin.api import network
+from pynet.plugin.api import ipam, network
 from pynet.plugin.daemon.daemon import DAEMON, Daemon
 from pynet.plugin.metrics import METRICS, Metrics
 from pynet.store.errors import PynetError
@@ -28,6 +26,8 @@ Handler = Callable[[Daemon, bytes], Awaitable[dict[str, Any]]]
 
 # How long a request waits for start-up (store open, reconcile) before failing.
 READY_TIMEOUT = 20.0
+# The operator's routes (plugin/ops/admin_api.py) live under a path Docker never calls.
+ADMIN_PREFIX = "/pynet/"
 
 
 def error_reply(status: int, message: str) -> web.Response:
@@ -106,7 +106,7 @@ async def measure(
 ) -> web.StreamResponse:
     """Counts and times Docker's requests, by method; unknown methods share one label so that
     junk paths cannot grow the label set, and the operator's /pynet/ routes are not counted."""
-    if request.path.startswith(admin_api.PREFIX):
+    if request.path.startswith(ADMIN_PREFIX):
         return await handler(request)
     method = request.path[1:]
     label = method if method in EARLY or method in ROUTES else "unknown"
@@ -120,8 +120,11 @@ async def measure(
         request.app[METRICS].observe_request(label, time.perf_counter() - started, failed)
 
 
-def make_app(daemon: Daemon, metrics: Metrics | None = None) -> web.Application:
-    """`metrics` is the daemon's own (its store is timed into it); tests may leave it out."""
+def make_app(
+    daemon: Daemon, metrics: Metrics | None = None, extend: Callable[[web.Application], None] | None = None
+) -> web.Application:
+    """`metrics` is the daemon's own (its store is timed into it); tests may leave it out.
+    `extend` adds routes ahead of the catch-all (serve adds the operator's, from a room above)."""
     app = web.Application(middlewares=[measure])
     app[DAEMON] = daemon
     app[METRICS] = metrics or Metrics()
@@ -129,6 +132,7 @@ def make_app(daemon: Daemon, metrics: Metrics | None = None) -> web.Application:
         app.router.add_post("/" + method, _endpoint(method, handler, early=True))
     for method, handler in ROUTES.items():
         app.router.add_post("/" + method, _endpoint(method, handler, early=False))
-    admin_api.register(app, daemon)
+    if extend is not None:
+        extend(app)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -195,15 +195,21 @@ def _endpoint_reply(intf: wire.EndpointInterface, ep: Endpoint) -> dict[str, Any
     return {"Interface": reply}
 
 
-async def delete_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
-    req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
-    async with d.lock(req.NetworkID):
-        net = await d.state.network(req.NetworkID)
-        ep = await d.state.endpoint(req.EndpointID) or Endpoint(req.EndpointID, req.NetworkID)
+async def remove_endpoint(d: Daemon, network_id: str, endpoint_id: str) -> None:
+    """Under the network's lock, backend first, then the record; an endpoint (or network)
+    already gone is no error. Docker's DeleteEndpoint and gc's removal of a leak both end here."""
+    async with d.lock(network_id):
+        net = await d.state.network(network_id)
+        ep = await d.state.endpoint(endpoint_id) or Endpoint(endpoint_id, network_id)
         if net is not None:
             await d.backend(net.mode).delete_endpoint(net, ep)
         await d.state.delete_endpoint(ep.id)
-    log.info("endpoint deleted", extra={"network": req.NetworkID, "endpoint": ep.id})
+    log.info("endpoint deleted", extra={"network": network_id, "endpoint": ep.id})
+
+
+async def delete_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
+    req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
+    await remove_endpoint(d, req.NetworkID, req.EndpointID)
     return {}
 
 

@@ -16,9 +16,9 @@ import msgspec
 from pynet.drivers.netlink import Netlink
 from pynet.ipam import Ipam
 from pynet.plugin import serve
+from pynet.plugin.api.app import ADMIN_PREFIX
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.state import State
-from pynet.plugin.ops import admin_api
 from pynet.plugin.ops.render import note
 from pynet.store.base import Store
 from pynet.store.errors import PynetError
@@ -46,7 +46,7 @@ async def ask(settings: Settings, name: str, type_: type[T], body: msgspec.Struc
     data = msgspec.json.encode(body) if body is not None else b""
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as s:
-            async with s.post(f"http://pynet{admin_api.PREFIX}{name}", data=data) as r:
+            async with s.post(f"http://pynet{ADMIN_PREFIX}{name}", data=data) as r:
                 raw = await r.read()
                 if r.status != 200:
                     raise CliError(_error_text(raw) or f"pynet answered {r.status}")

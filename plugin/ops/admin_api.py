@@ -9,6 +9,7 @@ gets Docker's view from the CLI, which asks Docker itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from pynet.ipam import Ipam
 from pynet.ipam.layout import GATEWAY, decode_poolset
 from pynet.ipam.netmath import reserved
 from pynet.plugin.api import network
+from pynet.plugin.api.app import ADMIN_PREFIX, error_reply
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import DAEMON, Daemon
 from pynet.plugin.daemon.state import State
@@ -32,7 +34,8 @@ from pynet.plugin.ops import gc
 from pynet.plugin.ops.iptables import Iptables
 from pynet.store.base import Store
 
-PREFIX = "/pynet/"
+log = logging.getLogger("pynet.admin")
+
 STORE_PROBE_TIMEOUT = 3.0
 
 
@@ -240,8 +243,7 @@ async def _sweep(d: Daemon, admin: Admin, body: bytes) -> list[gc.Outcome]:
     req = msgspec.json.decode(body, type=SweepRequest)
 
     async def remove_endpoint(leak: gc.Leak) -> None:
-        """As Docker's DeleteEndpoint would have: under the network's lock, backend first."""
-        await network.delete_endpoint(d, msgspec.json.encode({"NetworkID": leak.network, "EndpointID": leak.name}))
+        await network.remove_endpoint(d, leak.network, leak.name)  # as Docker's DeleteEndpoint would
 
     return await gc.sweep(req.leaks, req.docker, sources(d, admin), remove_endpoint, time.time(), req.min_age)
 
@@ -258,21 +260,18 @@ ROUTES: dict[str, Route] = {
 NEEDS_READY = frozenset({"gc/inventory", "gc/sweep"})
 
 
-def _reply(status_code: int, message: str) -> web.Response:
-    return web.json_response({"Err": message, "Error": message}, status=status_code)
-
-
 def _route(name: str, route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def serve(request: web.Request) -> web.Response:
         d = request.app[DAEMON]
         if name in NEEDS_READY and not d.ready.is_set():
-            return _reply(503, f"pynet: {name}: pynet is still starting, try again")
+            return error_reply(503, f"pynet: {name}: pynet is still starting, try again")
         try:
             result = await route(d, request.app[ADMIN], await request.read())
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            return _reply(400, f"pynet: invalid {name} request: {e}")
+            return error_reply(400, f"pynet: invalid {name} request: {e}")
         except Exception as e:
-            return _reply(500, f"pynet: {name} failed: {e}")
+            log.exception("admin request failed", extra={"route": name, "error": str(e)})
+            return error_reply(500, f"pynet: {name} failed: {e}")
         return web.Response(body=msgspec.json.encode(result), content_type="application/json")
 
     return serve
@@ -281,4 +280,4 @@ def _route(name: str, route: Route) -> Callable[[web.Request], Awaitable[web.Res
 def register(app: web.Application, daemon: Daemon) -> None:
     app[ADMIN] = Admin(time.monotonic(), Iptables(lambda: daemon.firewall.flavour, daemon.firewall.netns))
     for name, route in ROUTES.items():
-        app.router.add_post(PREFIX + name, _route(name, route))
+        app.router.add_post(ADMIN_PREFIX + name, _route(name, route))

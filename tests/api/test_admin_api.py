@@ -26,14 +26,13 @@ from aiohttp import web
 from pynet.drivers.base import Network
 from pynet.drivers.netlink import Link
 from pynet.plugin import cli
-from pynet.plugin.api.app import make_app
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import Daemon
 from pynet.plugin.metrics import Metrics
 from pynet.plugin.ops import gc
 from pynet.plugin.ops.admin_api import ADMIN, Admin, SweepRequest
 from pynet.plugin.ops.iptables import Iptables, Rule
-from pynet.plugin.serve import bind, build
+from pynet.plugin.serve import application, bind, build
 from tests.api.test_routes import RecordingBackend
 
 NET = "a1" * 32
@@ -102,7 +101,7 @@ async def plugin(tmp_path: Path) -> AsyncIterator[Plugin]:
     d.backends = {"bridge": p.backend}  # type: ignore[dict-item]
     d.netlink = p.netlink  # type: ignore[assignment]
     d.ready.set()
-    app = make_app(d, metrics)
+    app = application(d, metrics)
     app[ADMIN] = Admin(time.monotonic(), p.iptables)
     runner = await bind(app, Path(settings.socket))
     yield p
