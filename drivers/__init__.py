@@ -1,1 +1,1 @@
-"""pynet's drivers layer (see shared/docs/design.md)."""
+"""pynet's drivers layer (see docs/design.md)."""

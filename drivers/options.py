@@ -2,7 +2,7 @@
 
 Names follow Docker's own drivers where one exists, so `-o com.docker.network.driver.mtu=1400`
 means the same here as on Docker's bridge; short aliases (`mtu`) are accepted too. An option
-that no table names is rejected, never silently ignored (landscape.md, theme 15).
+that no table names is rejected, never silently ignored (docs/landscape.md, theme 15).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""pynet's IPAM: address pools and allocations kept in the store (design.md, IPAM).
+"""pynet's IPAM: address pools and allocations kept in the store (docs/design.md, IPAM).
 
 Imports only store/ and the standard library, so the plugin and the tools that find leaked
 allocations can both use it. See `ipam.layout` for the key layout and `ipam.pools` for the

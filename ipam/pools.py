@@ -1,4 +1,4 @@
-"""Docker's remote IPAM (protocol.md §3) over the store: pools shared by hosts, serial addresses.
+"""Docker's remote IPAM (docs/protocol.md §3) over the store: pools shared by hosts, serial addresses.
 
 Correctness never depends on this process being the only writer: every change is one store
 transaction whose compares fail if another host (or coroutine) changed what it was based on,

@@ -1,1 +1,1 @@
-"""pynet's plugin layer (see shared/docs/design.md)."""
+"""pynet's plugin layer (see docs/design.md)."""

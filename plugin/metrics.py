@@ -4,7 +4,7 @@ A private `CollectorRegistry` (not prometheus_client's global one) because tests
 daemons in one process, and each must count only its own requests.
 
 Backends get what they may observe as plain objects (`VxlanMetrics`), never this module:
-drivers must not import plugin/ (design.md, Layout), so the daemon passes the object in.
+drivers must not import plugin/ (docs/design.md, Layout), so the daemon passes the object in.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""pynet's store layer (see shared/docs/design.md)."""
+"""pynet's store layer (see docs/design.md)."""

@@ -1,4 +1,4 @@
-"""The etcd store: aetcd 1.0.0 plus the thin wrapper dependencies.md §1 calls for.
+"""The etcd store: aetcd 1.0.0 plus the thin wrapper docs/dependencies.md §1 calls for.
 
 aetcd does the KV, transaction and lease calls and maps gRPC status codes to its own
 exceptions (keeping the gRPC error as `__cause__`). What it leaves to this module, measured

@@ -1,7 +1,7 @@
 """The aiohttp application: one POST route per Docker plugin method.
 
 Every reply is 200 with a JSON object, or a non-200 status with `{"Err": m, "Error": m}`:
-NetworkDriver reads `Err`, IpamDriver reads `Error` (protocol.md §1.4). Bodies may be empty
+NetworkDriver reads `Err`, IpamDriver reads `Error` (docs/protocol.md §1.4). Bodies may be empty
 (Docker's no-argument calls, and retries after a connection error); they decode as `{}`.
 """
 

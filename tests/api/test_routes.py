@@ -93,7 +93,7 @@ class Client:
 
     async def call(self, method: str, body: Any = None, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode() + b"\n")
-        # Docker sends no Content-Type and this Accept header (protocol.md §1.3).
+        # Docker sends no Content-Type and this Accept header (docs/protocol.md §1.3).
         headers = {"Accept": "application/vnd.docker.plugins.v1.2+json"}
         async with self.session.post(f"/{method}", data=data, headers=headers) as r:
             return r.status, await r.json(content_type=None)
@@ -272,7 +272,7 @@ async def test_failed_create_leaves_nothing(client: Client) -> None:
 async def test_endpoint_lifecycle(client: Client) -> None:
     await client.ok("NetworkDriver.CreateNetwork", create_network_body())
     reply = await client.ok("NetworkDriver.CreateEndpoint", endpoint_body())
-    # Docker filled Address: echoing it back would make Docker roll back (protocol.md §2.4).
+    # Docker filled Address: echoing it back would make Docker roll back (docs/protocol.md §2.4).
     assert reply == {"Interface": {"MacAddress": "02:42:0a:01:00:02"}}
     assert await client.ok("NetworkDriver.CreateEndpoint", endpoint_body()) == reply
     join = await client.ok(
@@ -321,7 +321,7 @@ async def test_join_of_unknown_endpoint_names_it(client: Client) -> None:
 
 
 async def test_oper_info_never_fails(client: Client) -> None:
-    # An error here fails `docker run` (protocol.md §2.7).
+    # An error here fails `docker run` (docs/protocol.md §2.7).
     assert await client.ok("NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP}) == {"Value": {}}
 
 
