@@ -3,7 +3,7 @@
 pynet owns only the chains named `PYNET-*` and one jump to each from its built-in chain. Every
 apply rewrites all of them in one restore per family, in the iptables flavour (nft or legacy)
 that Docker uses on the host: on a Docker host FORWARD's policy is DROP, and ACCEPTs written in
-the other flavour (or in a native nft table) never take effect (dependencies.md, section 2).
+the other flavour (or in a native nft table) never take effect (docs/dependencies.md, section 2).
 Docker's chains are never edited.
 """
 

@@ -7,7 +7,7 @@ ports here: a container answers on its own address. Beyond Docker's driver:
 
 - `parent=eth0.10` creates the 802.1q sub-interface when it is missing and deletes it with the
   last pynet network on it; Docker deletes it with the network that made it, even while
-  another network still uses it (landscape.md theme 11, moby#47318).
+  another network still uses it (docs/landscape.md theme 11, moby#47318).
 - `host_shim=<cidr>` gives the host a macvlan link of its own on the parent: the parent itself
   never exchanges frames with its macvlan children, so without one the host cannot reach its
   own containers (theme 10, moby#21735).

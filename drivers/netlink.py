@@ -2,7 +2,7 @@
 
 Every helper is idempotent: "already exists" and "already gone" are outcomes, not errors,
 because Docker retries requests and pynet replays its store over the kernel at start.
-Dumps share one lock: a netlink socket runs one dump at a time (dependencies.md §3, pitfall 5).
+Dumps share one lock: a netlink socket runs one dump at a time (docs/dependencies.md §3, pitfall 5).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`pynet serve`: bind the socket first, then open the store and reconcile, then serve.
 
-The order matters (protocol.md §5.2, §7): Docker gives a plugin seconds to answer, and a
+The order matters (docs/protocol.md §5.2, §7): Docker gives a plugin seconds to answer, and a
 stale socket from a crash stalls unrelated Docker commands, so the socket is unlinked and
 bound before any slow work; requests other than activation wait for `ready`.
 """

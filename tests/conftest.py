@@ -1,4 +1,4 @@
-"""Test tiers (design.md, Tests): a test's tier is the folder it lives in.
+"""Test tiers (docs/design.md, Tests): a test's tier is the folder it lives in.
 
 unit/ and api/ need nothing; kernel/ needs root; docker/ needs root and docker.io; multihost/
 also needs etcd. A tier whose requirements are missing is skipped with what to install, except

@@ -1,4 +1,4 @@
-"""IpamDriver handlers (protocol.md §3): thin translations onto `ipam.Ipam`.
+"""IpamDriver handlers (docs/protocol.md §3): thin translations onto `ipam.Ipam`.
 
 The host's routes are passed as exclusions when pynet picks a subnet itself, so an automatic
 subnet never shadows a network the host already reaches (Docker then keeps asking, §3.1).
@@ -15,7 +15,7 @@ from pynet.plugin.api.wire import decode
 
 
 async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:
-    # No replay: allocations persist in pynet's store (protocol.md §3.4).
+    # No replay: allocations persist in pynet's store (docs/protocol.md §3.4).
     return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
 

@@ -1,4 +1,4 @@
-"""NetworkDriver handlers (protocol.md §2): request -> model -> backend -> store -> reply.
+"""NetworkDriver handlers (docs/protocol.md §2): request -> model -> backend -> store -> reply.
 
 Each handler works only from the request and pynet's own records (never the Docker API), is
 idempotent (Docker retries after connection errors), and tolerates "already gone" on delete
@@ -26,7 +26,7 @@ EPHEMERAL_PORTS = range(49153, 65536)
 
 async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:
     # "local": per-host networks (there is no cluster store since Docker 23); pynet shares
-    # what must be shared through its own store (protocol.md §2.1, §4.4).
+    # what must be shared through its own store (docs/protocol.md §2.1, §4.4).
     return {"Scope": "local", "ConnectivityScope": "global"}
 
 

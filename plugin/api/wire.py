@@ -1,4 +1,4 @@
-"""Docker's plugin request and reply bodies, with Docker's own field names (protocol.md §2, §3).
+"""Docker's plugin request and reply bodies, with Docker's own field names (docs/protocol.md §2, §3).
 
 Decoding is strict about types and lenient about what Docker leaves out: a missing field or a
 JSON `null` map becomes its empty default, and unknown fields are ignored (Docker adds some in
