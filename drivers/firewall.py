@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import re
 import shlex
 import subprocess
@@ -22,7 +21,6 @@ from pynet.drivers.base import PortMap
 from pynet.store.errors import InvalidRequest, PynetError
 
 FLAVOURS = ("nft", "legacy")
-ENV_FLAVOUR = "PYNET_IPTABLES_BACKEND"
 DOCKER_BRIDGES = ("docker0", "br-+")
 TIMEOUT = 30.0  # seconds for one iptables process; `-w` alone would wait for the lock forever
 
@@ -379,13 +377,9 @@ def detect_flavour(netns: str | None = None, *, run: SyncRunner = _run_sync) -> 
     """The flavour Docker uses here: "nft" or "legacy".
 
     `iptables-<f>-save` is called without `-t`: with `-t`, the legacy one instantiates the
-    table it reads, and that table would then count as "in use".
+    table it reads, and that table would then count as "in use". (The daemon's
+    --iptables-backend, PYNET_IPTABLES_BACKEND, skips detection: it is passed to Firewall.)
     """
-    forced = os.environ.get(ENV_FLAVOUR, "").strip()
-    if forced:
-        if forced not in FLAVOURS:
-            raise InvalidRequest(f"pynet: {ENV_FLAVOUR} must be nft or legacy, got {forced!r}")
-        return forced
     saves = {f: run(in_netns(netns, [f"iptables-{f}-save"]))[1] for f in FLAVOURS}
     docker = [f for f in FLAVOURS if _has_docker_chains(saves[f])]
     if len(docker) == 1:

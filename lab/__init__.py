@@ -11,11 +11,13 @@ from .cmd import CommandError, LabError
 from .core import Lab
 from .image import IMAGE, build_image_rootfs
 from .nodes import PLUGIN_SOCKET, Host, Node, Outside
+from .releases import DockerRelease
 
 __all__ = [
     "IMAGE",
     "PLUGIN_SOCKET",
     "CommandError",
+    "DockerRelease",
     "Host",
     "Lab",
     "LabError",

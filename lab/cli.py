@@ -1,6 +1,7 @@
 """`python -m lab` (in a checkout; `make lab-up`): bring a lab up or down, look at it, work inside a host.
 
 up --hosts 3            build the lab "pnlab" (etcd and pynet included unless --no-...)
+up --docker 28.5        ... with a newer Debian suite's dockerd (lab/releases.py fetches it)
 status                  hosts, addresses, DOCKER_HOST values, what runs
 shell 2                 an interactive shell in host 2, where `docker` talks to host 2
 exec 1 -- docker ps     one command in host 1
@@ -17,11 +18,13 @@ import time
 from .cmd import LabError
 from .core import Lab
 from .nodes import Host
+from .releases import MACHINE, RELEASES, ReleaseUnavailable, fetch
 
 
 def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    lab = Lab(args.name, hosts=args.hosts, etcd=not args.no_etcd, pynet=not args.no_pynet)
+    docker = fetch(args.docker)
+    lab = Lab(args.name, hosts=args.hosts, etcd=not args.no_etcd, pynet=not args.no_pynet, docker=docker)
     lab.up()
     print(f"lab {lab.name} up in {time.monotonic() - started:.1f} s")
     _print_status(lab)
@@ -92,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--hosts", type=int, default=2, help="number of Docker hosts (default: 2)")
     up.add_argument("--no-etcd", action="store_true", help="no etcd server")
     up.add_argument("--no-pynet", action="store_true", help="do not start pynet in the hosts")
+    up.add_argument("--docker", choices=RELEASES, default=MACHINE.name, help="Docker release (default: the machine's)")
     command("down", _down, "remove everything the lab made")
     command("status", _status, "show hosts, addresses and what is running")
     shell = command("shell", _shell, "interactive shell inside a host, with DOCKER_HOST set")
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args.cmd = argv[cut + 1 :]
     try:
         code: int = args.func(args)
-    except (LabError, ValueError) as err:
+    except (LabError, ReleaseUnavailable, ValueError) as err:
         print(f"lab: {err}", file=sys.stderr)
         return 1
     return code

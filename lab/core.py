@@ -27,6 +27,7 @@ from .cmd import LabError, run_cmd
 from .image import build_image_rootfs, build_image_tar
 from .nodes import Host, Node, Outside
 from .procs import Proc, is_live, kill_all_in, netns_id
+from .releases import MACHINE, DockerRelease
 
 DEFAULT_BASE_DIR = Path("/var/lib/pynet-lab")
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +51,7 @@ class Lab:
         pynet: bool = True,
         pynet_args: Sequence[str] = (),
         pynet_cmd: Sequence[str] | None = None,
+        docker: DockerRelease = MACHINE,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"lab name {name!r}: use up to 24 of a-z 0-9 _ -, starting with a-z 0-9")
@@ -61,6 +63,8 @@ class Lab:
             raise ValueError(f"{hosts} hosts do not fit in {underlay} next to etcd and the outside")
         self.use_etcd = etcd
         self.use_pynet = pynet
+        # Every host's dockerd runs this release (releases.fetch makes a newer one available).
+        self.docker = docker
         self.pynet_args = list(pynet_args)
         self.pynet_cmd = list(pynet_cmd or [str(REPO / ".venv" / "bin" / "pynet")])
         self.outside = Outside(f"{name}-ext", addresses[-1])
@@ -94,6 +98,7 @@ class Lab:
             cfg["pynet"],
             cfg["pynet_args"],
             cfg["pynet_cmd"],
+            _release_from_json(cfg.get("docker")),
         )
         procs = state["procs"]
         for host in lab.hosts:
@@ -143,6 +148,7 @@ class Lab:
                 "pynet": self.use_pynet,
                 "pynet_args": self.pynet_args,
                 "pynet_cmd": self.pynet_cmd,
+                "docker": {"name": self.docker.name, "bin_dir": self.docker.bin_dir and str(self.docker.bin_dir)},
             },
             "created_base": created_base,
             "netns": [],
@@ -329,6 +335,12 @@ class Lab:
         if created_base:
             with contextlib.suppress(OSError):  # another lab lives there
                 self.dir.parent.rmdir()
+
+
+def _release_from_json(value: dict[str, Any] | None) -> DockerRelease:
+    if value is None:  # a lab from before releases were recorded
+        return MACHINE
+    return DockerRelease(value["name"], Path(value["bin_dir"]) if value["bin_dir"] else None)
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:

@@ -175,8 +175,9 @@ class Host(Node):
         if self.dockerd_running():
             raise LabError(f"{self.name}: dockerd is already running")
         self._forget_dead_pidfiles()
+        release = self.lab.docker
         argv = [
-            "dockerd",
+            release.dockerd(),
             f"--data-root={self.root}/data",
             f"--exec-root={self.root}/exec",
             f"--pidfile={self.root}/docker.pid",
@@ -187,11 +188,14 @@ class Host(Node):
             # Name lookups then fail fast at the outside instead of timing out.
             f"--dns={self.lab.outside.address}",
             "--iptables=true",
+            *release.dockerd_args(),
             *extra_args,
         ]
+        # dockerd starts containerd, and containerd the shim, from PATH; runc stays the machine's.
+        env = {**os.environ, "PATH": release.path(os.environ.get("PATH", os.defpath))}
         log = self.root / "dockerd.log"
         with open(log, "ab") as out:
-            self._set("dockerd", Proc.spawn(self.command(*argv), stdout=out, stderr=out))
+            self._set("dockerd", Proc.spawn(self.command(*argv), stdout=out, stderr=out, env=env))
         self._dockerd_args = extra_args
         self._wait_ready("dockerd", self._docker_answers, log)
 

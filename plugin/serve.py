@@ -57,7 +57,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
     host = resolve_host_id(settings)
     store = timed(open_store(settings), metrics)
     netlink = Netlink()
-    firewall = Firewall()
+    firewall = Firewall(settings.iptables_backend or None)
     vxlan = VxlanBackend(
         netlink,
         firewall,

@@ -3,6 +3,12 @@
 unit/ and api/ need nothing; kernel/ needs root; docker/ needs root and docker.io; multihost/
 also needs etcd. A tier whose requirements are missing is skipped with what to install, except
 under CI=true, where a missing requirement fails the run instead: CI skips nothing.
+
+The docker and multihost tiers run on a matrix of Docker releases (lab/releases.py): a test
+whose lab depends on the `docker_release` fixture runs once per release, with the release as
+its id (`test_x[28.5]`). `--docker-releases=20.10,26.1` (or PYNET_DOCKER_RELEASES) picks the
+releases for every module; by default it is CI's matrix, DEFAULT_MATRIX. A release that cannot
+be fetched fails its tests under CI=true and skips them otherwise, saying why.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.releases import RELEASES, DockerRelease, ReleaseUnavailable, fetch
+
 TIERS: dict[str, list[str]] = {
     "unit": [],
     "api": [],
@@ -20,6 +28,10 @@ TIERS: dict[str, list[str]] = {
     "docker": ["root", "ip", "iptables-restore", "dockerd", "busybox"],
     "multihost": ["root", "ip", "iptables-restore", "dockerd", "busybox", "etcd"],
 }
+# Every Docker tier on the oldest and the newest release; the bridge tier, which exercises most
+# of what dockerd sends a network plugin, on the release between them as well.
+DEFAULT_RELEASES = ("20.10", "28.5")
+DEFAULT_MATRIX = {"docker/test_bridge.py": ("20.10", "26.1", "28.5")}
 INSTALL_HINT = "run `make install` (apt-get install docker.io iptables etcd-server busybox-static iperf3)"
 
 
@@ -49,3 +61,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(
                 pytest.mark.skip(reason=f"{tier} tier needs {', '.join(missing)}: {INSTALL_HINT}")
             )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--docker-releases",
+        default=os.environ.get("PYNET_DOCKER_RELEASES", ""),
+        help=f"comma-separated Docker releases for the docker and multihost tiers, of {', '.join(RELEASES)} "
+        "(default: PYNET_DOCKER_RELEASES, else 20.10 and 28.5, and all three for docker/test_bridge.py)",
+    )
+
+
+def docker_releases(config: pytest.Config, module: Path) -> tuple[str, ...]:
+    """The releases MODULE runs on: the command line's choice, else the default matrix."""
+    chosen = tuple(r.strip() for r in config.getoption("docker_releases").split(",") if r.strip())
+    unknown = [r for r in chosen if r not in RELEASES]
+    if unknown:
+        raise pytest.UsageError(f"--docker-releases: unknown {', '.join(unknown)}; choose from {', '.join(RELEASES)}")
+    relative = module.relative_to(Path(__file__).parent).as_posix()
+    return chosen or DEFAULT_MATRIX.get(relative, DEFAULT_RELEASES)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "docker_release" in metafunc.fixturenames:
+        names = docker_releases(metafunc.config, Path(metafunc.definition.fspath))
+        metafunc.parametrize("docker_release", names, indirect=True, scope="module", ids=names)
+
+
+# One fetch per release and session: each costs an `apt-get update` even when cached.
+_fetched: dict[str, DockerRelease | str] = {}
+
+
+@pytest.fixture(scope="module")
+def docker_release(request: pytest.FixtureRequest) -> DockerRelease:
+    """The Docker release a module's lab runs (see lab/releases.py), fetched once a session."""
+    name: str = request.param
+    if name not in _fetched:
+        try:
+            _fetched[name] = fetch(name)
+        except ReleaseUnavailable as err:
+            _fetched[name] = f"Docker {name} is unavailable: {err}"
+    release = _fetched[name]
+    if isinstance(release, str):
+        if os.environ.get("CI") == "true":
+            pytest.fail(release, pytrace=False)
+        pytest.skip(release)
+    return release

@@ -11,13 +11,13 @@ from typing import Iterator
 
 import pytest
 
-from lab import Host, Lab
+from lab import DockerRelease, Host, Lab
 from tests.dockercli import Docker
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab(name="pnd" + secrets.token_hex(2), hosts=1, etcd=False) as lab:
+def lab(docker_release: DockerRelease) -> Iterator[Lab]:
+    with Lab(name="pnd" + secrets.token_hex(2), hosts=1, etcd=False, docker=docker_release) as lab:
         yield lab
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from lab import Host, Lab
+from lab import DockerRelease, Host, Lab
 from lab.core import REPO
 from tests.dockercli import Docker, pynet_links, wait_for
 
@@ -24,9 +24,9 @@ CLI = str(REPO / ".venv" / "bin" / "pynet")
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab(docker_release: DockerRelease) -> Iterator[Lab]:
     """This module's own lab: it kills pynet and breaks the host on purpose."""
-    with Lab(name="pncli-" + secrets.token_hex(2), hosts=1, etcd=False) as lab:
+    with Lab(name="pncli-" + secrets.token_hex(2), hosts=1, etcd=False, docker=docker_release) as lab:
         yield lab
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import IMAGE, PLUGIN_SOCKET, Host, Lab, LabError
+from lab import IMAGE, PLUGIN_SOCKET, DockerRelease, Host, Lab, LabError
 from lab.procs import Proc
 
 # Answers every POST like a v1 plugin would answer /Plugin.Activate, and logs its argv.
@@ -36,8 +36,8 @@ socketserver.UnixStreamServer(sock, Handler).serve_forever()
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab(f"pnt{uuid.uuid4().hex[:6]}", hosts=1, etcd=False, pynet=False) as lab:
+def lab(docker_release: DockerRelease) -> Iterator[Lab]:
+    with Lab(f"pnt{uuid.uuid4().hex[:6]}", hosts=1, etcd=False, pynet=False, docker=docker_release) as lab:
         yield lab
 
 

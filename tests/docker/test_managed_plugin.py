@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import Host, Lab
+from lab import DockerRelease, Host, Lab
 from lab.cmd import run_cmd
 from lab.core import _cgroup_mounts
 from tests.dockercli import Docker, http_get, wait_for
@@ -54,8 +54,8 @@ def plugin_ids() -> Iterator[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def lab(plugin_ids: list[str]) -> Iterator[Lab]:
-    with Lab(name="pnp" + secrets.token_hex(2), hosts=1, etcd=True, pynet=False) as lab:
+def lab(plugin_ids: list[str], docker_release: DockerRelease) -> Iterator[Lab]:
+    with Lab(name="pnp" + secrets.token_hex(2), hosts=1, etcd=True, pynet=False, docker=docker_release) as lab:
         yield lab
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import Host, Lab
+from lab import DockerRelease, Host, Lab
 from lab.cmd import run_cmd
 from tests.dockercli import Docker
 from tests.unit.test_packaging import parse_unit
@@ -46,8 +46,8 @@ def destdir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def lab(destdir: Path) -> Iterator[Lab]:
-    with Lab(f"pns{uuid.uuid4().hex[:4]}", hosts=1, etcd=False, pynet=False) as lab:
+def lab(destdir: Path, docker_release: DockerRelease) -> Iterator[Lab]:
+    with Lab(f"pns{uuid.uuid4().hex[:4]}", hosts=1, etcd=False, pynet=False, docker=docker_release) as lab:
         yield lab
 
 

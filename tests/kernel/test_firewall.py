@@ -186,8 +186,7 @@ def topo() -> Iterator[Topology]:
 
 
 @pytest.fixture
-async def fw(topo: Topology, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Firewall]:
-    monkeypatch.delenv("PYNET_IPTABLES_BACKEND", raising=False)
+async def fw(topo: Topology) -> AsyncIterator[Firewall]:
     fw = Firewall(netns=ns("host"))
     try:
         yield fw
@@ -345,8 +344,7 @@ async def test_teardown_restores_the_host_exactly(fw: Firewall, topo: Topology) 
     assert await fw.ensure_jumps() is False  # torn down: the periodic check must not reinstall
 
 
-async def test_legacy_docker_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PYNET_IPTABLES_BACKEND", raising=False)
+async def test_legacy_docker_host() -> None:
     name = f"pnfw-legacy-{TAG}"
     sh("ip", "netns", "add", name)
     try:

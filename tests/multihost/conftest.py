@@ -13,14 +13,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import Lab
+from lab import DockerRelease, Lab
 from tests.dockercli import Docker
 
 
 @pytest.fixture(scope="module")
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest, docker_release: DockerRelease) -> Iterator[Lab]:
     etcd = getattr(request.module, "ETCD", True)
-    with Lab(name="pnm" + secrets.token_hex(3), hosts=2, etcd=etcd) as lab:
+    with Lab(name="pnm" + secrets.token_hex(3), hosts=2, etcd=etcd, docker=docker_release) as lab:
         yield lab
 
 

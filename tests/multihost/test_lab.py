@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import IMAGE, Lab, Node
+from lab import IMAGE, DockerRelease, Lab, Node
 from lab.cli import main
 from lab.procs import Proc
 
@@ -40,10 +40,11 @@ def before() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def lab(before: set[str]) -> Iterator[Lab]:
+def lab(before: set[str], docker_release: DockerRelease) -> Iterator[Lab]:
     try:
         subprocess.run(
-            [sys.executable, "-m", "lab", "up", "--hosts", "2", "--name", NAME, "--no-pynet"],
+            [sys.executable, "-m", "lab", "up", "--hosts", "2", "--name", NAME, "--no-pynet"]
+            + ["--docker", docker_release.name],
             cwd=REPO,
             check=True,
             timeout=180,

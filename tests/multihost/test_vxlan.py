@@ -11,15 +11,21 @@ from typing import Iterator
 
 import pytest
 
-from lab import Host, Lab
+from lab import DockerRelease, Host, Lab
 from tests.dockercli import Docker, http_get, wait_for
 
 LEASE_TTL = 3  # short, so the lease-expiry test is quick
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with Lab(name="pnv" + secrets.token_hex(2), hosts=3, etcd=True, pynet_args=("--lease-ttl", str(LEASE_TTL))) as lab:
+def lab(docker_release: DockerRelease) -> Iterator[Lab]:
+    with Lab(
+        name="pnv" + secrets.token_hex(2),
+        hosts=3,
+        etcd=True,
+        pynet_args=("--lease-ttl", str(LEASE_TTL)),
+        docker=docker_release,
+    ) as lab:
         yield lab
 
 

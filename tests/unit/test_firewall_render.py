@@ -387,23 +387,16 @@ class FakeSaves:
         ({}, "nft"),
     ],
 )
-def test_detect_flavour(saves: dict[str, str], expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PYNET_IPTABLES_BACKEND", raising=False)
+def test_detect_flavour(saves: dict[str, str], expected: str) -> None:
     run = FakeSaves(**saves)
     assert detect_flavour(run=run) == expected
     assert not any("-t" in argv for argv in run.calls)  # -t instantiates legacy tables
 
 
-def test_detect_flavour_in_netns_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PYNET_IPTABLES_BACKEND", raising=False)
+def test_detect_flavour_in_netns() -> None:
     run = FakeSaves(nft=DOCKER_SAVE)
     assert detect_flavour("pnfw-x", run=run) == "nft"
     assert run.calls[0] == ["ip", "netns", "exec", "pnfw-x", "iptables-nft-save"]
-    monkeypatch.setenv("PYNET_IPTABLES_BACKEND", "legacy")
-    assert detect_flavour(run=run) == "legacy"
-    monkeypatch.setenv("PYNET_IPTABLES_BACKEND", "nftables")
-    with pytest.raises(InvalidRequest, match="PYNET_IPTABLES_BACKEND"):
-        detect_flavour(run=run)
 
 
 # -- apply protocol with a fake runner --------------------------------------------------------

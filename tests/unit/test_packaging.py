@@ -18,7 +18,7 @@ from pynet.plugin.daemon.config import Settings
 REPO = Path(__file__).resolve().parents[2]
 # The daemon's own default paths are right inside the plugin; not meant to be changed there.
 FIXED = {"socket", "state_dir"}
-EXTRA_ENV = {"PYNET_IPTABLES_BACKEND", "PYTHONUNBUFFERED", "XTABLES_LOCKFILE"}
+EXTRA_ENV = {"PYTHONUNBUFFERED", "XTABLES_LOCKFILE"}
 
 
 def manifest() -> dict[str, Any]:
