@@ -37,9 +37,10 @@ install_venv() {
     [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    packages=$("$VENV/bin/python" -c 'import tomllib, sys; print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["tool"]["setuptools"]["packages"]))' "$REPO/pyproject.toml")
+    # The packages' source folders (pyproject maps pynet.plugin to plugin/, ...).
+    folders=$("$VENV/bin/python" -c 'import tomllib, sys; print(" ".join(sorted(set(tomllib.load(open(sys.argv[1], "rb"))["tool"]["setuptools"]["package-dir"].values()))))' "$REPO/pyproject.toml")
     # shellcheck disable=SC2086
-    (cd "$REPO" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md $packages) | (mkdir "$tmp/src" && tar -C "$tmp/src" -xf -)
+    (cd "$REPO" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md $folders) | (mkdir "$tmp/src" && tar -C "$tmp/src" -xf -)
     pip="$VENV/bin/pip -q --disable-pip-version-check"
     $pip wheel --no-deps -w "$tmp/wheel" "$tmp/src" >"$tmp/log" 2>&1 || { cat "$tmp/log" >&2; exit 1; }
     $pip install "$tmp"/wheel/pynet-*.whl 2>&1 | grep -v '^WARNING: Location' >&2 || true

@@ -106,7 +106,7 @@ unpack_base() {
 }
 
 # pyproject.toml read by the rootfs's own Python (tomllib): prints "deps", "build" (the
-# build-system requirements) or "packages", one a line.
+# build-system requirements) or "folders" (the packages' source folders), one a line.
 pyproject() {
     cp "$REPO/pyproject.toml" "$ROOTFS/tmp/pyproject.toml"
     in_root python3 -c '
@@ -115,7 +115,8 @@ p = tomllib.load(open("/tmp/pyproject.toml", "rb"))
 items = {
     "deps": lambda: p["project"]["dependencies"],
     "build": lambda: p["build-system"]["requires"],
-    "packages": lambda: p["tool"]["setuptools"]["packages"],
+    # The folders the packages come from (pyproject maps pynet.plugin to plugin/, ...).
+    "folders": lambda: sorted(set(p["tool"]["setuptools"]["package-dir"].values())),
 }[sys.argv[1]]()
 print("\n".join(items))' "$1"
     rm -f "$ROOTFS/tmp/pyproject.toml"
@@ -168,9 +169,9 @@ copy_wheels() {
 
 # Hash of the files that make up the wheel: pyproject.toml and every file of its packages.
 source_hash() {
-    packages=$(pyproject packages)
+    folders=$(pyproject folders)
     # shellcheck disable=SC2086
-    (cd "$REPO" && find pyproject.toml $packages -type f ! -name '*.pyc' ! -path '*/__pycache__/*' |
+    (cd "$REPO" && find pyproject.toml $folders -type f ! -name '*.pyc' ! -path '*/__pycache__/*' |
         LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
 }
 
@@ -183,7 +184,7 @@ install_pynet() {
     trap 'rm -rf "$tmp"' EXIT
     mkdir "$tmp/src" "$tmp/wheel"
     # shellcheck disable=SC2046
-    (cd "$REPO" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md $(pyproject packages)) |
+    (cd "$REPO" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md $(pyproject folders)) |
         tar -C "$tmp/src" -xf -
     # Offline from the cache's wheels when it can (a code change then needs no network), else
     # from the index (a cache whose wheels were removed).

@@ -146,3 +146,19 @@ def test_default_file_names_only_real_settings() -> None:
 @pytest.mark.parametrize("script", ["plugin/build.sh", "plugin/create.sh", "install-service.sh"])
 def test_scripts_are_executable(script: str) -> None:
     assert (REPO / "packaging" / script).stat().st_mode & 0o111
+
+
+def test_distribution_is_one_namespace_without_the_lab() -> None:
+    """Nothing generic (plugin, store, ...) lands in site-packages, and the lab, a development
+    tool, is not installed: the managed plugin's rootfs and the service venv hold only pynet.*."""
+    import tomllib
+
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert all(p == "pynet" or p.startswith("pynet.") for p in setup["packages"])
+    assert not any("lab" in p.split(".") or "tests" in p.split(".") for p in setup["packages"])
+    folders = set(setup["package-dir"].values())
+    assert folders == {"plugin", "drivers", "ipam", "store"}
+    for folder in folders:
+        sub = {p.relative_to(REPO).as_posix().replace("/", ".") for p in (REPO / folder).rglob("__init__.py")}
+        listed = {f"pynet.{s.removesuffix('.__init__.py')}" for s in sub}
+        assert listed <= set(setup["packages"]), f"subpackages missing from pyproject: {listed - set(setup['packages'])}"
