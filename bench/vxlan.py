@@ -27,7 +27,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from bench.common import PluginClient, Row, cross_host_rows, percentile, print_table
-from pynet.drivers.vxlan import DEVICE_PREFIX
+from pynet.drivers.naming import VXLAN_DEVICE_PREFIX as DEVICE_PREFIX
 from pynet.ipam import LOCAL_SPACE, PoolId
 from lab import PLUGIN_SOCKET, Host, Lab
 

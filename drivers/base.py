@@ -6,9 +6,17 @@ restarted pynet rebuilds the kernel from them (Docker never replays CreateNetwor
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import msgspec
+
+from pynet.drivers.config import Config
+from pynet.drivers.netlink import Link
+from pynet.store.errors import PynetError
+
+C = TypeVar("C")
 
 
 class Subnet(msgspec.Struct, frozen=True):
@@ -33,11 +41,48 @@ class Network(msgspec.Struct):
     id: str
     mode: str  # "bridge" | "macvlan" | "vxlan"
     options: dict[str, str]  # the user's `-o` options, as given
-    config: dict[str, Any]  # the backend's parsed and resolved settings (bridge name, MTU, ...)
+    config: Config  # the backend's parsed and resolved settings (drivers/config.py)
     ipv4: list[Subnet] = []
     ipv6: list[Subnet] = []
     internal: bool = False
     enable_ipv6: bool = False
+
+
+class Draft(Protocol):
+    """What option parsing may look at: a network as CreateNetwork describes it, before its
+    settings exist (a `Network` is one too)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def ipv4(self) -> list[Subnet]: ...
+
+    @property
+    def ipv6(self) -> list[Subnet]: ...
+
+    @property
+    def internal(self) -> bool: ...
+
+
+def config_of(net: Network, kind: type[C]) -> C:
+    """`net.config` as the backend handling `net` expects it; a record of another mode reaching
+    it is a bug in the caller, named rather than met later as an AttributeError."""
+    if not isinstance(net.config, kind):
+        raise PynetError(f"pynet: network {net.id[:12]} has {net.mode} settings, not {kind.__name__}")
+    return net.config
+
+
+@dataclass(frozen=True)
+class MtuLimit:
+    """The link a network's frames leave through, and what its encapsulation adds."""
+
+    lower: Link
+    overhead: int = 0
+
+    @property
+    def limit(self) -> int:
+        return self.lower.mtu - self.overhead
 
 
 class Endpoint(msgspec.Struct):
@@ -74,14 +119,17 @@ class Backend(Protocol):
     # Whether `-p` means anything here (not on macvlan: containers answer on their own address).
     publishes_ports: ClassVar[bool]
 
-    def parse_options(self, options: dict[str, str], net: Network) -> dict[str, Any]:
-        """Validate the user's `-o` options for this mode and resolve defaults into `config`.
+    def parse_options(self, options: Mapping[str, str], net: Draft) -> Config:
+        """Validate the user's `-o` options for this mode into its settings, defaults filled in.
 
         Raises `InvalidRequest` naming the option and value. Called before anything is created.
         """
         ...
 
-    async def create_network(self, net: Network) -> None: ...
+    async def create_network(self, net: Network) -> Config:
+        """Make the network; returns its settings with what the kernel decided filled in
+        (MTU, local VTEP, ownership), for the caller to store."""
+        ...
 
     async def delete_network(self, net: Network) -> None: ...
 

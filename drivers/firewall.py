@@ -14,7 +14,7 @@ import ipaddress
 import re
 import shlex
 import subprocess
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from pynet.drivers.base import PortMap
@@ -488,6 +488,12 @@ class Firewall:
         async with self._lock:
             if not (self._active and self.desired.get(key) == rules):
                 await self._change(key, rules)
+
+    async def set_all(self, rules: Mapping[str, NetRules]) -> None:
+        """Several networks' rules in one apply (reconcile at start)."""
+        async with self._lock:
+            self.desired.update(rules)
+            await self._apply()
 
     async def remove(self, key: str) -> None:
         async with self._lock:

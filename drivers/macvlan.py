@@ -25,23 +25,20 @@ import asyncio
 import ipaddress
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any, ClassVar
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
-from pynet.drivers.base import Endpoint, JoinInfo, Network
-from pynet.drivers.bridge import BRIDGE_PREFIX, HOST_END_PREFIX, PEER_PREFIX, gateway_ip, mac_for
-from pynet.drivers.netlink import Link, Netlink
+from msgspec.structs import replace
+
+from pynet.drivers.base import Draft, Endpoint, JoinInfo, MtuLimit, Network, config_of
+from pynet.drivers.config import MacvlanConfig
+from pynet.drivers.naming import ID_CHARS, INTERNAL_PREFIX, MACVLAN_PREFIX, SHIM_PREFIX, gateway_ip, mac_for
+from pynet.drivers.netlink import HostView, Link, Netlink
 from pynet.drivers.options import Option, ifname, int_in, invalid, one_of, parse_options
 from pynet.store.errors import Conflict, InvalidRequest, PynetError
 
 log = logging.getLogger("pynet.macvlan")
 
-ENDPOINT_PREFIX = "pnv-"
-SHIM_PREFIX = "pns-"
-INTERNAL_PREFIX = "pnm-"
-OWNED_PREFIXES = (ENDPOINT_PREFIX, SHIM_PREFIX, INTERNAL_PREFIX)
-# Links pynet makes for its networks: none of them is the uplink a user means by `parent`.
-PYNET_PREFIXES = (BRIDGE_PREFIX, HOST_END_PREFIX, PEER_PREFIX, *OWNED_PREFIXES)
 MODES = ("bridge", "vepa", "private", "passthru")
 MTU = "com.docker.network.driver.mtu"
 INTERNAL_MTU = 1500
@@ -68,15 +65,21 @@ OPTIONS = [
 
 
 def endpoint_link(endpoint_id: str) -> str:
-    return ENDPOINT_PREFIX + endpoint_id[:11]
+    return MACVLAN_PREFIX + endpoint_id[:ID_CHARS]
 
 
 def shim_link(network_id: str) -> str:
-    return SHIM_PREFIX + network_id[:11]
+    return SHIM_PREFIX + network_id[:ID_CHARS]
 
 
 def internal_parent(network_id: str) -> str:
-    return INTERNAL_PREFIX + network_id[:11]
+    return INTERNAL_PREFIX + network_id[:ID_CHARS]
+
+
+def mtu_limit(cfg: MacvlanConfig, host: HostView) -> MtuLimit | None:
+    """Frames leave through the parent as they are."""
+    lower = host.links.get(cfg.parent)
+    return MtuLimit(lower) if lower else None
 
 
 def host_route(address: str) -> str:
@@ -94,15 +97,17 @@ def split_vlan(parent: str) -> tuple[str, int] | None:
     return base, int(suffix)
 
 
-def check_parent_name(parent: str) -> None:
+def check_parent_name(parent: str, pynet_links: tuple[str, ...]) -> None:
+    """`pynet_links`: the prefixes of every link pynet makes (drivers/registry.py), none of
+    which is the uplink a user means by `parent`."""
     if parent.split(".")[0] == "lo":
         raise invalid("parent", "an Ethernet interface, not the loopback", parent)
-    if parent.startswith(PYNET_PREFIXES):
+    if parent.startswith(pynet_links):
         raise invalid("parent", "a host interface, not a link pynet made for a network", parent)
     split_vlan(parent)
 
 
-def check_shim(shim: str, mode: str, net: Network) -> None:
+def check_shim(shim: str, mode: str, net: Draft) -> None:
     """The host reaches its containers through the shim only in bridge mode (the other modes
     keep siblings apart); containers answer the shim directly only if it is on their subnet;
     and IPAM must never hand the shim's address to a container, which the subnet's gateway or
@@ -125,12 +130,13 @@ def check_shim(shim: str, mode: str, net: Network) -> None:
 def check_sharing(net: Network, others: Iterable[Network]) -> None:
     """Networks on one parent share its segment (like Docker): one macvlan mode per parent,
     passthru takes the parent whole, and subnets must not overlap."""
-    cfg = net.config
-    parent, mode = cfg["parent"], cfg["macvlan_mode"]
+    cfg = config_of(net, MacvlanConfig)
+    parent, mode = cfg.parent, cfg.macvlan_mode
     for other in others:
-        if other.id == net.id or other.config["parent"] != parent:
+        theirs_cfg = config_of(other, MacvlanConfig)
+        if other.id == net.id or theirs_cfg.parent != parent:
             continue
-        theirs = other.config["macvlan_mode"]
+        theirs = theirs_cfg.macvlan_mode
         if "passthru" in (mode, theirs):
             raise Conflict(
                 f"pynet: option parent {parent!r} is used by network {other.id[:12]} in macvlan_mode "
@@ -162,19 +168,20 @@ def check_uplink(link: Link, parent: str) -> None:
 
 class MacvlanBackend:
     mode: ClassVar[str] = "macvlan"
-    link_prefixes: ClassVar[tuple[str, ...]] = OWNED_PREFIXES
+    link_prefixes: ClassVar[tuple[str, ...]] = (MACVLAN_PREFIX, SHIM_PREFIX, INTERNAL_PREFIX)
     # Containers answer on their own addresses on the parent's segment: nothing to publish.
     publishes_ports: ClassVar[bool] = False
 
-    def __init__(self, netlink: Netlink) -> None:
+    def __init__(self, netlink: Netlink, pynet_links: tuple[str, ...]) -> None:
         self.nl = netlink
+        self.pynet_links = pynet_links
         # This host's macvlan networks (kept by create/delete, loaded by reconcile): who else
         # is on a parent decides conflicts and when a sub-interface pynet made can go.
         self._nets: dict[str, Network] = {}
         # Per parent: two networks created at once on one parent must see each other.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    def parse_options(self, options: dict[str, str], net: Network) -> dict[str, Any]:
+    def parse_options(self, options: Mapping[str, str], net: Draft) -> MacvlanConfig:
         cfg = parse_options(self.mode, OPTIONS, options)
         parent, mode, shim = cfg["parent"], cfg["macvlan_mode"], cfg["host_shim"]
         if net.internal:
@@ -187,79 +194,80 @@ class MacvlanBackend:
                 "e.g. -o parent=eth0), unless the network is --internal"
             )
         else:
-            check_parent_name(parent)
+            check_parent_name(parent, self.pynet_links)
         if shim:
             check_shim(shim, mode, net)
-        # None: the parent's, resolved at create. "vlan_created" joins then too: whether the
-        # parent is a sub-interface pynet owns.
         mtu = cfg[MTU] or (INTERNAL_MTU if net.internal else None)
-        return {"parent": parent, "macvlan_mode": mode, "mtu": mtu, "host_shim": shim}
+        return MacvlanConfig(parent=parent, macvlan_mode=mode, mtu=mtu, host_shim=shim)
 
-    def _sharing(self, net: Network) -> list[Network]:
-        return [n for n in self._nets.values() if n.id != net.id and n.config["parent"] == net.config["parent"]]
+    def _sharing(self, net: Network) -> list[MacvlanConfig]:
+        parent = config_of(net, MacvlanConfig).parent
+        mine = [config_of(n, MacvlanConfig) for n in self._nets.values() if n.id != net.id]
+        return [c for c in mine if c.parent == parent]
 
     # -- networks ----------------------------------------------------------------------------
 
-    async def create_network(self, net: Network) -> None:
-        cfg = net.config
-        async with self._locks[cfg["parent"]]:
+    async def create_network(self, net: Network) -> MacvlanConfig:
+        async with self._locks[config_of(net, MacvlanConfig).parent]:
             if net.id in self._nets:
                 # Docker's retry: make sure the kernel has it, as at start, and change nothing.
-                await self._restore(net, [])
-                return
+                net = await self._restore(net, [])
+                self._nets[net.id] = net
+                return config_of(net, MacvlanConfig)
             check_sharing(net, self._nets.values())
             try:
-                parent = await self._ensure_parent(net)
-                await self._check_parent(net, parent)
+                net = await self._ensure_parent(net)
+                parent = await self._link(config_of(net, MacvlanConfig).parent)
+                net = await self._check_parent(net, parent)
                 await self._ensure_shim(net, parent, [])
             except BaseException:
                 await self._remove(net)
                 raise
             self._nets[net.id] = net
+        cfg = config_of(net, MacvlanConfig)
         log.info(
             "macvlan network ready",
-            extra={"network": net.id, "parent": cfg["parent"], "macvlan_mode": cfg["macvlan_mode"], "mtu": cfg["mtu"]},
+            extra={"network": net.id, "parent": cfg.parent, "macvlan_mode": cfg.macvlan_mode, "mtu": cfg.mtu},
         )
+        return cfg
 
-    async def _ensure_parent(self, net: Network) -> Link:
-        """The parent, made first where pynet owns it."""
-        cfg = net.config
+    async def _ensure_parent(self, net: Network) -> Network:
+        """The parent made first where pynet owns it; the record says whether it does."""
+        cfg = config_of(net, MacvlanConfig)
         if net.internal:
-            await self.nl.ensure_bridge(cfg["parent"], cfg["mtu"])
-        elif await self.nl.link(cfg["parent"]) is None:
-            await self._create_vlan(net)
-        else:
+            await self.nl.ensure_bridge(cfg.parent, cfg.mtu or INTERNAL_MTU)
+        elif await self.nl.link(cfg.parent) is None:
+            cfg = await self._create_vlan(cfg)
+        elif cfg.vlan_created is None:
             # A sub-interface that another pynet network made is pynet's too: it goes with
             # the last network on it, whichever that is.
-            cfg.setdefault("vlan_created", any(n.config.get("vlan_created") for n in self._sharing(net)))
-        return await self._link(cfg["parent"])
+            cfg = replace(cfg, vlan_created=any(c.vlan_created for c in self._sharing(net)))
+        return replace(net, config=cfg)
 
-    async def _check_parent(self, net: Network, parent: Link) -> None:
+    async def _check_parent(self, net: Network, parent: Link) -> Network:
         """Create-time checks, and the MTU resolved. Reconcile skips them: at boot a parent
         may come up after pynet, and its networks must be back when it does."""
-        cfg = net.config
+        cfg = config_of(net, MacvlanConfig)
         base = await self.nl.link_by_index(parent.parent) if parent.kind == "vlan" else None
         for link in (parent, base) if base else (parent,):
-            check_uplink(link, cfg["parent"])
-        if cfg["mtu"] is None:
-            cfg["mtu"] = parent.mtu
-        elif cfg["mtu"] > parent.mtu:
-            raise InvalidRequest(
-                f"pynet: option {MTU} {cfg['mtu']} is above the MTU {parent.mtu} of parent {parent.name!r}"
-            )
+            check_uplink(link, cfg.parent)
+        if cfg.mtu is None:
+            return replace(net, config=replace(cfg, mtu=parent.mtu))
+        if cfg.mtu > parent.mtu:
+            raise InvalidRequest(f"pynet: option {MTU} {cfg.mtu} is above the MTU {parent.mtu} of parent {parent.name!r}")
+        return net
 
-    async def _create_vlan(self, net: Network) -> None:
-        cfg = net.config
-        name = cfg["parent"]
+    async def _create_vlan(self, cfg: MacvlanConfig) -> MacvlanConfig:
+        name = cfg.parent
         vlan = split_vlan(name)
-        if vlan is None or cfg.get("vlan_created") is False:
+        if vlan is None or cfg.vlan_created is False:
             # A missing sub-interface the user made is theirs to make again.
             raise InvalidRequest(f"pynet: option parent: interface {name!r} does not exist")
         base = await self.nl.link(vlan[0])
         if base is None:
             raise InvalidRequest(f"pynet: option parent: interface {vlan[0]!r} (the base of {name}) does not exist")
         await self.nl.create_vlan(name, base.index, vlan[1])
-        cfg["vlan_created"] = True
+        return replace(cfg, vlan_created=True)
 
     async def _link(self, name: str) -> Link:
         link = await self.nl.link(name)
@@ -272,46 +280,46 @@ class MacvlanBackend:
         adds no prefix route; each container's /32 is routed through it instead, so the shim
         works where the macvlan subnet is the LAN the host already routes through the parent
         (the usual case), and never takes that route over."""
-        cfg = net.config
-        if not cfg["host_shim"]:
+        cfg = config_of(net, MacvlanConfig)
+        if not cfg.host_shim:
             return
         name = shim_link(net.id)
-        await self.nl.add_link(name, "macvlan", link=parent.index, macvlan_mode="bridge", mtu=cfg["mtu"])
-        await self.nl.ensure_address(name, cfg["host_shim"], prefix_route=False)
+        await self.nl.add_link(name, "macvlan", link=parent.index, macvlan_mode="bridge", mtu=cfg.mtu)
+        await self.nl.ensure_address(name, cfg.host_shim, prefix_route=False)
         await self.nl.set_link(name, state="up")
         for ep in eps:
             if ep.address:
                 await self.nl.ensure_route(host_route(ep.address), name)
 
     async def delete_network(self, net: Network) -> None:
-        async with self._locks[net.config["parent"]]:
+        async with self._locks[config_of(net, MacvlanConfig).parent]:
             await self._remove(net)
 
     async def _remove(self, net: Network) -> None:
         """Delete what pynet made for `net`. Deleting a parent takes every macvlan link on it
         along, even those inside containers, so a shared sub-interface stays while another
         network is on it."""
-        cfg = net.config
+        cfg = config_of(net, MacvlanConfig)
         self._nets.pop(net.id, None)
         await self.nl.settle()
         await self.nl.delete_link(shim_link(net.id))
-        if net.internal or (cfg.get("vlan_created") and not self._sharing(net)):
-            await self.nl.delete_link(cfg["parent"])
+        if net.internal or (cfg.vlan_created and not self._sharing(net)):
+            await self.nl.delete_link(cfg.parent)
 
     # -- endpoints ---------------------------------------------------------------------------
 
     async def create_endpoint(self, net: Network, ep: Endpoint) -> None:
-        cfg = net.config
-        parent = await self.nl.link(cfg["parent"])
+        cfg = config_of(net, MacvlanConfig)
+        parent = await self.nl.link(cfg.parent)
         if parent is None:
-            raise PynetError(f"pynet: parent {cfg['parent']!r} of network {net.id[:12]} is missing")
-        passthru = cfg["macvlan_mode"] == "passthru"
+            raise PynetError(f"pynet: parent {cfg.parent!r} of network {net.id[:12]} is missing")
+        passthru = cfg.macvlan_mode == "passthru"
         ep.ifname, ep.peer = "", endpoint_link(ep.id)
         # A passthru link takes the parent's MAC whatever it is given; report that one.
         ep.mac = ep.mac or (parent.mac if passthru else mac_for(ep.address))
         try:
             await self.nl.add_link(
-                ep.peer, "macvlan", link=parent.index, macvlan_mode=cfg["macvlan_mode"], mtu=cfg["mtu"], address=ep.mac
+                ep.peer, "macvlan", link=parent.index, macvlan_mode=cfg.macvlan_mode, mtu=cfg.mtu, address=ep.mac
             )
         except PynetError as e:
             if passthru:
@@ -320,7 +328,7 @@ class MacvlanBackend:
                     "and another macvlan link holds it already"
                 ) from e
             raise
-        if cfg["host_shim"] and ep.address:
+        if cfg.host_shim and ep.address:
             try:
                 await self.nl.ensure_route(host_route(ep.address), shim_link(net.id))
             except BaseException:
@@ -340,7 +348,7 @@ class MacvlanBackend:
         # Docker moves the link back to the host before this; when it could not, the link
         # goes with the container's namespace.
         await self.nl.retire_link(endpoint_link(ep.id))
-        if net.config["host_shim"] and ep.address:
+        if config_of(net, MacvlanConfig).host_shim and ep.address:
             await self.nl.delete_route(host_route(ep.address), shim_link(net.id))
 
     async def program_external(self, net: Network, ep: Endpoint) -> None:
@@ -357,19 +365,20 @@ class MacvlanBackend:
         self._nets = {n.id: n for n in nets}
         for net in nets:
             try:
-                await self._restore(net, [e for e in eps if e.network_id == net.id])
+                self._nets[net.id] = await self._restore(net, [e for e in eps if e.network_id == net.id])
             except PynetError as e:
                 log.warning("macvlan network not restored", extra={"network": net.id, "error": str(e)})
 
-    async def _restore(self, net: Network, eps: list[Endpoint]) -> None:
-        parent = await self._ensure_parent(net)
-        await self._ensure_shim(net, parent, eps)
+    async def _restore(self, net: Network, eps: list[Endpoint]) -> Network:
+        net = await self._ensure_parent(net)
+        await self._ensure_shim(net, await self._link(config_of(net, MacvlanConfig).parent), eps)
+        return net
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
         """Links of running containers sit in the containers' namespaces, out of sight here."""
         known = {e.peer for e in eps}
-        known |= {shim_link(n.id) for n in nets if n.config["host_shim"]}
-        return known | {n.config["parent"] for n in nets if n.internal}
+        known |= {shim_link(n.id) for n in nets if config_of(n, MacvlanConfig).host_shim}
+        return known | {config_of(n, MacvlanConfig).parent for n in nets if n.internal}
 
     async def close(self) -> None:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,22 @@ class Route:
     dst: ipaddress.IPv4Network | ipaddress.IPv6Network
     oif: int
     default: bool
+
+
+@dataclass(frozen=True)
+class HostView:
+    """One look at the host's links and addresses, to judge settings against without asking
+    the kernel again per network (doctor, underlay lookup)."""
+
+    links: Mapping[str, Link]  # by name
+    addresses: Mapping[str, tuple[str, ...]]  # link name -> CIDRs
+    uplink: Link | None  # the IPv4 default route's
+
+    def link_with_address(self, address: str) -> Link | None:
+        for name, cidrs in self.addresses.items():
+            if any(ipaddress.ip_interface(c).ip == ipaddress.ip_address(address) for c in cidrs):
+                return self.links.get(name)
+        return None
 
 
 def _link(msg: Any) -> Link:
@@ -281,6 +298,35 @@ class Netlink:
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
+
+    async def delete_address(self, name: str, cidr: str) -> bool:
+        """True if it was there; a missing link took its addresses with it."""
+        iface = ipaddress.ip_interface(cidr)
+        link = await self.link(name)
+        if link is None:
+            return False
+        try:
+            await self.ipr.addr("del", index=link.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            return True
+        except NetlinkError as e:
+            if e.code == errno.EADDRNOTAVAIL:
+                return False
+            raise
+
+    async def host_view(self) -> HostView:
+        links = await self.links()
+        by_index = {link.index: link.name for link in links}
+        addresses: dict[str, list[str]] = {}
+        async with self._dump_lock:
+            async for m in await self.ipr.addr("dump"):
+                name = by_index.get(m["index"])
+                if name is not None:
+                    addresses.setdefault(name, []).append(f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}")
+        return HostView(
+            links={link.name: link for link in links},
+            addresses={name: tuple(cidrs) for name, cidrs in addresses.items()},
+            uplink=await self.default_link(),
+        )
 
     # -- routes ------------------------------------------------------------------------------
 

@@ -2,9 +2,9 @@
 
 Each host that runs `docker network create -d pynet -o mode=vxlan -o vni=N ...` gets a bridge
 `pno-<vni>` holding the network's gateway and a VXLAN device `pnx-<vni>` (learning off, proxy
-on) as one of its ports; containers are veths on the bridge, exactly as in the bridge mode,
-which this class extends. Egress, isolation and published ports are the bridge mode's: every
-host masquerades its own containers' traffic through its own gateway.
+on) as one of its ports; containers are veths on the bridge, exactly as in the bridge mode: both
+hold a drivers/segment.py `Segment`. Egress, isolation and published ports are the segment's:
+every host masquerades its own containers' traffic through its own gateway.
 
 The gateway address is the same on every host, so its MAC is too (derived from the VNI):
 whichever bridge answers, a container's neighbour entry for its gateway stays valid, and ARP
@@ -21,22 +21,25 @@ import ipaddress
 import logging
 import socket
 import time
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import ClassVar
 
-from pynet.drivers.base import Endpoint, Network
-from pynet.drivers.bridge import OPTIONS as BRIDGE_OPTIONS
-from pynet.drivers.bridge import BridgeBackend
+from msgspec.structs import replace
+
+from pynet.drivers.base import Draft, Endpoint, JoinInfo, MtuLimit, Network, config_of
+from pynet.drivers.bridge import HOST_BINDING, ICC, MASQUERADE, MTU, SEGMENT_OPTIONS
+from pynet.drivers.config import VxlanConfig
 from pynet.drivers.firewall import Firewall
-from pynet.drivers.netlink import Link, Netlink
+from pynet.drivers.naming import VXLAN_BRIDGE_PREFIX, VXLAN_DEVICE_PREFIX, vni_mac, vxlan_bridge, vxlan_device
+from pynet.drivers.netlink import HostView, Link, Netlink
 from pynet.drivers.options import Option, int_in, invalid, parse_options
 from pynet.drivers.peers import Observer, Registry, Sync, endpoint_key, vtep_key
+from pynet.drivers.segment import Segment
 from pynet.store.base import Store
 from pynet.store.errors import InvalidRequest, PynetError
 
 log = logging.getLogger("pynet.vxlan")
 
-BRIDGE_PREFIX = "pno-"
-DEVICE_PREFIX = "pnx-"
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
@@ -57,12 +60,29 @@ def peer_list(name: str, value: str) -> tuple[str, ...]:
     return peers
 
 
-OPTIONS = [o for o in BRIDGE_OPTIONS if o.name != "com.docker.network.bridge.name"] + [
+OPTIONS = [
+    *SEGMENT_OPTIONS,
     Option("vni", int_in(1, 16777215)),
     Option("vxlan_port", int_in(1, 65535), 4789),
     Option("underlay", underlay, ""),
     Option("peers", peer_list, ()),
 ]
+
+
+def underlay_link(given: str, host: HostView) -> Link | None:
+    """The interface `given` names, or the one holding `given` if it is an IPv4 address."""
+    try:
+        ipaddress.IPv4Address(given)
+    except ValueError:
+        return host.links.get(given)
+    return host.link_with_address(given)
+
+
+def mtu_limit(cfg: VxlanConfig, host: HostView) -> MtuLimit | None:
+    """Frames leave encapsulated through the underlay (the default route's link when the
+    recorded one is not found)."""
+    lower = underlay_link(cfg.underlay or cfg.local, host) or host.uplink
+    return MtuLimit(lower, VXLAN_OVERHEAD) if lower else None
 
 
 async def _ipv4_of(host: str) -> str | None:
@@ -78,14 +98,10 @@ async def _ipv4_of(host: str) -> str | None:
     return str(infos[0][4][0]) if infos else None
 
 
-def vni_mac(vni: int) -> str:
-    """The gateway bridge's MAC: the same on every host of the segment."""
-    return "02:70:78:" + ":".join(f"{b:02x}" for b in vni.to_bytes(3, "big"))
-
-
-class VxlanBackend(BridgeBackend):
+class VxlanBackend:
     mode: ClassVar[str] = "vxlan"
-    link_prefixes: ClassVar[tuple[str, ...]] = (BRIDGE_PREFIX, DEVICE_PREFIX)
+    link_prefixes: ClassVar[tuple[str, ...]] = (VXLAN_BRIDGE_PREFIX, VXLAN_DEVICE_PREFIX, *Segment.link_prefixes)
+    publishes_ports: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -99,7 +115,8 @@ class VxlanBackend(BridgeBackend):
         underlay: str = "",
         store_address: str = "",
     ) -> None:
-        super().__init__(netlink, firewall)
+        self.nl = netlink
+        self.segment = Segment(netlink, firewall)
         self.prefix = prefix
         self.host = host
         # Where a network without `-o underlay` puts its VTEP: the daemon's --underlay, else
@@ -111,10 +128,7 @@ class VxlanBackend(BridgeBackend):
         self.sync = Sync(store, prefix, host, netlink, observer)
         self._tasks: list[asyncio.Task[None]] = []
 
-    def bridge_mac(self, net: Network) -> str:
-        return vni_mac(net.config["vni"])
-
-    def parse_options(self, options: dict[str, str], net: Network) -> dict[str, Any]:
+    def parse_options(self, options: Mapping[str, str], net: Draft) -> VxlanConfig:
         cfg = parse_options(self.mode, OPTIONS, options)
         vni = cfg["vni"]
         if vni is None:
@@ -122,40 +136,41 @@ class VxlanBackend(BridgeBackend):
                 "pynet: option vni is required with mode=vxlan: an integer in 1..16777215, "
                 "the same on every host of the network"
             )
-        return {
-            "bridge": f"{BRIDGE_PREFIX}{vni}",
-            "vxlan": f"{DEVICE_PREFIX}{vni}",
-            "vni": vni,
-            "port": cfg["vxlan_port"],
-            "underlay": cfg["underlay"],
-            "peers": list(cfg["peers"]),
-            "mtu": cfg["com.docker.network.driver.mtu"],
-            "masquerade": cfg["com.docker.network.bridge.enable_ip_masquerade"],
-            "icc": cfg["com.docker.network.bridge.enable_icc"],
-            "host_binding_ipv4": cfg["com.docker.network.bridge.host_binding_ipv4"],
-        }
+        return VxlanConfig(
+            bridge=vxlan_bridge(vni),
+            device=vxlan_device(vni),
+            vni=vni,
+            port=cfg["vxlan_port"],
+            underlay=cfg["underlay"],
+            peers=cfg["peers"],
+            mtu=cfg[MTU],
+            masquerade=cfg[MASQUERADE],
+            icc=cfg[ICC],
+            host_binding_ipv4=cfg[HOST_BINDING],
+        )
 
     # -- networks ----------------------------------------------------------------------------
 
-    async def create_network(self, net: Network) -> None:
-        cfg = net.config
-        link, local = await self._underlay(cfg["underlay"])
-        cfg["local"] = local
+    async def create_network(self, net: Network) -> VxlanConfig:
+        cfg = config_of(net, VxlanConfig)
+        link, local = await self._underlay(cfg.underlay)
         limit = link.mtu - VXLAN_OVERHEAD
-        if cfg["mtu"] is None:
-            cfg["mtu"] = limit
-        elif cfg["mtu"] > limit:
+        mtu = limit if cfg.mtu is None else cfg.mtu
+        if mtu > limit:
             log.warning(
                 "MTU does not fit the underlay: larger packets will be dropped",
-                extra={"network": net.id, "mtu": cfg["mtu"], "underlay": link.name, "underlay_mtu": link.mtu, "fits": limit},
+                extra={"network": net.id, "mtu": mtu, "underlay": link.name, "underlay_mtu": link.mtu, "fits": limit},
             )
-        await super().create_network(net)  # cleans up after itself when it fails
+        cfg = replace(cfg, local=local, mtu=mtu, owns_bridge=await self.segment.owns(cfg))
+        net = replace(net, config=cfg)
+        await self.segment.create(net, vni_mac(cfg.vni))  # cleans up after itself when it fails
         try:
-            await self._ensure_device(net, link)
-            await self._register(net)
+            await self._ensure_device(cfg, link)
+            await self._register(cfg)
         except BaseException:
             await self.delete_network(net)
             raise
+        return cfg
 
     async def _underlay(self, given: str) -> tuple[Link, str]:
         """(link, IPv4 address) of the local VTEP: the option's, else the daemon's --underlay,
@@ -163,17 +178,16 @@ class VxlanBackend(BridgeBackend):
         given = given or self.default_underlay
         if not given:
             return await self._routed_underlay()
-        try:
-            address = ipaddress.IPv4Address(given)
-        except ValueError:
-            found = await self.nl.link(given)
-            if found is None:
+        found = underlay_link(given, await self.nl.host_view())
+        if found is None:
+            try:
+                ipaddress.IPv4Address(given)
+            except ValueError:
                 raise InvalidRequest(f"pynet: option underlay: no interface {given!r} on this host") from None
+            raise InvalidRequest(f"pynet: option underlay: {given} is not an address of this host")
+        if found.name == given:
             return found, await self._first_ipv4(found, f"option underlay {given!r}")
-        for link in await self.nl.links():
-            if any(ipaddress.ip_interface(a).ip == address for a in await self.nl.addresses(link.name)):
-                return link, str(address)
-        raise InvalidRequest(f"pynet: option underlay: {given} is not an address of this host")
+        return found, given
 
     async def _routed_underlay(self) -> tuple[Link, str]:
         target = await _ipv4_of(self.store_address) if self.store_address else None
@@ -197,69 +211,79 @@ class VxlanBackend(BridgeBackend):
                 return str(iface.ip)
         raise InvalidRequest(f"pynet: {what} ({link.name}) has no IPv4 address to use as VTEP")
 
-    async def _ensure_device(self, net: Network, link: Link) -> None:
-        cfg = net.config
-        bridge = await self.nl.link(cfg["bridge"])
+    async def _ensure_device(self, cfg: VxlanConfig, link: Link) -> None:
+        bridge = await self.nl.link(cfg.bridge)
         if bridge is None:
-            raise PynetError(f"pynet: bridge {cfg['bridge']!r} is missing")
+            raise PynetError(f"pynet: bridge {cfg.bridge!r} is missing")
         await self.nl.add_link(
-            cfg["vxlan"],
+            cfg.device,
             "vxlan",
-            vxlan_id=cfg["vni"],
-            vxlan_local=cfg["local"],
+            vxlan_id=cfg.vni,
+            vxlan_local=cfg.local,
             vxlan_link=link.index,
-            vxlan_port=cfg["port"],
+            vxlan_port=cfg.port,
             vxlan_learning=0,
             # With static peers (VTEPs that are not pynet) ARP must cross the tunnel: no proxy.
-            vxlan_proxy=0 if cfg["peers"] else 1,
-            mtu=cfg["mtu"],
+            vxlan_proxy=0 if cfg.peers else 1,
+            mtu=cfg.mtu,
         )
-        await self.nl.set_link(cfg["vxlan"], master=bridge.index, state="up")
+        await self.nl.set_link(cfg.device, master=bridge.index, state="up")
 
-    async def _register(self, net: Network) -> None:
-        cfg = net.config
-        await self.registry.put(vtep_key(self.prefix, cfg["vni"], self.host), {"address": cfg["local"], "port": cfg["port"]})
-        await self.sync.attach(cfg["vni"], cfg["vxlan"], tuple(cfg["peers"]))
+    async def _register(self, cfg: VxlanConfig) -> None:
+        await self.registry.put(vtep_key(self.prefix, cfg.vni, self.host), {"address": cfg.local, "port": cfg.port})
+        await self.sync.attach(cfg.vni, cfg.device, cfg.peers)
 
     async def delete_network(self, net: Network) -> None:
-        cfg = net.config
-        self.sync.detach(cfg["vni"])
-        await self.registry.delete(vtep_key(self.prefix, cfg["vni"], self.host))
-        await self.nl.delete_link(cfg["vxlan"])
-        await super().delete_network(net)
+        cfg = config_of(net, VxlanConfig)
+        self.sync.detach(cfg.vni)
+        await self.registry.delete(vtep_key(self.prefix, cfg.vni, self.host))
+        await self.nl.delete_link(cfg.device)
+        await self.segment.delete(net)
 
     # -- endpoints ---------------------------------------------------------------------------
 
     async def create_endpoint(self, net: Network, ep: Endpoint) -> None:
-        await super().create_endpoint(net, ep)
+        await self.segment.create_endpoint(net, ep)
         try:
-            await self._register_endpoint(net, ep)
+            await self._register_endpoint(config_of(net, VxlanConfig), ep)
         except BaseException:
-            await super().delete_endpoint(net, ep)
+            await self.segment.delete_endpoint(net, ep)
             raise
 
-    async def _register_endpoint(self, net: Network, ep: Endpoint) -> None:
+    async def _register_endpoint(self, cfg: VxlanConfig, ep: Endpoint) -> None:
         ips = [str(ipaddress.ip_interface(a).ip) for a in (ep.address, ep.address6) if a]
-        value = {"host": self.host, "vtep": net.config["local"], "mac": ep.mac, "ips": ips, "time": time.time()}
-        await self.registry.put(endpoint_key(self.prefix, net.config["vni"], ep.id), value)
+        value = {"host": self.host, "vtep": cfg.local, "mac": ep.mac, "ips": ips, "time": time.time()}
+        await self.registry.put(endpoint_key(self.prefix, cfg.vni, ep.id), value)
+
+    async def join(self, net: Network, ep: Endpoint) -> JoinInfo:
+        return self.segment.join(net, ep)
+
+    async def leave(self, net: Network, ep: Endpoint) -> None:
+        return None
 
     async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
-        await super().delete_endpoint(net, ep)
-        await self.registry.delete(endpoint_key(self.prefix, net.config["vni"], ep.id))
+        await self.segment.delete_endpoint(net, ep)
+        await self.registry.delete(endpoint_key(self.prefix, config_of(net, VxlanConfig).vni, ep.id))
+
+    async def program_external(self, net: Network, ep: Endpoint) -> None:
+        await self.segment.program_external(net, ep)
+
+    async def revoke_external(self, net: Network, ep: Endpoint) -> None:
+        await self.segment.revoke_external(net, ep)
 
     # -- recovery ----------------------------------------------------------------------------
 
     async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
         """Rebuild devices, register this host's VTEPs and endpoints under a new lease, start
         watching the others; FDB and neighbour entries are reprogrammed from the store."""
-        await super().reconcile(nets, eps)
-        by_id = {n.id: n for n in nets}
-        for net in nets:
-            link, _ = await self._underlay(net.config["underlay"] or net.config["local"])
-            await self._ensure_device(net, link)
-            await self._register(net)
+        configs = {n.id: config_of(n, VxlanConfig) for n in nets}
+        await self.segment.reconcile([(n, vni_mac(configs[n.id].vni)) for n in nets], eps)
+        for cfg in configs.values():
+            link, _ = await self._underlay(cfg.underlay or cfg.local)
+            await self._ensure_device(cfg, link)
+            await self._register(cfg)
         for ep in eps:
-            await self._register_endpoint(by_id[ep.network_id], ep)
+            await self._register_endpoint(configs[ep.network_id], ep)
         if not self._tasks:
             self._tasks = [
                 asyncio.create_task(self.registry.keep_alive_forever()),
@@ -267,7 +291,7 @@ class VxlanBackend(BridgeBackend):
             ]
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
-        return super().expected_links(nets, eps) | {n.config["vxlan"] for n in nets}
+        return self.segment.expected_links(nets, eps) | {config_of(n, VxlanConfig).device for n in nets}
 
     async def close(self) -> None:
         """Stop watching; the lease is left to expire, so a quick restart disturbs nothing."""

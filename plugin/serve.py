@@ -16,12 +16,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from pynet.drivers.base import Backend
-from pynet.drivers.bridge import BridgeBackend
+from pynet.drivers import registry
 from pynet.drivers.firewall import Firewall
-from pynet.drivers.macvlan import MacvlanBackend
 from pynet.drivers.netlink import Netlink
-from pynet.drivers.vxlan import VxlanBackend
 from pynet.ipam import Ipam
 from pynet.plugin.api.app import make_app
 from pynet.plugin.daemon import logs
@@ -58,20 +55,19 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
     store = timed(open_store(settings), metrics)
     netlink = Netlink()
     firewall = Firewall(settings.iptables_backend or None)
-    vxlan = VxlanBackend(
-        netlink,
-        firewall,
-        store,
-        settings.store_prefix,
-        host,
-        settings.lease_ttl,
-        observer=metrics.vxlan if metrics else None,
-        underlay=settings.underlay,
-        store_address=settings.store_address,
+    backends = registry.build(
+        registry.Deps(
+            netlink,
+            firewall,
+            store,
+            settings.store_prefix,
+            host,
+            settings.lease_ttl,
+            observer=metrics.vxlan if metrics else None,
+            underlay=settings.underlay,
+            store_address=settings.store_address,
+        )
     )
-    backends: dict[str, Backend] = {
-        b.mode: b for b in (BridgeBackend(netlink, firewall), MacvlanBackend(netlink), vxlan)
-    }
     return Daemon(
         settings=settings,
         host=host,
@@ -122,14 +118,15 @@ async def reconcile_until_done(d: Daemon, stop: asyncio.Event) -> None:
 
 async def remove_orphan_links(d: Daemon, expected: set[str]) -> list[str]:
     """Delete links with a pynet prefix that no record accounts for (a crash between creating
-    a link and saving its record, endpoints Docker never deleted). Judged across all modes at
-    once: the bridge and VXLAN modes share the veth prefixes."""
+    a link and saving its record, endpoints Docker never deleted). Every mode's prefixes, so a
+    link is judged by its name and the records alone."""
     await d.netlink.settle()
-    prefixes = tuple(p for b in d.backends.values() for p in b.link_prefixes)
     return [
         link.name
         for link in await d.netlink.links()
-        if link.name.startswith(prefixes) and link.name not in expected and await d.netlink.delete_link(link.name)
+        if link.name.startswith(registry.LINK_PREFIXES)
+        and link.name not in expected
+        and await d.netlink.delete_link(link.name)
     ]
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
+from dataclasses import dataclass
 from typing import Any
 
+from msgspec.structs import replace
+
 from pynet.drivers.base import Endpoint, Network, PortMap, Subnet
+from pynet.drivers.config import BridgedConfig
 from pynet.plugin.api import wire
 from pynet.plugin.api.wire import decode
 from pynet.plugin.daemon.daemon import Daemon
@@ -22,6 +26,16 @@ log = logging.getLogger("pynet.network")
 
 GENERIC = "com.docker.network.generic"
 EPHEMERAL_PORTS = range(49153, 65536)
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """The network CreateNetwork describes, before its backend parsed the options."""
+
+    id: str
+    ipv4: list[Subnet]
+    ipv6: list[Subnet]
+    internal: bool
 
 
 async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:
@@ -66,25 +80,30 @@ async def create_network(d: Daemon, body: bytes) -> dict[str, Any]:
     user_opts = {k: v for k, v in generic.items() if k != "mode"}
     mode = generic.get("mode", "bridge")
     backend = d.backend(mode)
-    net = Network(
+    draft = _Draft(
         id=req.NetworkID,
-        mode=mode,
-        options=user_opts,
-        config={},
         ipv4=_subnets(req.IPv4Data, 4, "IPv4Data"),
         ipv6=_subnets(req.IPv6Data, 6, "IPv6Data"),
         internal=opts.get("com.docker.network.internal") is True,
-        enable_ipv6=opts.get("com.docker.network.enable_ipv6") is True,
     )
-    async with d.lock(net.id):
-        existing = await d.state.network(net.id)
+    async with d.lock(draft.id):
+        existing = await d.state.network(draft.id)
         if existing is not None:
             # A retry: make sure the kernel has it, change nothing else.
             await d.backend(existing.mode).create_network(existing)
             return {}
-        net.config = backend.parse_options(user_opts, net)
+        net = Network(
+            id=draft.id,
+            mode=mode,
+            options=user_opts,
+            config=backend.parse_options(user_opts, draft),
+            ipv4=draft.ipv4,
+            ipv6=draft.ipv6,
+            internal=draft.internal,
+            enable_ipv6=opts.get("com.docker.network.enable_ipv6") is True,
+        )
         await _check_unique(d, net)
-        await backend.create_network(net)
+        net = replace(net, config=await backend.create_network(net))
         try:
             await d.state.save_network(net)
         except BaseException:
@@ -100,12 +119,9 @@ async def create_network(d: Daemon, body: bytes) -> dict[str, Any]:
 async def _check_unique(d: Daemon, net: Network) -> None:
     """Two networks must not share a bridge or a VXLAN identity on one host."""
     others = [n for n in await d.state.networks() if n.id != net.id]
-    for key in ("bridge", "vni"):
-        value = net.config.get(key)
-        if value is None:
-            continue
+    for key, value in net.config.claims().items():
         for other in others:
-            if other.config.get(key) == value:
+            if other.config.claims().get(key) == value:
                 raise Conflict(f"pynet: {key} {value!r} is already used by network {other.id[:12]}")
 
 
@@ -304,7 +320,7 @@ def _resolve_ports(
 ) -> list[PortMap]:
     """Docker's portmap entries -> one PortMap per address family that can serve it."""
     out: list[PortMap] = []
-    default_v4 = net.config.get("host_binding_ipv4", "")
+    default_v4 = net.config.host_binding_ipv4 if isinstance(net.config, BridgedConfig) else ""
     for b in bindings:
         proto = wire.PROTOCOLS.get(b.Proto)
         if proto is None:

@@ -7,10 +7,37 @@ under the host; what is shared across hosts (pools, VXLAN peers) has keys of its
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from pynet.drivers.base import Endpoint, Network
 from pynet.store.base import Store
+
+# Keys the first release wrote under `config` that the typed settings name differently.
+RENAMED = {"vxlan": {"vxlan": "device"}}
+
+
+def decode_network(data: bytes) -> Network:
+    """A network record; one written before `config` was typed (a plain dict, no `mode` tag)
+    is migrated as it is read, and stays in that shape in the store until it is saved again."""
+    try:
+        return msgspec.json.decode(data, type=Network)
+    except msgspec.ValidationError:
+        raw = msgspec.json.decode(data)
+        if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) or "mode" in raw["config"]:
+            raise
+        raw["config"] = migrate_config(str(raw.get("mode", "")), raw["config"])
+        return msgspec.convert(raw, Network)
+
+
+def migrate_config(mode: str, old: dict[str, Any]) -> dict[str, Any]:
+    renamed = RENAMED.get(mode, {})
+    config = {renamed.get(k, k): v for k, v in old.items()}
+    if mode in ("bridge", "vxlan"):
+        # Records older than `owns_bridge` were all of bridges pynet made.
+        config.setdefault("owns_bridge", True)
+    return {**config, "mode": mode}
 
 
 class State:
@@ -26,11 +53,11 @@ class State:
 
     async def network(self, network_id: str) -> Network | None:
         kv = await self.store.get(self._net_key(network_id))
-        return msgspec.json.decode(kv.value, type=Network) if kv else None
+        return decode_network(kv.value) if kv else None
 
     async def networks(self) -> list[Network]:
         kvs = await self.store.range(f"{self._base}networks/")
-        return [msgspec.json.decode(kv.value, type=Network) for kv in kvs]
+        return [decode_network(kv.value) for kv in kvs]
 
     async def save_network(self, net: Network) -> None:
         await self.store.put(self._net_key(net.id), msgspec.json.encode(net))

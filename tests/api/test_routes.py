@@ -7,6 +7,7 @@ The app runs with the real store, IPAM and state; only the backend is a recordin
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar
 
@@ -14,8 +15,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pynet.drivers.base import Endpoint, JoinInfo, Network
+from msgspec.structs import replace
+
+from pynet.drivers.base import Draft, Endpoint, JoinInfo, Network, config_of
+from pynet.drivers.config import BridgeConfig
 from pynet.drivers.firewall import Firewall
+from pynet.drivers.naming import bridge_name
 from pynet.drivers.netlink import Netlink
 from pynet.drivers.options import Option, parse_bool, parse_options
 from pynet.ipam import Ipam
@@ -27,11 +32,13 @@ from pynet.store.embedded import EmbeddedStore
 from pynet.store.errors import PynetError
 
 NET = "n" * 64
+FAIL = "FAIL"
 EP = "e" * 64
 
 
 class RecordingBackend:
-    """Records calls; `-o fail=true` makes create_network fail after "creating" something."""
+    """Records calls; `-o fail=true` makes create_network fail after "creating" something (it
+    names the bridge FAIL, which no real bridge network would)."""
 
     mode: ClassVar[str] = "bridge"
     link_prefixes: ClassVar[tuple[str, ...]] = ("pnh-", "pnc-")
@@ -41,15 +48,18 @@ class RecordingBackend:
         self.calls: list[tuple[str, str]] = []
         self.kernel: set[str] = set()
 
-    def parse_options(self, options: dict[str, str], net: Network) -> dict[str, Any]:
-        return parse_options(self.mode, [Option("fail", parse_bool, False)], options)
+    def parse_options(self, options: Mapping[str, str], net: Draft) -> BridgeConfig:
+        fail = parse_options(self.mode, [Option("fail", parse_bool, False)], options)["fail"]
+        return BridgeConfig(bridge=FAIL if fail else bridge_name(net.id))
 
-    async def create_network(self, net: Network) -> None:
+    async def create_network(self, net: Network) -> BridgeConfig:
         self.calls.append(("create_network", net.id))
         self.kernel.add(net.id)
-        if net.config.get("fail"):
+        cfg = config_of(net, BridgeConfig)
+        if cfg.bridge == FAIL:
             self.kernel.discard(net.id)
             raise PynetError("pynet: cannot create bridge (test)")
+        return replace(cfg, mtu=1500, owns_bridge=True)
 
     async def delete_network(self, net: Network) -> None:
         self.calls.append(("delete_network", net.id))

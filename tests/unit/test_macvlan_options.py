@@ -11,9 +11,13 @@ from pyroute2.iproute.linux import get_arguments_processor
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
+from msgspec.structs import replace
+
 from pynet.drivers.base import Endpoint, JoinInfo, Network, Subnet
+from pynet.drivers.config import MacvlanConfig
 from pynet.drivers.macvlan import MacvlanBackend, check_sharing, split_vlan
 from pynet.drivers.netlink import Link, Netlink, vlan_request
+from pynet.drivers.registry import LINK_PREFIXES
 from pynet.store.errors import Conflict, InvalidRequest, PynetError
 
 NET = "ab" * 32
@@ -28,9 +32,14 @@ def network(
     ipv6: tuple[Subnet, ...] = (),
     internal: bool = False,
 ) -> Network:
-    net = Network(id=id, mode="macvlan", options={}, config={}, ipv4=list(ipv4), ipv6=list(ipv6), internal=internal)
-    net.config = MacvlanBackend(Netlink()).parse_options({"parent": "eth0"} if options is None else options, net)
-    return net
+    draft = Network(id, "macvlan", {}, MacvlanConfig(parent=""), list(ipv4), list(ipv6), internal=internal)
+    cfg = MacvlanBackend(Netlink(), LINK_PREFIXES).parse_options({"parent": "eth0"} if options is None else options, draft)
+    return replace(draft, config=cfg)
+
+
+async def create(mv: MacvlanBackend, net: Network) -> Network:
+    """The network as the caller stores it: with what create resolved."""
+    return replace(net, config=await mv.create_network(net))
 
 
 def rejects(options: dict[str, str], match: str, **kw: Any) -> None:
@@ -42,13 +51,13 @@ def rejects(options: dict[str, str], match: str, **kw: Any) -> None:
 
 
 def test_defaults() -> None:
-    assert network().config == {"parent": "eth0", "macvlan_mode": "bridge", "mtu": None, "host_shim": ""}
+    assert network().config == MacvlanConfig(parent="eth0", macvlan_mode="bridge", mtu=None, host_shim="")
 
 
 def test_docker_names_and_aliases() -> None:
     cfg = network({"parent": "eth0.10", "macvlan_mode": "vepa", "com.docker.network.driver.mtu": "1400"}).config
-    assert cfg == {"parent": "eth0.10", "macvlan_mode": "vepa", "mtu": 1400, "host_shim": ""}
-    assert network({"parent": "eth0", "mtu": "9000"}).config["mtu"] == 9000
+    assert cfg == MacvlanConfig(parent="eth0.10", macvlan_mode="vepa", mtu=1400)
+    assert network({"parent": "eth0", "mtu": "9000"}).config == MacvlanConfig(parent="eth0", mtu=9000)
 
 
 def test_unknown_option_is_rejected_with_the_known_ones() -> None:
@@ -70,6 +79,7 @@ def test_unknown_option_is_rejected_with_the_known_ones() -> None:
         ({"parent": "pnb-0123456789a"}, r"option parent must be a host interface, not a link pynet made for a network, got 'pnb-0123456789a'"),
         ({"parent": "pnv-0123456789a"}, r"not a link pynet made for a network, got 'pnv-0123456789a'"),
         ({"parent": "pnm-0123456789a"}, r"not a link pynet made for a network, got 'pnm-0123456789a'"),
+        ({"parent": "pnx-42"}, r"not a link pynet made for a network, got 'pnx-42'"),
         ({"parent": "eth0.0"}, r"option parent must be <interface>.<VLAN id> with a VLAN id in 1..4094, got 'eth0.0'"),
         ({"parent": "eth0.4095"}, r"with a VLAN id in 1..4094, got 'eth0.4095'"),
         ({"parent": ".10"}, r"with a VLAN id in 1..4094, got '.10'"),
@@ -81,7 +91,7 @@ def test_bad_values_are_named(options: dict[str, str], match: str) -> None:
 
 
 def test_a_dotted_name_without_a_vlan_id_is_an_ordinary_parent() -> None:
-    assert network({"parent": "br.lan"}).config["parent"] == "br.lan"
+    assert network({"parent": "br.lan"}).config == MacvlanConfig(parent="br.lan")
     assert split_vlan("br.lan") is None
     assert split_vlan("eth0") is None
     assert split_vlan("eth0.10") == ("eth0", 10)
@@ -90,8 +100,8 @@ def test_a_dotted_name_without_a_vlan_id_is_an_ordinary_parent() -> None:
 
 def test_internal_network_gets_its_own_parent() -> None:
     cfg = network({}, internal=True).config
-    assert cfg == {"parent": "pnm-" + NET[:11], "macvlan_mode": "bridge", "mtu": 1500, "host_shim": ""}
-    assert network({"mtu": "9000"}, internal=True).config["mtu"] == 9000
+    assert cfg == MacvlanConfig(parent="pnm-" + NET[:11], mtu=1500)
+    assert network({"mtu": "9000"}, internal=True).config == MacvlanConfig(parent="pnm-" + NET[:11], mtu=9000)
     rejects({"parent": "eth0"}, r"option parent must be unset on an --internal network, which has no uplink, got 'eth0'", internal=True)
 
 
@@ -112,8 +122,12 @@ def test_bad_host_shims_are_named(shim: str, extra: dict[str, str], match: str) 
 
 
 def test_host_shim_on_a_reserved_address_or_the_gateway() -> None:
-    assert network({"parent": "eth0", "host_shim": "192.168.1.250/32"}).config["host_shim"] == "192.168.1.250/32"
-    assert network({"parent": "eth0", "host_shim": "192.168.1.1/24"}).config["host_shim"] == "192.168.1.1/24"
+    assert network({"parent": "eth0", "host_shim": "192.168.1.250/32"}).config == MacvlanConfig(
+        parent="eth0", host_shim="192.168.1.250/32"
+    )
+    assert network({"parent": "eth0", "host_shim": "192.168.1.1/24"}).config == MacvlanConfig(
+        parent="eth0", host_shim="192.168.1.1/24"
+    )
     rejects({"parent": "eth0", "host_shim": "192.168.1.250/32"}, r"IPv4 subnets \(none\)", ipv4=())
 
 
@@ -154,7 +168,7 @@ def test_conflicts_on_one_parent(mine: tuple[Any, ...], theirs: tuple[Any, ...],
 
 
 async def test_join_hands_over_the_link_with_the_subnet_gateways() -> None:
-    backend = MacvlanBackend(Netlink())
+    backend = MacvlanBackend(Netlink(), LINK_PREFIXES)
     net = network(ipv6=(Subnet("fd00:1::/64", "fd00:1::1/64"),))
     ep = Endpoint(id="ef" * 32, network_id=NET, address="192.168.1.7/24", address6="fd00:1::7/64", peer="pnv-efefefefefe")
     assert await backend.join(net, ep) == JoinInfo(src_name="pnv-efefefefefe", gateway="192.168.1.1", gateway6="fd00:1::1")
@@ -276,17 +290,17 @@ ETH0 = Link("eth0", 2, "", 1500, True, "52:54:00:00:00:01", 0, 0)
 
 def backend(*links: Link) -> tuple[MacvlanBackend, FakeNetlink]:
     nl = FakeNetlink(ETH0, *links)
-    return MacvlanBackend(nl), nl  # type: ignore[arg-type]
+    return MacvlanBackend(nl, LINK_PREFIXES), nl  # type: ignore[arg-type]
 
 
 async def test_a_sub_interface_pynet_made_goes_with_the_last_network_on_it() -> None:
     mv, nl = backend()
     a = other({"parent": "eth0.10"}, "10.1.0.0/24", id="a1" * 32)
     b = other({"parent": "eth0.10"}, "10.2.0.0/24", id="b2" * 32)
-    await mv.create_network(a)
+    a = await create(mv, a)
     assert nl.links_by_name["eth0.10"].parent == ETH0.index
-    await mv.create_network(b)
-    assert a.config["vlan_created"] and b.config["vlan_created"], "the second network inherits ownership"
+    b = await create(mv, b)
+    assert a.config == b.config == MacvlanConfig(parent="eth0.10", mtu=1500, vlan_created=True), "b inherits ownership"
     await mv.delete_network(a)
     assert "eth0.10" in nl.links_by_name, "network b still uses it"
     await mv.delete_network(b)
@@ -297,10 +311,9 @@ async def test_the_count_survives_a_restart() -> None:
     mv, nl = backend()
     a = other({"parent": "eth0.10"}, "10.1.0.0/24", id="a1" * 32)
     b = other({"parent": "eth0.10"}, "10.2.0.0/24", id="b2" * 32)
-    await mv.create_network(a)
-    await mv.create_network(b)
+    a, b = await create(mv, a), await create(mv, b)
     del nl.links_by_name["eth0.10"]
-    restarted = MacvlanBackend(nl)  # type: ignore[arg-type]
+    restarted = MacvlanBackend(nl, LINK_PREFIXES)  # type: ignore[arg-type]
     await restarted.reconcile([a, b], [])
     assert nl.links_by_name["eth0.10"].kind == "vlan", "recreated: pynet owns it"
     await restarted.delete_network(b)
@@ -313,8 +326,8 @@ async def test_a_sub_interface_the_user_made_stays() -> None:
     mine = Link("eth0.20", 9, "vlan", 1500, True, "52:54:00:00:00:01", 0, ETH0.index)
     mv, nl = backend(mine)
     a = other({"parent": "eth0.20"}, "10.1.0.0/24")
-    await mv.create_network(a)
-    assert a.config["vlan_created"] is False
+    a = await create(mv, a)
+    assert a.config == MacvlanConfig(parent="eth0.20", mtu=1500, vlan_created=False)
     await mv.delete_network(a)
     assert nl.links_by_name["eth0.20"] == mine
     del nl.links_by_name["eth0.20"]
@@ -346,8 +359,7 @@ async def test_a_failed_create_leaves_nothing(options: dict[str, str], exc: type
 async def test_a_retried_create_only_makes_sure_the_kernel_has_it() -> None:
     mv, nl = backend()
     gateway_shim = {"parent": "eth0.10", "host_shim": "10.1.0.1/24"}
-    a = network(gateway_shim, id="a1" * 32, ipv4=(Subnet("10.1.0.0/24", "10.1.0.1/24"),))
-    await mv.create_network(a)
+    a = await create(mv, network(gateway_shim, id="a1" * 32, ipv4=(Subnet("10.1.0.0/24", "10.1.0.1/24"),)))
     del nl.links_by_name["pns-a1a1a1a1a1a"]
     nl.links_by_name["eth0"] = dataclasses.replace(ETH0, up=False)
     await mv.create_network(a)  # no "parent is down", no conflict with itself

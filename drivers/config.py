@@ -1,0 +1,81 @@
+"""Each mode's parsed and resolved settings: a tagged union, stored in a network's record.
+
+The tag (`mode`) sits in the stored JSON, so a record decodes to the right type on its own.
+Option parsing (drivers/options.py tables) makes these from the user's `-o` options; values
+only known once the kernel is asked (an MTU derived from a link, the local VTEP, whether pynet
+made a bridge or a sub-interface) stay None/empty until the backend's `create_network`
+resolves them and returns a copy with them filled in. Frozen: a backend never changes a record
+behind its owner's back.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class BridgedConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """What the bridge and VXLAN modes share: containers are veths on a pynet bridge."""
+
+    bridge: str
+    mtu: int | None = None  # None: derived at create (uplink, or underlay less the VXLAN header)
+    masquerade: bool = True
+    icc: bool = True
+    host_binding_ipv4: str = ""
+    # Whether pynet made the bridge (False: a user's `bridge_name` that existed before, which
+    # pynet leaves in place); None until create looks.
+    owns_bridge: bool | None = None
+
+    def claims(self) -> dict[str, str | int]:
+        """What no two networks of one host may share."""
+        return {"bridge": self.bridge}
+
+    def links(self) -> tuple[str, ...]:
+        """The host links these settings name."""
+        return (self.bridge,)
+
+    def describe(self) -> str:
+        return f"bridge={self.bridge}"
+
+
+class BridgeConfig(BridgedConfig, frozen=True, kw_only=True, tag="bridge", tag_field="mode"):
+    pass
+
+
+class VxlanConfig(BridgedConfig, frozen=True, kw_only=True, tag="vxlan", tag_field="mode"):
+    vni: int
+    device: str  # the VXLAN device, a port of `bridge`
+    port: int = 4789
+    underlay: str = ""  # as given: an interface or an address; "" for the daemon's default
+    peers: tuple[str, ...] = ()  # static remote VTEPs
+    local: str = ""  # the local VTEP address, resolved at create
+
+    def claims(self) -> dict[str, str | int]:
+        return {"bridge": self.bridge, "vni": self.vni}
+
+    def links(self) -> tuple[str, ...]:
+        return (self.bridge, self.device)
+
+    def describe(self) -> str:
+        return f"bridge={self.bridge} vni={self.vni}"
+
+
+class MacvlanConfig(msgspec.Struct, frozen=True, kw_only=True, tag="macvlan", tag_field="mode"):
+    parent: str
+    macvlan_mode: str = "bridge"
+    mtu: int | None = None  # None: the parent's, resolved at create
+    host_shim: str = ""
+    # Whether pynet made the parent (an 802.1q sub-interface) and so deletes it with the last
+    # network on it; None until create looks.
+    vlan_created: bool | None = None
+
+    def claims(self) -> dict[str, str | int]:
+        return {}  # networks share a parent; drivers/macvlan.py checks how
+
+    def links(self) -> tuple[str, ...]:
+        return (self.parent,)
+
+    def describe(self) -> str:
+        return f"parent={self.parent}"
+
+
+Config = BridgeConfig | MacvlanConfig | VxlanConfig

@@ -1,0 +1,162 @@
+"""A pynet bridge with its veth endpoints, firewall rules and published ports: one L2 segment.
+
+The bridge mode is this segment alone; the VXLAN mode is this segment plus a VXLAN device as
+one more port and a control plane (drivers/vxlan.py). The segment holds the gateway
+address(es); each endpoint is a veth pair whose host end is a bridge port and whose other end
+Docker moves into the container. Egress is masqueraded, networks are isolated from each other
+and from Docker's own bridges, and published ports are DNAT rules, all in `drivers.firewall`
+(which rewrites pynet's chains in one restore).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pynet.drivers.base import Endpoint, JoinInfo, Network, PortMap, config_of
+from pynet.drivers.config import BridgedConfig
+from pynet.drivers.firewall import Firewall, NetRules
+from pynet.drivers.naming import HOST_END_PREFIX, PEER_PREFIX, endpoint_links, gateway_ip, mac_for
+from pynet.drivers.netlink import Netlink, write_sysctl
+from pynet.store.errors import Conflict, PynetError
+
+log = logging.getLogger("pynet.segment")
+
+
+def resolved_mtu(cfg: BridgedConfig) -> int:
+    """Records reach the kernel only after create_network resolved their MTU."""
+    if cfg.mtu is None:
+        raise PynetError(f"pynet: bridge {cfg.bridge}: the record has no MTU (create_network resolves it)")
+    return cfg.mtu
+
+
+class Segment:
+    """The kernel side of bridged networks (records whose config is a `BridgedConfig`)."""
+
+    # The veth ends; each mode that holds a segment lists them with its own link prefixes.
+    link_prefixes: tuple[str, ...] = (HOST_END_PREFIX, PEER_PREFIX)
+
+    def __init__(self, netlink: Netlink, firewall: Firewall) -> None:
+        self.nl = netlink
+        self.fw = firewall
+        # Published ports per network, per endpoint: the firewall is rewritten per network.
+        self._ports: dict[str, dict[str, list[PortMap]]] = {}
+
+    # -- networks ----------------------------------------------------------------------------
+
+    async def owns(self, cfg: BridgedConfig) -> bool:
+        """Whether pynet makes the bridge (it does not exist yet) or adopts a user's one; once
+        recorded, the record's answer (a retried create finds the bridge pynet made)."""
+        existing = await self.nl.link(cfg.bridge)
+        if existing is not None and existing.kind != "bridge":
+            raise Conflict(
+                f"pynet: option com.docker.network.bridge.name: {cfg.bridge!r} exists and is not a bridge"
+            )
+        return cfg.owns_bridge if cfg.owns_bridge is not None else existing is None
+
+    async def create(self, net: Network, mac: str) -> None:
+        """Bridge, addresses and rules of a resolved record; undoes itself when it fails."""
+        try:
+            await self.ensure(net, mac)
+            await self._apply_rules(net)
+        except BaseException:
+            await self.delete(net)
+            raise
+
+    async def ensure(self, net: Network, mac: str) -> None:
+        """`mac` is set only on a bridge pynet owns: a user's bridge keeps its own."""
+        cfg = config_of(net, BridgedConfig)
+        await self.nl.ensure_bridge(cfg.bridge, resolved_mtu(cfg), mac if cfg.owns_bridge else "")
+        for sub in (*net.ipv4, *net.ipv6):
+            if sub.gateway:
+                await self.nl.ensure_address(cfg.bridge, sub.gateway)
+        write_sysctl("net/ipv4/ip_forward", "1")
+        if net.ipv6:
+            write_sysctl("net/ipv6/conf/all/forwarding", "1")
+        # DNAT of 127.0.0.1:<port> to a container needs local-source routing on the bridge.
+        write_sysctl(f"net/ipv4/conf/{cfg.bridge}/route_localnet", "1")
+
+    async def delete(self, net: Network) -> None:
+        cfg = config_of(net, BridgedConfig)
+        self._ports.pop(net.id, None)
+        await self.fw.remove(net.id)
+        await self.nl.settle()
+        bridge = await self.nl.link(cfg.bridge)
+        if bridge is None:
+            return
+        # Ports left behind by endpoints Docker never deleted (crash paths, docs/protocol.md §4.3).
+        for link in await self.nl.links():
+            if link.master == bridge.index and link.name.startswith(HOST_END_PREFIX):
+                await self.nl.delete_link(link.name)
+        if cfg.owns_bridge:
+            await self.nl.delete_link(cfg.bridge)
+        else:
+            for sub in (*net.ipv4, *net.ipv6):
+                if sub.gateway:
+                    await self.nl.delete_address(cfg.bridge, sub.gateway)
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def create_endpoint(self, net: Network, ep: Endpoint) -> None:
+        cfg = config_of(net, BridgedConfig)
+        ep.ifname, ep.peer = endpoint_links(ep.id)
+        ep.mac = ep.mac or mac_for(ep.address)
+        await self.nl.create_veth(ep.ifname, ep.peer, resolved_mtu(cfg), ep.mac, cfg.bridge)
+
+    def join(self, net: Network, ep: Endpoint) -> JoinInfo:
+        if net.internal:
+            # Docker's bridge gives internal networks no gateway; Docker then skips
+            # docker_gwbridge itself for internal networks.
+            return JoinInfo(src_name=ep.peer)
+        gw4, gw6 = gateway_ip(net, ep.address), gateway_ip(net, ep.address6)
+        return JoinInfo(src_name=ep.peer, gateway=gw4, gateway6=gw6, disable_gateway=not (gw4 or gw6))
+
+    async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
+        host_end, _ = endpoint_links(ep.id)
+        await self.nl.retire_link(host_end)
+        if self._ports.get(net.id, {}).pop(ep.id, None):
+            await self._apply_rules(net)
+
+    async def program_external(self, net: Network, ep: Endpoint) -> None:
+        self._ports.setdefault(net.id, {})[ep.id] = list(ep.ports)
+        if ep.ports:
+            await self.nl.set_hairpin(ep.ifname)
+        await self._apply_rules(net)
+
+    async def revoke_external(self, net: Network, ep: Endpoint) -> None:
+        if self._ports.get(net.id, {}).pop(ep.id, None) is not None:
+            await self._apply_rules(net)
+
+    # -- firewall ----------------------------------------------------------------------------
+
+    def rules(self, net: Network) -> NetRules:
+        cfg = config_of(net, BridgedConfig)
+        ports = tuple(p for eps in self._ports.get(net.id, {}).values() for p in eps)
+        return NetRules(
+            bridge=cfg.bridge,
+            subnets4=tuple(s.pool for s in net.ipv4),
+            subnets6=tuple(s.pool for s in net.ipv6),
+            internal=net.internal,
+            icc=cfg.icc,
+            masquerade=cfg.masquerade,
+            ports=() if net.internal else ports,
+        )
+
+    async def _apply_rules(self, net: Network) -> None:
+        await self.fw.set(net.id, self.rules(net))
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def reconcile(self, nets: list[tuple[Network, str]], eps: list[Endpoint]) -> None:
+        """(record, bridge MAC) per network: bridges back, and every rule in one apply."""
+        by_net: dict[str, dict[str, list[PortMap]]] = {}
+        for ep in eps:
+            if ep.ports:
+                by_net.setdefault(ep.network_id, {})[ep.id] = list(ep.ports)
+        self._ports = by_net
+        for net, mac in nets:
+            await self.ensure(net, mac)
+        await self.fw.set_all({net.id: self.rules(net) for net, _ in nets})
+
+    def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
+        bridges = {config_of(n, BridgedConfig).bridge for n in nets}
+        return bridges | {e.ifname for e in eps} | {e.peer for e in eps}
