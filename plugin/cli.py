@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from pynet.plugin.daemon import config
 from pynet.plugin.ops import cli as ops
@@ -18,13 +18,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.add_arguments(sub.add_parser("serve", help="run the plugin daemon in the foreground"))
     ops.add_parsers(sub)
     args = parser.parse_args(argv)
+    try:
+        settings = config.from_args(args)
+    except config.ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2  # as argparse does for a bad flag
     if args.command == "serve":
         from pynet.plugin import serve
 
-        return serve.main(config.from_args(args))
-    if args.command in ops.COMMANDS:
-        return ops.main(args)
-    return 2
+        return serve.main(settings)
+    return ops.main(settings, args)
 
 
 if __name__ == "__main__":

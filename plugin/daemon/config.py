@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlsplit
+
+from pynet.drivers.firewall import FLAVOURS
+from pynet.store.errors import PynetError
+
+
+class ConfigError(PynetError):
+    """A setting with a value pynet cannot run with; `pynet` prints it and exits 2."""
 
 
 def _setting(default: Any, help: str, metavar: str | None = None) -> Any:
@@ -51,7 +60,13 @@ class Settings:
         "(default: the interface routing to the first etcd endpoint, else the default route's)",
         "IFACE|ADDR",
     )
-    resync_interval: float = _setting(10.0, "seconds between checks that firewall jumps and links are in place", "SECONDS")
+    resync_interval: float = _setting(
+        10.0, "seconds between checks that firewall jumps and links are in place", "SECONDS"
+    )
+    iptables_backend: str = _setting("", "iptables flavour, nft or legacy (default: the one Docker uses)", "FLAVOUR")
+
+    def __post_init__(self) -> None:
+        _validate(self)  # however a Settings is made: from flags, variables, or by a test
 
     @property
     def store_address(self) -> str:
@@ -65,14 +80,24 @@ class Settings:
     def store_path(self) -> Path:
         return Path(self.state_dir) / "store.sqlite"
 
+    @cached_property
+    def pool_ranges(self) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int], ...]:
+        """`default_pools` parsed once: (range, prefix length of the subnets cut from it)."""
+        out = []
+        for item in filter(None, (x.strip() for x in self.default_pools.split(","))):
+            cidr, _, size = item.rpartition(":")
+            try:
+                net, prefixlen = ipaddress.ip_network(cidr), int(size)
+            except ValueError:
+                net, prefixlen = None, -1
+            if net is None or not net.prefixlen <= prefixlen <= net.max_prefixlen:
+                raise ConfigError(f"pynet: --default-pools entry must be CIDR:prefixlen, got {item!r}")
+            out.append((net, prefixlen))
+        return tuple(out)
+
     def pools(self, v6: bool) -> list[tuple[str, int]]:
         """The default ranges of one family, as (CIDR, prefix length)."""
-        out = []
-        for item in filter(None, (s.strip() for s in self.default_pools.split(","))):
-            cidr, _, size = item.rpartition(":")
-            if (":" in cidr) == v6:
-                out.append((cidr, int(size)))
-        return out
+        return [(str(net), size) for net, size in self.pool_ranges if (net.version == 6) == v6]
 
 
 def _env_name(name: str) -> str:
@@ -93,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(ns: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
-    """Flags first, then PYNET_* variables, then defaults; validates what can be checked early."""
+    """Flags first, then PYNET_* variables, then defaults; raises ConfigError for a bad value."""
     environ = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
@@ -102,30 +127,24 @@ def from_args(ns: argparse.Namespace, environ: dict[str, str] | None = None) -> 
             values[f.name] = flag
         elif _env_name(f.name) in environ:
             raw = environ[_env_name(f.name)]
+            kind: Any = type(f.default)  # str, int or float: every setting has a default
             try:
-                values[f.name] = type(f.default)(raw)
+                values[f.name] = kind(raw)
             except ValueError:
-                raise SystemExit(f"pynet: {_env_name(f.name)} must be a {type(f.default).__name__}, got {raw!r}")
-    settings = Settings(**values)
-    _validate(settings)
-    return settings
+                raise ConfigError(
+                    f"pynet: {_env_name(f.name)} must be a {type(f.default).__name__}, got {raw!r}"
+                ) from None
+    return Settings(**values)
 
 
 def _validate(s: Settings) -> None:
-    import ipaddress
-
     if s.log_level not in ("debug", "info", "warning", "error"):
-        raise SystemExit(f"pynet: --log-level must be debug, info, warning or error, got {s.log_level!r}")
+        raise ConfigError(f"pynet: --log-level must be debug, info, warning or error, got {s.log_level!r}")
     if s.log_format not in ("kv", "json"):
-        raise SystemExit(f"pynet: --log-format must be kv or json, got {s.log_format!r}")
-    for item in filter(None, (x.strip() for x in s.default_pools.split(","))):
-        cidr, _, size = item.rpartition(":")
-        try:
-            net = ipaddress.ip_network(cidr)
-            if not net.prefixlen <= int(size) <= net.max_prefixlen:
-                raise ValueError
-        except ValueError:
-            raise SystemExit(f"pynet: --default-pools entry must be CIDR:prefixlen, got {item!r}")
+        raise ConfigError(f"pynet: --log-format must be kv or json, got {s.log_format!r}")
+    if s.iptables_backend and s.iptables_backend not in FLAVOURS:
+        raise ConfigError(f"pynet: --iptables-backend must be nft or legacy, got {s.iptables_backend!r}")
+    s.pool_ranges  # noqa: B018 - parsed (and cached) now, so a bad entry fails here
 
 
 def resolve_host_id(s: Settings) -> str:
@@ -142,9 +161,3 @@ def resolve_host_id(s: Settings) -> str:
         tmp.write_text(host_id + "\n")
         os.replace(tmp, path)
         return host_id
-
-
-def parse(argv: Sequence[str]) -> Settings:
-    parser = argparse.ArgumentParser(prog="pynet serve")
-    add_arguments(parser)
-    return from_args(parser.parse_args(argv))

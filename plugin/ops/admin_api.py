@@ -21,6 +21,7 @@ import msgspec
 from aiohttp import web
 
 from pynet.drivers.base import Network
+from pynet.drivers.config import Config, VxlanConfig
 from pynet.drivers.firewall import DOCKER_BRIDGES
 from pynet.ipam import Ipam
 from pynet.ipam.layout import GATEWAY, decode_poolset
@@ -77,7 +78,7 @@ class NetworkInfo(msgspec.Struct):
     mode: str
     subnets: list[str]
     gateways: list[str]
-    config: dict[str, Any]
+    config: Config
     internal: bool
     endpoints: int
 
@@ -141,14 +142,14 @@ async def status(daemon: DaemonInfo, host: str, settings: Settings, store: Store
 async def vxlan_peers(store: Store, prefix: str, host: str, nets: list[Network]) -> list[Peer]:
     """The other hosts' VTEPs as drivers/peers.py registers them (`vxlan/<vni>/vteps/<host>`),
     for the VNIs this host has networks for, plus those networks' static peers."""
-    vnis = {n.config["vni"]: n for n in nets if n.mode == "vxlan" and isinstance(n.config.get("vni"), int)}
+    vnis = {n.config.vni: n.config for n in nets if isinstance(n.config, VxlanConfig)}
     root = f"{prefix}vxlan/"
     peers = []
     for kv in await store.range(root):
-        vni, kind, name = (kv.key[len(root) :].split("/") + ["", ""])[:3]
+        vni, kind, name = [*kv.key[len(root) :].split("/"), "", ""][:3]
         if kind == "vteps" and vni.isdigit() and int(vni) in vnis and name != host:
             peers.append(Peer(int(vni), name, msgspec.json.decode(kv.value, type=_Vtep).address))
-    peers += [Peer(vni, "", vtep) for vni, n in vnis.items() for vtep in n.config.get("peers") or []]
+    peers += [Peer(vni, "", vtep) for vni, cfg in vnis.items() for vtep in cfg.peers]
     return peers
 
 

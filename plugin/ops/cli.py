@@ -59,8 +59,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         config.add_arguments(p.add_argument_group("pynet settings (as for pynet serve)"))  # type: ignore[arg-type]
 
 
-def main(args: argparse.Namespace) -> int:
-    settings = config.from_args(args)
+def main(settings: Settings, args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(COMMANDS[args.command](settings, args))
     except PynetError as e:

@@ -9,13 +9,13 @@ from typing import Literal
 import msgspec
 
 from pynet.drivers.firewall import TABLES, jump_fixes, jumps_for, stale_jumps
-from pynet.drivers.netlink import Link, Netlink
-from pynet.drivers.vxlan import VXLAN_OVERHEAD
+from pynet.drivers import registry
+from pynet.drivers.netlink import HostView
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.ops import admin_api
 from pynet.plugin.ops.access import Unreachable, ask, closing, fetch, open_store, opened_netlink
 from pynet.plugin.ops.admin_api import NetworkInfo, Status
-from pynet.plugin.ops.iptables import Iptables
+from pynet.plugin.ops.iptables import Iptables, configured
 from pynet.plugin.ops.render import Report, short, table
 from pynet.store.errors import PynetError
 
@@ -30,7 +30,7 @@ class Check(msgspec.Struct):
 
 async def doctor(settings: Settings, _: argparse.Namespace) -> Report:
     checks = [await _daemon_check(settings), _forwarding_check()]
-    checks += await _firewall_checks(Iptables())
+    checks += await _firewall_checks(configured(settings))
     checks += await _mtu_checks(settings)
     if settings.etcd_endpoints:
         checks.append(await _etcd_check(settings))
@@ -98,43 +98,25 @@ async def _mtu_checks(settings: Settings) -> list[Check]:
     except PynetError as e:
         return [Check("mtu", "warn", f"networks unknown: {e}")]
     async with closing(await opened_netlink()) as nl:
-        links = {link.name: link for link in await nl.links()}
-        uplink = await nl.default_link()
-        checks = [await _mtu_check(n, links, uplink, nl) for n in nets]
+        host = await nl.host_view()
+    checks = [_mtu_check(n, host) for n in nets]
     return checks or [Check("mtu", "ok", "no networks")]
 
 
-async def _mtu_check(net: NetworkInfo, links: dict[str, Link], uplink: Link | None, nl: Netlink) -> Check:
-    """A bridge's MTU must fit its uplink, a macvlan's its parent, a VXLAN's the underlay less
-    the VXLAN header; larger frames are dropped or fragmented on the way out."""
+def _mtu_check(net: NetworkInfo, host: HostView) -> Check:
+    """A network's MTU must fit the link its frames leave through, less what its mode adds
+    (the backends know which link and how much: drivers/registry.py `mtu_limit`); larger
+    frames are dropped or fragmented on the way out."""
     name = f"mtu {short(net.id)}"
-    mtu = net.config.get("mtu")
-    if not isinstance(mtu, int):
+    mtu = net.config.mtu
+    if mtu is None:
         return Check(name, "ok", f"{net.mode}: no MTU set")
-    overhead = VXLAN_OVERHEAD if net.mode == "vxlan" else 0
-    if net.mode == "macvlan":
-        lower = links.get(net.config.get("parent", ""))
-    elif net.mode == "vxlan":
-        given = net.config.get("underlay") or net.config.get("local") or ""
-        lower = await _underlay(given, links, nl) or uplink
-    else:
-        lower = uplink
-    if lower is None:
+    fit = registry.mtu_limit(net.config, host)
+    if fit is None:
         return Check(name, "warn", f"{net.mode} MTU {mtu}: no link underneath to compare with")
-    limit = lower.mtu - overhead
-    verdict: Verdict = "ok" if mtu <= limit else "fail"
-    less = f" - {overhead}" if overhead else ""
-    return Check(name, verdict, f"{net.mode} MTU {mtu}, {lower.name} MTU {lower.mtu}{less}")
-
-
-async def _underlay(value: str, links: dict[str, Link], nl: Netlink) -> Link | None:
-    """The VXLAN `underlay` option names an interface or one of its addresses."""
-    if value in links:
-        return links[value]
-    for link in links.values():
-        if value and any(a.split("/")[0] == value for a in await nl.addresses(link.name)):
-            return link
-    return None
+    verdict: Verdict = "ok" if mtu <= fit.limit else "fail"
+    less = f" - {fit.overhead}" if fit.overhead else ""
+    return Check(name, verdict, f"{net.mode} MTU {mtu}, {fit.lower.name} MTU {fit.lower.mtu}{less}")
 
 
 async def _etcd_check(settings: Settings) -> Check:

@@ -19,7 +19,7 @@ from pynet.plugin.ops import admin_api, gc
 from pynet.plugin.ops.access import Local, Unreachable, ask, closing, local, opened_netlink
 from pynet.plugin.ops.admin_api import Status
 from pynet.plugin.ops.dockerapi import docker_view
-from pynet.plugin.ops.iptables import Iptables
+from pynet.plugin.ops.iptables import Iptables, configured
 from pynet.plugin.ops.render import Report, note, short, table
 
 SWEEP_TIMEOUT = 120.0  # removal runs one netlink or store call per leak
@@ -64,9 +64,9 @@ class DaemonGc:
 class LocalGc:
     source: Literal["daemon", "store"] = "store"
 
-    def __init__(self, loc: Local, netlink: Netlink) -> None:
+    def __init__(self, loc: Local, netlink: Netlink, iptables: Iptables) -> None:
         self.loc = loc
-        self.sources = gc.Sources(loc.host, loc.state, loc.ipam, netlink, Iptables())
+        self.sources = gc.Sources(loc.host, loc.state, loc.ipam, netlink, iptables)
 
     async def inventory(self) -> gc.Inventory:
         return await gc.gather(self.sources)
@@ -85,7 +85,7 @@ async def gc_source(settings: Settings) -> AsyncIterator[GcSource]:
     except Unreachable as e:
         note(f"pynet: {e}; working on the store and the kernel directly")
         async with local(settings) as loc, closing(await opened_netlink()) as nl:
-            yield LocalGc(loc, nl)
+            yield LocalGc(loc, nl, configured(settings))
         return
     yield DaemonGc(settings)
 

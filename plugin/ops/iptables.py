@@ -9,6 +9,7 @@ from collections.abc import Callable
 import msgspec
 
 from pynet.drivers.firewall import Runner, detect_flavour, in_netns, run_iptables
+from pynet.plugin.daemon.config import Settings
 
 
 class Rule(msgspec.Struct, frozen=True):
@@ -60,3 +61,8 @@ class Iptables:
         text = f"*{rule.table}\n-D{rule.line[2:]}\nCOMMIT\n"
         await self._runner(in_netns(self.netns, [*argv, "-w", "--noflush"]), text)
 
+
+def configured(settings: Settings) -> Iptables:
+    """This host's, read as the daemon would: in --iptables-backend's flavour, else Docker's."""
+    forced = settings.iptables_backend
+    return Iptables((lambda: forced) if forced else None)
