@@ -254,7 +254,9 @@ class MacvlanBackend:
         if cfg.mtu is None:
             return replace(net, config=replace(cfg, mtu=parent.mtu))
         if cfg.mtu > parent.mtu:
-            raise InvalidRequest(f"pynet: option {MTU} {cfg.mtu} is above the MTU {parent.mtu} of parent {parent.name!r}")
+            raise InvalidRequest(
+                f"pynet: option {MTU} {cfg.mtu} is above the MTU {parent.mtu} of parent {parent.name!r}"
+            )
         return net
 
     async def _create_vlan(self, cfg: MacvlanConfig) -> MacvlanConfig:

@@ -8,8 +8,8 @@ from typing import Literal
 
 import msgspec
 
-from pynet.drivers.firewall import TABLES, jump_fixes, jumps_for, stale_jumps
 from pynet.drivers import registry
+from pynet.drivers.firewall import TABLES, jump_fixes, jumps_for, stale_jumps
 from pynet.drivers.netlink import HostView
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.ops import admin_api

@@ -7,7 +7,7 @@ moves on). Four kinds:
 - endpoint: a record Docker does not know and no container holds: its container-side link is
   back in the host namespace (Docker returns it when the sandbox goes) or its host-side link is
   gone. The second condition keeps a wrong `--docker-host` from condemning live containers.
-- link: a pynet-named link (`PREFIXES`) that no live record references, by name or by the ID
+- link: a pynet-named link (drivers/registry.py `LINK_PREFIXES`) that no live record references, by name or by the ID
   its name is derived from.
 - allocation: an address this host allocated that no live record, no network and no Docker
   container accounts for, and older than `min_age` (Docker allocates before it creates the
@@ -34,11 +34,11 @@ from typing import Literal
 import msgspec
 
 from pynet.drivers.base import Endpoint, Network
-from pynet.drivers.bridge import BridgeBackend
+from pynet.drivers.config import BridgedConfig
 from pynet.drivers.firewall import DOCKER_BRIDGES
-from pynet.drivers.macvlan import MacvlanBackend
+from pynet.drivers.naming import ID_CHARS
 from pynet.drivers.netlink import Netlink
-from pynet.drivers.vxlan import VxlanBackend
+from pynet.drivers.registry import LINK_PREFIXES
 from pynet.ipam import Ipam
 from pynet.ipam.layout import AUX, GATEWAY, LOCAL_SPACE
 from pynet.ipam.pools import Allocation
@@ -48,9 +48,6 @@ from pynet.store.errors import PynetError
 
 log = logging.getLogger("pynet.gc")
 
-# Every mode's, whichever modes this daemon runs: the CLI judges links without a daemon.
-PREFIXES = tuple(p for backend in (BridgeBackend, MacvlanBackend, VxlanBackend) for p in backend.link_prefixes)
-ID_CHARS = 11  # link names are a prefix plus this many characters of an ID
 DEFAULT_MIN_AGE = 60.0
 
 Kind = Literal["endpoint", "link", "allocation", "rule"]
@@ -161,7 +158,7 @@ def _endpoint_leaks(inv: Inventory, view: DockerView) -> list[Endpoint]:
 
 def _referenced(inv: Inventory, live: list[Endpoint]) -> tuple[set[str], set[str]]:
     """(link names, ID stems) that live records account for."""
-    names = {v for n in inv.networks for v in n.config.values() if isinstance(v, str)}
+    names = {name for n in inv.networks for name in n.config.links()}
     names |= {name for ep in live for name in (ep.ifname, ep.peer) if name}
     stems = {n.id[:ID_CHARS] for n in inv.networks} | {ep.id[:ID_CHARS] for ep in live}
     return names, stems
@@ -172,7 +169,7 @@ def _link_leaks(inv: Inventory, live: list[Endpoint], leaked: list[Endpoint]) ->
     owners = {ep.id[:ID_CHARS]: ep.id for ep in leaked}
     out = []
     for link in inv.links:
-        prefix = next((p for p in PREFIXES if link.startswith(p)), "")
+        prefix = next((p for p in LINK_PREFIXES if link.startswith(p)), "")
         stem = link[len(prefix) :]
         if not prefix or link in names or stem in stems:
             continue
@@ -216,7 +213,7 @@ def _rule_names(line: str) -> tuple[list[str], str]:
 
 
 def _rule_leaks(inv: Inventory) -> list[Leak]:
-    bridges = {n.config.get("bridge") for n in inv.networks} | set(inv.outsiders)
+    bridges = {n.config.bridge for n in inv.networks if isinstance(n.config, BridgedConfig)} | set(inv.outsiders)
     networks = {n.id for n in inv.networks}
     out = []
     for rule in inv.rules:

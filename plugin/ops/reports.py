@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.ops import admin_api
@@ -55,15 +54,10 @@ def _status_text(st: Status) -> str:
     return "\n".join(lines)
 
 
-def device(config: dict[str, Any]) -> str:
-    """What a network sits on, whatever its mode keeps: bridge, parent, VNI."""
-    return " ".join(f"{k}={config[k]}" for k in ("bridge", "parent", "vni") if config.get(k))
-
-
 async def networks(settings: Settings, _: argparse.Namespace) -> Report:
     nets = await fetch(settings, "networks", list[NetworkInfo], lambda loc: admin_api.networks(loc.state))
     rows = [
-        (short(n.id), n.mode, ",".join(n.subnets), device(n.config), yes(n.internal), n.endpoints)
+        (short(n.id), n.mode, ",".join(n.subnets), n.config.describe(), yes(n.internal), n.endpoints)
         for n in nets
     ]
     return Report(nets, table(["NETWORK", "MODE", "SUBNETS", "DEVICE", "INTERNAL", "ENDPOINTS"], rows), True)

@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from pynet.drivers.base import Network
+from pynet.drivers.config import VxlanConfig
 from pynet.drivers.netlink import Link
 from pynet.plugin import cli
 from pynet.plugin.daemon.config import Settings
@@ -149,7 +150,7 @@ async def test_status_reports_the_daemon_store_and_counts(plugin: Plugin) -> Non
 
 async def test_status_lists_the_remote_vteps_of_this_hosts_vnis(plugin: Plugin) -> None:
     d = plugin.daemon
-    await d.state.save_network(Network("v" * 64, "vxlan", {}, {"vni": 42, "peers": ["192.0.2.9"]}))
+    await d.state.save_network(Network("v" * 64, "vxlan", {}, VxlanConfig(bridge="pno-42", device="pnx-42", vni=42, peers=("192.0.2.9",))))
     for vni, host, address in ((42, "h2", "10.99.0.2"), (42, "h1", "10.99.0.1"), (7, "h3", "10.99.0.3")):
         await d.store.put(f"/pynet/vxlan/{vni}/vteps/{host}", json.dumps({"address": address, "port": 4789}).encode())
     peers = (await plugin.ok("/pynet/status"))["vxlan_peers"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pynet.drivers.base import Endpoint, Network, Subnet
+from pynet.drivers.config import BridgeConfig
 from pynet.ipam.pools import Allocation
 from pynet.plugin.ops import gc
 from pynet.plugin.ops.iptables import Rule
@@ -18,7 +19,7 @@ def network(net_id: str = NET, bridge: str = "pnb-" + NET[:11]) -> Network:
         id=net_id,
         mode="bridge",
         options={},
-        config={"bridge": bridge, "mtu": 1500},
+        config=BridgeConfig(bridge=bridge, mtu=1500, owns_bridge=True),
         ipv4=[Subnet("10.1.0.0/24", "10.1.0.1/24", {"router": "10.1.0.200"})],
     )
 

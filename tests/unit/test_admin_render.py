@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pynet.drivers.config import BridgeConfig, MacvlanConfig, VxlanConfig
 from pynet.plugin import cli
 from pynet.plugin.ops import gc, gc_command, render, reports
 from pynet.plugin.ops.admin_api import DaemonInfo, Peer, Status, StoreInfo
@@ -18,9 +19,11 @@ def test_tables_align_columns_and_say_when_empty() -> None:
     assert render.table(["A"], []) == "(none)"
 
 
-def test_device_shows_whatever_the_mode_keeps() -> None:
-    assert reports.device({"bridge": "pno-42", "vxlan": "pnx-42", "vni": 42, "mtu": 1450}) == "bridge=pno-42 vni=42"
-    assert reports.device({"parent": "eth0.10", "mtu": None}) == "parent=eth0.10"
+def test_a_network_is_described_by_what_its_mode_sits_on() -> None:
+    vxlan = VxlanConfig(bridge="pno-42", device="pnx-42", vni=42, mtu=1450)
+    assert vxlan.describe() == "bridge=pno-42 vni=42"
+    assert MacvlanConfig(parent="eth0.10").describe() == "parent=eth0.10"
+    assert BridgeConfig(bridge="pnb-0123456789a").describe() == "bridge=pnb-0123456789a"
 
 
 def status(answers: bool) -> Status:
