@@ -452,8 +452,9 @@ class Forwarding:
 def write_sysctl(path: str, value: str) -> bool:
     """Set /proc/sys/<path> (slash-separated: interface names may hold dots) if it differs.
 
-    False when it cannot be written (a managed plugin sees /proc/sys read-only), so callers
-    can warn instead of failing."""
+    True when it holds `value` now, False when it cannot be written (a managed plugin sees
+    /proc/sys read-only). The bridge setup goes on either way and ignores the result; a host
+    without forwarding shows in `pynet doctor` (its ip_forward check)."""
     p = Path("/proc/sys") / path
     try:
         if p.read_text().strip() == value:

@@ -60,7 +60,7 @@ def endpoint_key(prefix: str, vni: int, endpoint_id: str) -> str:
 
 
 @dataclass
-class Segment:
+class Remotes:
     """What the other hosts registered for one VNI."""
 
     vteps: dict[str, str] = field(default_factory=dict)  # host -> VTEP address
@@ -74,6 +74,32 @@ class Segment:
             fdb.add((ep["mac"], ep["vtep"]))
             neigh |= {(ip, ep["mac"]) for ip in ep["ips"]}
         return fdb, neigh
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What turns a device's entries (a dump) into the wanted ones."""
+
+    del_fdb: frozenset[tuple[str, str]]  # (MAC, VTEP)
+    add_fdb: frozenset[tuple[str, str]]
+    del_neigh: frozenset[str]  # IPs no endpoint has any more
+    set_neigh: frozenset[tuple[str, str]]  # (IP, MAC): new, or the IP moved to another MAC
+
+
+def changes(
+    want: tuple[set[tuple[str, str]], set[tuple[str, str]]],
+    have: tuple[set[tuple[str, str]], set[tuple[str, str]]],
+) -> Changes:
+    """(FDB, neighbour) entries wanted and present -> the changes. A neighbour whose IP is
+    still wanted is replaced, not deleted first, so its IP never goes unanswered."""
+    (want_fdb, want_neigh), (have_fdb, have_neigh) = want, have
+    wanted_ips = {ip for ip, _ in want_neigh}
+    return Changes(
+        del_fdb=frozenset(have_fdb - want_fdb),
+        add_fdb=frozenset(want_fdb - have_fdb),
+        del_neigh=frozenset(ip for ip, _ in have_neigh if ip not in wanted_ips),
+        set_neigh=frozenset(want_neigh - have_neigh),
+    )
 
 
 class Registry:
@@ -134,7 +160,7 @@ class Sync:
         self.root = f"{prefix}vxlan/"
         self.host = host
         self.nl = netlink
-        self.segments: dict[int, Segment] = {}
+        self.segments: dict[int, Remotes] = {}
         # VNIs with a local network: their device name and static peers.
         self.devices: dict[int, tuple[str, tuple[str, ...]]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
@@ -177,7 +203,7 @@ class Sync:
 
     async def _snapshot(self) -> int:
         revision = await self.store.revision()
-        segments: dict[int, Segment] = {}
+        segments: dict[int, Remotes] = {}
         for kv in await self.store.range(self.root):
             self._record(segments, kv.key, kv.value)
         self.segments = segments
@@ -186,12 +212,12 @@ class Sync:
         self.synced.set()
         return revision
 
-    def _record(self, segments: dict[int, Segment], key: str, value: bytes) -> int | None:
+    def _record(self, segments: dict[int, Remotes], key: str, value: bytes) -> int | None:
         """Fold one key into `segments`; returns its VNI (None for this host's own keys)."""
         vni, kind, name = _parse(key[len(self.root) :])
         if vni is None:
             return None
-        seg = segments.setdefault(vni, Segment())
+        seg = segments.setdefault(vni, Remotes())
         doc = json.loads(value) if value else None
         if kind == "vteps":
             if name == self.host:
@@ -222,19 +248,16 @@ class Sync:
             link = await self.nl.link(device)
             if link is None:
                 return
-            seg = self.segments.get(vni, Segment())
-            want_fdb, want_neigh = seg.wanted(static_peers)
+            seg = self.segments.get(vni, Remotes())
             fwd = Forwarding(self.nl, link.index)
-            have_fdb, have_neigh = await fwd.fdb(), await fwd.neighbours()
-            for mac, dst in have_fdb - want_fdb:
+            todo = changes(seg.wanted(static_peers), (await fwd.fdb(), await fwd.neighbours()))
+            for mac, dst in todo.del_fdb:
                 await fwd.del_fdb(mac, dst)
-            for mac, dst in want_fdb - have_fdb:
+            for mac, dst in todo.add_fdb:
                 await fwd.add_fdb(mac, dst)
-            wanted_ips = {ip for ip, _ in want_neigh}
-            for ip, _ in have_neigh:
-                if ip not in wanted_ips:
-                    await fwd.del_neighbour(ip)
-            for ip, mac in want_neigh - have_neigh:
+            for ip in todo.del_neigh:
+                await fwd.del_neighbour(ip)
+            for ip, mac in todo.set_neigh:
                 await fwd.set_neighbour(ip, mac)
         if self.observer:
             newest = max((ep.get("time", 0.0) for ep in seg.endpoints.values()), default=0.0)

@@ -1,0 +1,92 @@
+"""drivers/peers.py without a kernel or a store: the wanted entries, the diff against a dump,
+and how keys fold into the per-VNI view."""
+
+from __future__ import annotations
+
+import json
+
+from pynet.drivers.netlink import ZERO_MAC
+from pynet.drivers.peers import Changes, Remotes, Sync, changes, endpoint_key, vtep_key
+
+MAC_A, MAC_B = "02:42:0a:01:00:02", "02:42:0a:01:00:03"
+
+
+def remotes() -> Remotes:
+    return Remotes(
+        vteps={"h2": "192.0.2.2", "h3": "192.0.2.3"},
+        endpoints={
+            "e1": {"host": "h2", "vtep": "192.0.2.2", "mac": MAC_A, "ips": ["10.1.0.2", "fd00::2"]},
+            "e2": {"host": "h3", "vtep": "192.0.2.3", "mac": MAC_B, "ips": ["10.1.0.3"]},
+        },
+    )
+
+
+def test_wanted_floods_to_every_vtep_and_pins_every_remote_endpoint() -> None:
+    fdb, neigh = remotes().wanted(static_peers=("198.51.100.9",))
+    assert fdb == {
+        (ZERO_MAC, "192.0.2.2"), (ZERO_MAC, "192.0.2.3"), (ZERO_MAC, "198.51.100.9"),
+        (MAC_A, "192.0.2.2"), (MAC_B, "192.0.2.3"),
+    }
+    assert neigh == {("10.1.0.2", MAC_A), ("fd00::2", MAC_A), ("10.1.0.3", MAC_B)}
+
+
+def test_an_empty_view_wants_only_the_static_peers() -> None:
+    assert Remotes().wanted(()) == (set(), set())
+    assert Remotes().wanted(("198.51.100.9",)) == ({(ZERO_MAC, "198.51.100.9")}, set())
+
+
+def test_a_device_that_matches_needs_nothing() -> None:
+    want = remotes().wanted(())
+    assert changes(want, want) == Changes(frozenset(), frozenset(), frozenset(), frozenset())
+
+
+def test_the_diff_removes_stale_adds_missing_and_replaces_moved_neighbours() -> None:
+    want = remotes().wanted(())
+    have = (
+        {(ZERO_MAC, "192.0.2.2"), (ZERO_MAC, "192.0.2.99"), (MAC_A, "192.0.2.99")},  # e1 was behind .99
+        {("10.1.0.2", MAC_A), ("10.1.0.3", MAC_A), ("10.1.0.77", MAC_B)},  # .3 had e1's MAC; .77 is gone
+    )
+    todo = changes(want, have)
+    assert todo.del_fdb == {(ZERO_MAC, "192.0.2.99"), (MAC_A, "192.0.2.99")}
+    assert todo.add_fdb == {(ZERO_MAC, "192.0.2.3"), (MAC_A, "192.0.2.2"), (MAC_B, "192.0.2.3")}
+    assert todo.del_neigh == {"10.1.0.77"}, "a moved IP is replaced, never deleted first"
+    assert todo.set_neigh == {("fd00::2", MAC_A), ("10.1.0.3", MAC_B)}
+
+
+def test_applying_the_diff_reaches_the_wanted_state() -> None:
+    want = remotes().wanted(("198.51.100.9",))
+    fdb, neigh = {(ZERO_MAC, "192.0.2.50"), (MAC_B, "192.0.2.2")}, {("10.1.0.3", MAC_A), ("10.9.9.9", MAC_A)}
+    todo = changes(want, (fdb, neigh))
+    fdb = (fdb - todo.del_fdb) | todo.add_fdb
+    kept = {(ip, mac) for ip, mac in neigh if ip not in todo.del_neigh and ip not in {i for i, _ in todo.set_neigh}}
+    assert (fdb, kept | todo.set_neigh) == want
+
+
+def sync(host: str = "h1") -> Sync:
+    return Sync(store=None, prefix="/pynet/", host=host, netlink=None)  # type: ignore[arg-type]
+
+
+def put(s: Sync, key: str, value: dict[str, object] | None) -> int | None:
+    return s._record(s.segments, key, json.dumps(value).encode() if value is not None else b"")
+
+
+def test_keys_fold_into_the_view_and_this_hosts_own_are_left_out() -> None:
+    s = sync()
+    assert put(s, vtep_key("/pynet/", 42, "h2"), {"address": "192.0.2.2", "port": 4789}) == 42
+    assert put(s, vtep_key("/pynet/", 42, "h1"), {"address": "192.0.2.1", "port": 4789}) is None
+    ep = {"host": "h2", "vtep": "192.0.2.2", "mac": MAC_A, "ips": ["10.1.0.2"], "time": 0.0}
+    assert put(s, endpoint_key("/pynet/", 42, "e1"), ep) == 42
+    assert put(s, endpoint_key("/pynet/", 42, "e0"), {**ep, "host": "h1"}) is None
+    assert s.segments[42].vteps == {"h2": "192.0.2.2"}
+    assert set(s.segments[42].endpoints) == {"e1"}
+
+
+def test_deletes_remove_and_foreign_keys_are_ignored() -> None:
+    s = sync()
+    put(s, vtep_key("/pynet/", 7, "h2"), {"address": "192.0.2.2", "port": 4789})
+    put(s, endpoint_key("/pynet/", 7, "e1"), {"host": "h2", "vtep": "192.0.2.2", "mac": MAC_A, "ips": []})
+    assert put(s, vtep_key("/pynet/", 7, "h2"), None) == 7
+    assert put(s, endpoint_key("/pynet/", 7, "e1"), None) == 7
+    assert s.segments[7] == Remotes()
+    assert put(s, "/pynet/vxlan/notavni/vteps/h2", {"address": "x"}) is None
+    assert put(s, "/pynet/vxlan/7/extra/deep/key", {"address": "x"}) is None
