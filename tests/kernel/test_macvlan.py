@@ -28,8 +28,10 @@ import msgspec
 import pytest
 
 from pynet.drivers.base import Endpoint, Network, Subnet
+from pynet.drivers.config import MacvlanConfig
 from pynet.drivers.macvlan import MacvlanBackend
 from pynet.drivers.netlink import Netlink
+from pynet.drivers.registry import LINK_PREFIXES
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = str(os.getpid())
@@ -44,6 +46,7 @@ import msgspec
 from pynet.drivers.base import Endpoint, Network
 from pynet.drivers.macvlan import MacvlanBackend
 from pynet.drivers.netlink import Netlink
+from pynet.drivers.registry import LINK_PREFIXES
 
 ARGS = {
     "create_network": (Network,),
@@ -57,12 +60,16 @@ ARGS = {
 async def main() -> None:
     nl = Netlink()
     await nl.open()
-    backend = MacvlanBackend(nl)
+    backend = MacvlanBackend(nl, LINK_PREFIXES)
     for line in sys.stdin:
         req = msgspec.json.decode(line)
         args = [msgspec.convert(a, t) for a, t in zip(req["args"], ARGS[req["method"]])]
         try:
-            reply = {"result": await getattr(backend, req["method"])(*args), "args": args}
+            result = await getattr(backend, req["method"])(*args)
+            if req["method"] == "create_network":
+                # What the plugin stores: the record with the settings create resolved.
+                args[0] = msgspec.structs.replace(args[0], config=result)
+            reply = {"result": result, "args": args}
         except Exception as e:
             reply = {"error": type(e).__name__, "message": str(e)}
         await nl.settle()
@@ -193,9 +200,9 @@ def mv(lab: Lab, tmp_path: Path) -> Iterator[Backend]:
 
 def network(options: dict[str, str], *subnets: Subnet, internal: bool = False) -> Network:
     """A record as the plugin makes it: options parsed before anything is created."""
-    net = Network(id=secrets.token_hex(32), mode="macvlan", options=options, config={},
+    net = Network(id=secrets.token_hex(32), mode="macvlan", options=options, config=MacvlanConfig(parent=""),
                   ipv4=list(subnets or (LAN,)), internal=internal)
-    net.config = MacvlanBackend(Netlink()).parse_options(options, net)
+    net.config = MacvlanBackend(Netlink(), LINK_PREFIXES).parse_options(options, net)
     return net
 
 
@@ -232,7 +239,7 @@ def vlan_supported(lab: Lab) -> bool:
 def test_a_container_reaches_the_lan_through_the_parent(lab: Lab, mv: Backend) -> None:
     net = network({"parent": "eth0"})
     mv.call("create_network", net)
-    assert net.config["mtu"] == PARENT_MTU, "the parent's MTU by default"
+    assert isinstance(net.config, MacvlanConfig) and net.config.mtu == PARENT_MTU, "the parent's MTU by default"
     ep = endpoint(mv, net, "10.20.0.10/24")
     assert (ep.ifname, ep.peer, ep.mac) == ("", "pnv-" + ep.id[:11], "02:42:0a:14:00:0a")
     link = lab.show(ep.peer, "link")
@@ -304,7 +311,7 @@ def test_an_internal_network_is_a_segment_of_its_own(lab: Lab, mv: Backend) -> N
     net = network({}, Subnet("10.20.0.0/24", "10.20.0.1/24"), internal=True)
     mv.call("create_network", net)
     parent = "pnm-" + net.id[:11]
-    assert net.config["parent"] == parent and net.config["mtu"] == 1500
+    assert net.config == MacvlanConfig(parent=parent, mtu=1500), "internal: its own port-less parent"
     assert "inet " not in lab.show(parent, "addr"), "no address: the host is not on it"
     ep1, c1 = start(mv, lab, net, "c1", "10.20.0.21/24")
     ep2, c2 = start(mv, lab, net, "c2", "10.20.0.22/24")
@@ -411,7 +418,8 @@ def test_a_vlan_parent_is_made_shared_and_removed_with_its_last_network(lab: Lab
     mv.call("create_network", first)
     assert "vlan protocol 802.1Q id 10" in lab.show("eth0.10", "link")
     mv.call("create_network", second)
-    assert first.config["vlan_created"] and second.config["vlan_created"]
+    vlan_created = [n.config.vlan_created for n in (first, second) if isinstance(n.config, MacvlanConfig)]
+    assert vlan_created == [True, True], "the second network inherits ownership"
 
     ep, ctr = start(mv, lab, first, "c1", "10.40.0.10/25")
     assert lab.pings(ctr, "10.40.0.2"), "tagged traffic reaches the peer's VLAN 10"
@@ -425,7 +433,7 @@ def test_a_vlan_parent_is_made_shared_and_removed_with_its_last_network(lab: Lab
     sh("ip", "-n", lab.host, "link", "set", "eth0.20", "up")
     users = network({"parent": "eth0.20"})
     mv.call("create_network", users)
-    assert users.config["vlan_created"] is False
+    assert isinstance(users.config, MacvlanConfig) and users.config.vlan_created is False
     mv.call("delete_network", users)
     assert "eth0.20" in lab.links(), "a sub-interface the user made stays"
 
