@@ -149,9 +149,11 @@ class Host(Node):
 
     def env(self) -> dict[str, str]:
         """The caller's environment with DOCKER_HOST, so a plain `docker` talks to this host,
-        minus the variables that would point the docker CLI somewhere else."""
+        minus the variables that would point the docker CLI somewhere else, and with the
+        host's Docker release first on PATH."""
         env = {k: v for k, v in os.environ.items() if k not in _DOCKER_CLIENT_VARS}
-        return {**env, "DOCKER_HOST": self.docker_host}
+        path = self.lab.docker.path(os.environ.get("PATH", os.defpath))
+        return {**env, "DOCKER_HOST": self.docker_host, "PATH": path}
 
     def _set(self, role: str, proc: Proc | None) -> None:
         setattr(self, role, proc)
@@ -164,7 +166,7 @@ class Host(Node):
     ) -> subprocess.CompletedProcess[str]:
         """The docker CLI aimed at this host's dockerd. It runs on the machine (the socket is
         visible there), so file arguments such as `docker import FILE` are the machine's paths."""
-        argv = ["docker", "-H", self.docker_host, *args]
+        argv = [self.lab.docker.cli(), "-H", self.docker_host, *args]
         return run_cmd(argv, check=check, timeout=timeout, env=self.env())
 
     def dockerd_running(self) -> bool:

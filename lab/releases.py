@@ -3,11 +3,12 @@
 A newer release is fetched from the Debian archive the machine's apt already uses, with apt's
 own tools but private state (sources list, package lists, cache), and unpacked with
 `dpkg-deb -x` under CACHE/<release>/<versions>/, so the machine's packages stay as they are
-and a later run with the same package versions reuses the unpacked tree. Only the four
-binaries a dockerd needs from its release (dockerd, containerd, containerd-shim-runc-v2,
-docker-proxy) are linked into that tree's bin/, which goes first on the dockerd's PATH: the
-machine's runc stays in use (unstable's runc needs a newer glibc than Debian 12's), and so
-does the machine's docker CLI (it negotiates the API version down to its own).
+and a later run with the same package versions reuses the unpacked tree. Only BINARIES are
+linked into that tree's bin/, which goes first on the PATH of the host's dockerd and of
+commands run in the host: the machine's runc stays in use (unstable's runc needs a newer glibc
+than Debian 12's). Each release has its own docker CLI: an older CLI would negotiate the API
+down to its own version (20.10's speaks 1.41) and could not ask for what a newer dockerd
+offers, such as `network create --ipv4=false` (API 1.47).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from pathlib import Path
 from .cmd import CommandError, run_cmd
 
 DEFAULT_CACHE = Path(os.environ.get("PYNET_DOCKER_CACHE", "/var/cache/pynet-docker"))
-BINARIES = ("dockerd", "containerd", "containerd-shim-runc-v2", "docker-proxy")
+BINARIES = ("dockerd", "containerd", "containerd-shim-runc-v2", "docker-proxy", "docker")
+# Debian 12's docker.io CLI, not whatever `docker` comes first on PATH (CI has no other).
+MACHINE_CLI = "/usr/bin/docker"
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 _APT_TIMEOUT = 600
 
@@ -40,6 +43,9 @@ class DockerRelease:
 
     def dockerd(self) -> str:
         return str(self.bin_dir / "dockerd") if self.bin_dir else "dockerd"
+
+    def cli(self) -> str:
+        return str(self.bin_dir / "docker") if self.bin_dir else MACHINE_CLI
 
     def path(self, base: str) -> str:
         """BASE (a PATH value) with this release's binaries first."""
@@ -56,7 +62,7 @@ class Suite:
     """Where a newer release comes from: a Debian suite, and the packages holding BINARIES."""
 
     suite: str
-    packages: tuple[str, ...] = ("docker.io", "containerd")
+    packages: tuple[str, ...] = ("docker.io", "containerd", "docker-cli")
 
 
 MACHINE = DockerRelease("20.10")  # Debian 12's docker.io, installed by packaging/install.sh
