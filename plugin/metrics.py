@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -75,9 +75,9 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 class VxlanMetrics:
-    """What the VXLAN backend reports. Its `on_programmed` has the signature of
-    `drivers.peers.Sync`'s callback, so the daemon passes `metrics.vxlan.on_programmed` to
-    `VxlanBackend(on_programmed=...)`; drivers never see this module."""
+    """What the VXLAN backend reports: the daemon passes `metrics.vxlan` as the backend's
+    `observer` (drivers/peers.py calls `on_programmed` and `forget`), so drivers never
+    import this module."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._peers = Gauge("pynet_vxlan_peers", "Remote VTEPs programmed for a VNI", ["vni"], registry=registry)
@@ -150,10 +150,6 @@ class TimedStore:
 
     async def close(self) -> None:
         await self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        """Extras of one implementation (EtcdStore.connect, .keepalive) pass through untimed."""
-        return getattr(self.inner, name)
 
 
 def timed(store: Store, metrics: Metrics | None) -> Store:

@@ -204,11 +204,6 @@ class EtcdStore:
         self._current = 0
         self._closed = False
 
-    async def connect(self) -> None:
-        """Optional: lets start-up report an unreachable etcd or a wrong password before
-        serving. (A missing user on an etcd with auth on shows at the first read or write.)"""
-        await self.revision()
-
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, key: str) -> KeyValue | None:
@@ -318,17 +313,6 @@ class EtcdStore:
         # A lease that already expired is as revoked as it gets.
         with contextlib.suppress(NotFound):
             await self._call(lambda c: c.revoke_lease(lease))
-
-    async def keepalive(self, lease: int, ttl: int) -> None:
-        """Refresh every ttl/3 until cancelled, so a refresh or two may fail (etcd restarting,
-        a lost packet) without the lease lapsing. Raises NotFound once the lease is gone, for
-        the caller to register again."""
-        while True:
-            try:
-                await self.refresh_lease(lease)
-            except StoreUnavailable as e:
-                log.warning("pynet: could not refresh lease %d: %s", lease, e)
-            await asyncio.sleep(ttl / 3)
 
     async def close(self) -> None:
         """Closing the channels also ends every open watch stream (its generator returns)."""

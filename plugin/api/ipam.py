@@ -10,8 +10,8 @@ from typing import Any
 
 from pynet.ipam import GLOBAL_SPACE, LOCAL_SPACE
 from pynet.plugin.api import wire
-from pynet.plugin.daemon.daemon import Daemon
 from pynet.plugin.api.wire import decode
+from pynet.plugin.daemon.daemon import Daemon
 
 
 async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:

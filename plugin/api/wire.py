@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+
 def decode(body: bytes, type_: type[msgspec.Struct]) -> Any:
     """An empty body (no-argument calls, retries after a connection error) decodes as `{}`."""
     if not body.strip():
@@ -79,11 +80,6 @@ class AllocateNetworkRequest(msgspec.Struct):
     Options: dict[str, str] | None = None
     IPv4Data: list[IPAMData] | None = None
     IPv6Data: list[IPAMData] | None = None
-
-
-class DiscoveryRequest(msgspec.Struct):
-    DiscoveryType: int = 0
-    DiscoveryData: Any = None
 
 
 # -- IpamDriver --------------------------------------------------------------------------------
