@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from msgspec.structs import replace
 
@@ -36,6 +36,16 @@ SEGMENT_OPTIONS = [
 OPTIONS = [Option("com.docker.network.bridge.name", ifname, None, ("bridge_name",)), *SEGMENT_OPTIONS]
 
 
+def segment_settings(parsed: Mapping[str, Any]) -> dict[str, Any]:
+    """The `BridgedConfig` fields of parsed `SEGMENT_OPTIONS`."""
+    return {
+        "mtu": parsed[MTU],  # None: resolved at create
+        "masquerade": parsed[MASQUERADE],
+        "icc": parsed[ICC],
+        "host_binding_ipv4": parsed[HOST_BINDING],
+    }
+
+
 def mtu_limit(cfg: BridgeConfig, host: HostView) -> MtuLimit | None:
     """Egress leaves through the default route's link."""
     return MtuLimit(host.uplink) if host.uplink else None
@@ -52,13 +62,8 @@ class BridgeBackend:
 
     def parse_options(self, options: Mapping[str, str], net: Draft) -> BridgeConfig:
         cfg = parse_options(self.mode, OPTIONS, options)
-        return BridgeConfig(
-            bridge=cfg["com.docker.network.bridge.name"] or bridge_name(net.id),
-            mtu=cfg[MTU],
-            masquerade=cfg[MASQUERADE],
-            icc=cfg[ICC],
-            host_binding_ipv4=cfg[HOST_BINDING],
-        )
+        name = cfg["com.docker.network.bridge.name"] or bridge_name(net.id)
+        return BridgeConfig(bridge=name, **segment_settings(cfg))
 
     # -- networks ----------------------------------------------------------------------------
 

@@ -76,11 +76,8 @@ def parse_options(
     mode: str, table: list[Option], options: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Canonical name -> parsed value for every option in `table` (defaults filled in)."""
-    by_name: dict[str, Option] = {}
-    for opt in table:
-        for n in (opt.name, *opt.aliases):
-            by_name[n] = opt
-    parsed: dict[str, Any] = {opt.name: opt.default for opt in table}
+    by_name = {n: o for o in table for n in (o.name, *o.aliases)}
+    parsed: dict[str, Any] = {o.name: o.default for o in table}
     given: dict[str, str] = {}
     for key, value in options.items():
         opt = by_name.get(key)

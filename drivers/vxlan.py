@@ -27,7 +27,7 @@ from typing import ClassVar
 from msgspec.structs import replace
 
 from pynet.drivers.base import Draft, Endpoint, JoinInfo, MtuLimit, Network, config_of
-from pynet.drivers.bridge import HOST_BINDING, ICC, MASQUERADE, MTU, SEGMENT_OPTIONS
+from pynet.drivers.bridge import SEGMENT_OPTIONS, segment_settings
 from pynet.drivers.config import VxlanConfig
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.naming import VXLAN_BRIDGE_PREFIX, VXLAN_DEVICE_PREFIX, vni_mac, vxlan_bridge, vxlan_device
@@ -143,10 +143,7 @@ class VxlanBackend:
             port=cfg["vxlan_port"],
             underlay=cfg["underlay"],
             peers=cfg["peers"],
-            mtu=cfg[MTU],
-            masquerade=cfg[MASQUERADE],
-            icc=cfg[ICC],
-            host_binding_ipv4=cfg[HOST_BINDING],
+            **segment_settings(cfg),
         )
 
     # -- networks ----------------------------------------------------------------------------

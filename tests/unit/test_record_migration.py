@@ -7,18 +7,13 @@ before the settings became drivers/config.py's tagged union.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
 import msgspec
 import pytest
 
 from pynet.drivers.config import BridgeConfig, MacvlanConfig, VxlanConfig
 from pynet.plugin.daemon.state import State, decode_network
 from pynet.store.base import Store
-from pynet.store.embedded import EmbeddedStore
-from pynet.store.etcd import EtcdStore
-from tests.etcd_server import EtcdServer, etcd_server
+from tests.unit.test_store import etcd, store  # noqa: F401  (fixtures: each test runs on both stores)
 
 BRIDGE_OPTS = (
     b'{"id":"bridge_optsaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","mode":"bridge","options":{"bridge_name":"br-x","mtu":"1400","icc":"false","masquerade":"no","host_binding_ipv4":"127.0.0.1"},"config":{"bridge":"br-x","mtu":1400,"masquerade":false,"icc":false,"host_binding_ipv4":"127.0.0.1","owns_bridge":true},"ipv4":[{"pool":"10.1.0.0/24","gateway":"10.1.0.1/24","aux":{"host_shim":"10.1.0.250"}}],"ipv6":[],"internal":false,"enable_ipv6":false}'
@@ -71,24 +66,6 @@ def test_a_typed_record_round_trips_with_its_tag() -> None:
     data = msgspec.json.encode(net)
     assert b'"config":{"mode":"vxlan",' in data
     assert decode_network(data) == net
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    with etcd_server(tmp_path_factory.mktemp("etcd")) as server:
-        yield server
-
-
-@pytest.fixture(params=["embedded", "etcd"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: EmbeddedStore | EtcdStore
-    if request.param == "embedded":
-        s = EmbeddedStore(tmp_path / "store.sqlite")
-    else:
-        s = EtcdStore([request.getfixturevalue("etcd").endpoint])
-        await s.delete("", prefix=True)
-    yield s
-    await s.close()
 
 
 async def test_old_records_load_from_the_store(store: Store) -> None:
