@@ -11,19 +11,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from pynet.plugin.api import ipam, network
+from pynet.plugin.api import ipam, network, wire
 from pynet.plugin.daemon.daemon import DAEMON, Daemon
 from pynet.plugin.metrics import METRICS, Metrics
 from pynet.store.errors import PynetError
 
 log = logging.getLogger("pynet.api")
 
-Handler = Callable[[Daemon, bytes], Awaitable[dict[str, Any]]]
+Handler = Callable[[Daemon, bytes], Awaitable[msgspec.Struct]]  # the reply, a wire.py struct
 
 # How long a request waits for start-up (store open, reconcile) before failing.
 READY_TIMEOUT = 20.0
@@ -35,8 +34,8 @@ def error_reply(status: int, message: str) -> web.Response:
     return web.json_response({"Err": message, "Error": message}, status=status)
 
 
-async def activate(_: Daemon, __: bytes) -> dict[str, Any]:
-    return {"Implements": ["NetworkDriver", "IpamDriver"]}
+async def activate(_: Daemon, __: bytes) -> wire.ActivateResponse:
+    return wire.ActivateResponse(Implements=["NetworkDriver", "IpamDriver"])
 
 
 # Methods answered before start-up completes: Docker calls them at registration.
@@ -91,7 +90,7 @@ def _endpoint(method: str, handler: Handler, early: bool) -> Callable[[web.Reque
             log.exception("internal error", extra=_failure(method, body, e))
             return error_reply(500, f"pynet: internal error in {method}: {e}")
         log.debug("request", extra={"method": method, "ms": round((time.monotonic() - started) * 1000, 2)})
-        return web.json_response(reply)
+        return web.Response(body=msgspec.json.encode(reply), content_type="application/json")
 
     return serve
 

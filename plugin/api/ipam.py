@@ -6,46 +6,44 @@ subnet never shadows a network the host already reaches (Docker then keeps askin
 
 from __future__ import annotations
 
-from typing import Any
-
 from pynet.ipam import GLOBAL_SPACE, LOCAL_SPACE
 from pynet.plugin.api import wire
 from pynet.plugin.api.wire import decode
 from pynet.plugin.daemon.daemon import Daemon
 
 
-async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:
+async def get_capabilities(_: Daemon, __: bytes) -> wire.IpamCapabilitiesResponse:
     # No replay: allocations persist in pynet's store (docs/protocol.md §3.4).
-    return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+    return wire.IpamCapabilitiesResponse(RequiresMACAddress=False, RequiresRequestReplay=False)
 
 
-async def get_default_address_spaces(_: Daemon, __: bytes) -> dict[str, Any]:
-    return {"LocalDefaultAddressSpace": LOCAL_SPACE, "GlobalDefaultAddressSpace": GLOBAL_SPACE}
+async def get_default_address_spaces(_: Daemon, __: bytes) -> wire.AddressSpacesResponse:
+    return wire.AddressSpacesResponse(LocalDefaultAddressSpace=LOCAL_SPACE, GlobalDefaultAddressSpace=GLOBAL_SPACE)
 
 
-async def request_pool(d: Daemon, body: bytes) -> dict[str, Any]:
+async def request_pool(d: Daemon, body: bytes) -> wire.RequestPoolResponse:
     req: wire.RequestPoolRequest = decode(body, wire.RequestPoolRequest)
     exclude = [] if req.Pool else [r.dst for r in await d.netlink.routes() if not r.default]
     reply = await d.ipam.request_pool(req.AddressSpace, req.Pool, req.SubPool, req.Options or {}, req.V6, exclude)
-    return {"PoolID": reply.pool_id, "Pool": reply.pool, "Data": reply.data}
+    return wire.RequestPoolResponse(PoolID=reply.pool_id, Pool=reply.pool, Data=reply.data)
 
 
-async def release_pool(d: Daemon, body: bytes) -> dict[str, Any]:
+async def release_pool(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.ReleasePoolRequest = decode(body, wire.ReleasePoolRequest)
     await d.ipam.release_pool(req.PoolID)
-    return {}
+    return wire.Empty()
 
 
-async def request_address(d: Daemon, body: bytes) -> dict[str, Any]:
+async def request_address(d: Daemon, body: bytes) -> wire.RequestAddressResponse:
     req: wire.RequestAddressRequest = decode(body, wire.RequestAddressRequest)
     address = await d.ipam.request_address(req.PoolID, req.Address, req.Options or {})
-    return {"Address": address, "Data": {}}
+    return wire.RequestAddressResponse(Address=address, Data={})
 
 
-async def release_address(d: Daemon, body: bytes) -> dict[str, Any]:
+async def release_address(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.ReleaseAddressRequest = decode(body, wire.ReleaseAddressRequest)
     await d.ipam.release_address(req.PoolID, req.Address)
-    return {}
+    return wire.Empty()
 
 
 HANDLERS = {

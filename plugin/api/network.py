@@ -11,8 +11,8 @@ import ipaddress
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any
 
+import msgspec
 from msgspec.structs import replace
 
 from pynet.drivers.base import Endpoint, Network, PortMap, Subnet
@@ -38,10 +38,10 @@ class _Draft:
     internal: bool
 
 
-async def get_capabilities(_: Daemon, __: bytes) -> dict[str, Any]:
+async def get_capabilities(_: Daemon, __: bytes) -> wire.CapabilitiesResponse:
     # "local": per-host networks (there is no cluster store since Docker 23); pynet shares
     # what must be shared through its own store (docs/protocol.md §2.1, §4.4).
-    return {"Scope": "local", "ConnectivityScope": "global"}
+    return wire.CapabilitiesResponse(Scope="local", ConnectivityScope="global")
 
 
 # -- networks ----------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def _subnets(data: list[wire.IPAMData] | None, version: int, field: str) -> list
     return out
 
 
-async def create_network(d: Daemon, body: bytes) -> dict[str, Any]:
+async def create_network(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.CreateNetworkRequest = decode(body, wire.CreateNetworkRequest)
     opts = req.Options or {}
     generic = opts.get(GENERIC) or {}
@@ -91,7 +91,7 @@ async def create_network(d: Daemon, body: bytes) -> dict[str, Any]:
         if existing is not None:
             # A retry: make sure the kernel has it, change nothing else.
             await d.backend(existing.mode).create_network(existing)
-            return {}
+            return wire.Empty()
         net = Network(
             id=draft.id,
             mode=mode,
@@ -113,7 +113,7 @@ async def create_network(d: Daemon, body: bytes) -> dict[str, Any]:
         "network created",
         extra={"network": net.id, "mode": mode, "subnets": ",".join(s.pool for s in (*net.ipv4, *net.ipv6))},
     )
-    return {}
+    return wire.Empty()
 
 
 async def _check_unique(d: Daemon, net: Network) -> None:
@@ -125,12 +125,12 @@ async def _check_unique(d: Daemon, net: Network) -> None:
                 raise Conflict(f"pynet: {key} {value!r} is already used by network {other.id[:12]}")
 
 
-async def delete_network(d: Daemon, body: bytes) -> dict[str, Any]:
+async def delete_network(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.NetworkRequest = decode(body, wire.NetworkRequest)
     async with d.lock(req.NetworkID):
         net = await d.state.network(req.NetworkID)
         if net is None:
-            return {}
+            return wire.Empty()
         backend = d.backend(net.mode)
         for ep in await d.state.endpoints(net.id):
             await backend.delete_endpoint(net, ep)
@@ -138,7 +138,7 @@ async def delete_network(d: Daemon, body: bytes) -> dict[str, Any]:
         await backend.delete_network(net)
         await d.state.delete_network(net.id)
     log.info("network deleted", extra={"network": net.id})
-    return {}
+    return wire.Empty()
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def _check_address(net: Network, field: str, cidr: str, version: int) -> None:
         raise InvalidRequest(f"pynet: Interface.{field} {cidr} is not in the network's subnets ({pools})")
 
 
-async def create_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
+async def create_endpoint(d: Daemon, body: bytes) -> wire.CreateEndpointResponse:
     req: wire.CreateEndpointRequest = decode(body, wire.CreateEndpointRequest)
     intf = req.Interface or wire.EndpointInterface()
     async with d.lock(req.NetworkID):
@@ -199,16 +199,14 @@ async def create_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
     return _endpoint_reply(intf, ep)
 
 
-def _endpoint_reply(intf: wire.EndpointInterface, ep: Endpoint) -> dict[str, Any]:
+def _endpoint_reply(intf: wire.EndpointInterface, ep: Endpoint) -> wire.CreateEndpointResponse:
     """Only fields Docker left empty: echoing one it set makes Docker roll back (§2.4)."""
-    reply: dict[str, str] = {}
-    if not intf.MacAddress and ep.mac:
-        reply["MacAddress"] = ep.mac
-    if not intf.Address and ep.address:
-        reply["Address"] = ep.address
-    if not intf.AddressIPv6 and ep.address6:
-        reply["AddressIPv6"] = ep.address6
-    return {"Interface": reply}
+    reply = wire.EndpointInterface(
+        Address="" if intf.Address else ep.address,
+        AddressIPv6="" if intf.AddressIPv6 else ep.address6,
+        MacAddress="" if intf.MacAddress else ep.mac,
+    )
+    return wire.CreateEndpointResponse(Interface=reply)
 
 
 async def remove_endpoint(d: Daemon, network_id: str, endpoint_id: str) -> None:
@@ -223,21 +221,21 @@ async def remove_endpoint(d: Daemon, network_id: str, endpoint_id: str) -> None:
     log.info("endpoint deleted", extra={"network": network_id, "endpoint": ep.id})
 
 
-async def delete_endpoint(d: Daemon, body: bytes) -> dict[str, Any]:
+async def delete_endpoint(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     await remove_endpoint(d, req.NetworkID, req.EndpointID)
-    return {}
+    return wire.Empty()
 
 
-async def endpoint_oper_info(d: Daemon, body: bytes) -> dict[str, Any]:
+async def endpoint_oper_info(d: Daemon, body: bytes) -> wire.EndpointInfoResponse:
     req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     ep = await d.state.endpoint(req.EndpointID)
     if ep is None:
-        return {"Value": {}}
-    return {"Value": {"pynet.link": ep.peer, "pynet.mac": ep.mac}}
+        return wire.EndpointInfoResponse(Value={})
+    return wire.EndpointInfoResponse(Value={"pynet.link": ep.peer, "pynet.mac": ep.mac})
 
 
-async def join(d: Daemon, body: bytes) -> dict[str, Any]:
+async def join(d: Daemon, body: bytes) -> wire.JoinResponse:
     req: wire.JoinRequest = decode(body, wire.JoinRequest)
     async with d.lock(req.NetworkID):
         net = await _network(d, req.NetworkID)
@@ -248,37 +246,33 @@ async def join(d: Daemon, body: bytes) -> dict[str, Any]:
         ep.sandbox, ep.joined = req.SandboxKey, True
         await d.state.save_endpoint(ep)
     log.info("endpoint joined", extra={"network": net.id, "endpoint": ep.id, "sandbox": req.SandboxKey})
-    reply: dict[str, Any] = {
-        "InterfaceName": {"SrcName": info.src_name, "DstPrefix": "eth"},
-        "DisableGatewayService": info.disable_gateway,
-    }
-    if info.gateway:
-        reply["Gateway"] = info.gateway
-    if info.gateway6:
-        reply["GatewayIPv6"] = info.gateway6
-    if info.static_routes:
-        reply["StaticRoutes"] = info.static_routes
-    return reply
+    return wire.JoinResponse(
+        InterfaceName=wire.InterfaceName(SrcName=info.src_name, DstPrefix="eth"),
+        DisableGatewayService=info.disable_gateway,
+        Gateway=info.gateway,
+        GatewayIPv6=info.gateway6,
+        StaticRoutes=msgspec.convert(info.static_routes, list[wire.StaticRoute]),
+    )
 
 
-async def leave(d: Daemon, body: bytes) -> dict[str, Any]:
+async def leave(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     async with d.lock(req.NetworkID):
         net = await d.state.network(req.NetworkID)
         ep = await d.state.endpoint(req.EndpointID)
         if net is None or ep is None:
-            return {}
+            return wire.Empty()
         await d.backend(net.mode).leave(net, ep)
         ep.joined = False
         await d.state.save_endpoint(ep)
     log.info("endpoint left", extra={"network": net.id, "endpoint": ep.id})
-    return {}
+    return wire.Empty()
 
 
 # -- published ports ---------------------------------------------------------------------------
 
 
-async def program_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any]:
+async def program_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.ExternalConnectivityRequest = decode(body, wire.ExternalConnectivityRequest)
     bindings = wire.port_bindings(req.Options)
     async with d.ports_lock, d.lock(req.NetworkID):
@@ -293,7 +287,7 @@ async def program_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any
                     "published ports ignored: the network is internal or its containers answer on their own address",
                     extra={"network": net.id, "endpoint": ep.id, "mode": net.mode},
                 )
-            return {}
+            return wire.Empty()
         taken = {
             (p.proto, p.host_port)
             for other in await d.state.endpoints()
@@ -312,7 +306,7 @@ async def program_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any
                 "ports": ",".join(f"{p.host_ip or '*'}:{p.host_port}->{p.container_port}/{p.proto}" for p in ep.ports),
             },
         )
-    return {}
+    return wire.Empty()
 
 
 def _resolve_ports(
@@ -353,29 +347,29 @@ def _free_port(proto: str, taken: set[tuple[str, int]]) -> int:
     raise Conflict(f"pynet: no free host port left for {proto}")
 
 
-async def revoke_external_connectivity(d: Daemon, body: bytes) -> dict[str, Any]:
+async def revoke_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     async with d.ports_lock, d.lock(req.NetworkID):
         net = await d.state.network(req.NetworkID)
         ep = await d.state.endpoint(req.EndpointID)
         if net is None or ep is None:
-            return {}
+            return wire.Empty()
         await d.backend(net.mode).revoke_external(net, ep)
         ep.ports = []
         await d.state.save_endpoint(ep)
-    return {}
+    return wire.Empty()
 
 
 # -- swarm-only methods: never sent without swarm, answered so a swarm host does not fail -------
 
 
-async def allocate_network(_: Daemon, body: bytes) -> dict[str, Any]:
+async def allocate_network(_: Daemon, body: bytes) -> wire.AllocateNetworkResponse:
     decode(body, wire.AllocateNetworkRequest)
-    return {"Options": {}}
+    return wire.AllocateNetworkResponse(Options={})
 
 
-async def acknowledge(_: Daemon, __: bytes) -> dict[str, Any]:
-    return {}
+async def acknowledge(_: Daemon, __: bytes) -> wire.Empty:
+    return wire.Empty()
 
 
 HANDLERS = {

@@ -1,8 +1,10 @@
-"""Docker's plugin request and reply bodies, with Docker's own field names (docs/protocol.md §2, §3).
+"""Docker's plugin request and reply bodies, with Docker's own field names (docs/protocol.md §2, §3):
+the whole wire contract, as moby's drivers/remote/api and ipams/remote/api keep it.
 
 Decoding is strict about types and lenient about what Docker leaves out: a missing field or a
 JSON `null` map becomes its empty default, and unknown fields are ignored (Docker adds some in
-newer versions).
+newer versions). Replies leave out (`omit_defaults`) what pynet has no value for, as Docker's
+own drivers do; in CreateEndpoint's that matters: echoing a field Docker set makes it roll back.
 """
 
 from __future__ import annotations
@@ -19,7 +21,20 @@ def decode(body: bytes, type_: type[msgspec.Struct]) -> Any:
     return msgspec.json.decode(body, type=type_)
 
 
+class Empty(msgspec.Struct):
+    """`{}`: the reply of every call that only succeeds or fails."""
+
+
+class ActivateResponse(msgspec.Struct):
+    Implements: list[str]
+
+
 # -- NetworkDriver -----------------------------------------------------------------------------
+
+
+class CapabilitiesResponse(msgspec.Struct):
+    Scope: str
+    ConnectivityScope: str
 
 
 class IPAMData(msgspec.Struct):
@@ -42,7 +57,9 @@ class NetworkRequest(msgspec.Struct):
     NetworkID: str
 
 
-class EndpointInterface(msgspec.Struct):
+class EndpointInterface(msgspec.Struct, omit_defaults=True):
+    """In CreateEndpoint's request and its reply, which holds only what Docker left empty."""
+
     Address: str = ""
     AddressIPv6: str = ""
     MacAddress: str = ""
@@ -55,6 +72,10 @@ class CreateEndpointRequest(msgspec.Struct):
     Options: dict[str, Any] | None = None
 
 
+class CreateEndpointResponse(msgspec.Struct):
+    Interface: EndpointInterface
+
+
 class EndpointRequest(msgspec.Struct):
     """DeleteEndpoint, EndpointOperInfo, Leave, RevokeExternalConnectivity."""
 
@@ -62,11 +83,34 @@ class EndpointRequest(msgspec.Struct):
     EndpointID: str
 
 
+class EndpointInfoResponse(msgspec.Struct):
+    Value: dict[str, Any]
+
+
 class JoinRequest(msgspec.Struct):
     NetworkID: str
     EndpointID: str
     SandboxKey: str = ""
     Options: dict[str, Any] | None = None
+
+
+class InterfaceName(msgspec.Struct):
+    SrcName: str
+    DstPrefix: str
+
+
+class StaticRoute(msgspec.Struct):
+    Destination: str
+    RouteType: int
+    NextHop: str = ""
+
+
+class JoinResponse(msgspec.Struct, omit_defaults=True):
+    InterfaceName: InterfaceName
+    DisableGatewayService: bool  # no default: always sent
+    Gateway: str = ""
+    GatewayIPv6: str = ""
+    StaticRoutes: list[StaticRoute] = []
 
 
 class ExternalConnectivityRequest(msgspec.Struct):
@@ -82,7 +126,21 @@ class AllocateNetworkRequest(msgspec.Struct):
     IPv6Data: list[IPAMData] | None = None
 
 
+class AllocateNetworkResponse(msgspec.Struct):
+    Options: dict[str, str]
+
+
 # -- IpamDriver --------------------------------------------------------------------------------
+
+
+class IpamCapabilitiesResponse(msgspec.Struct):
+    RequiresMACAddress: bool
+    RequiresRequestReplay: bool
+
+
+class AddressSpacesResponse(msgspec.Struct):
+    LocalDefaultAddressSpace: str
+    GlobalDefaultAddressSpace: str
 
 
 class RequestPoolRequest(msgspec.Struct):
@@ -93,6 +151,12 @@ class RequestPoolRequest(msgspec.Struct):
     V6: bool = False
 
 
+class RequestPoolResponse(msgspec.Struct):
+    PoolID: str
+    Pool: str
+    Data: dict[str, str]
+
+
 class ReleasePoolRequest(msgspec.Struct):
     PoolID: str
 
@@ -101,6 +165,11 @@ class RequestAddressRequest(msgspec.Struct):
     PoolID: str
     Address: str = ""
     Options: dict[str, str] | None = None
+
+
+class RequestAddressResponse(msgspec.Struct):
+    Address: str
+    Data: dict[str, str]
 
 
 class ReleaseAddressRequest(msgspec.Struct):
