@@ -210,6 +210,21 @@ async def test_a_bad_admin_request_is_a_400_naming_the_route(plugin: Plugin) -> 
     assert status == 400 and "gc/sweep" in reply["Err"] and reply["Err"] == reply["Error"]
 
 
+async def test_a_failing_admin_route_is_a_500_and_logged_with_its_name(
+    plugin: Plugin, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken() -> list[Link]:
+        raise RuntimeError("netlink socket closed")
+
+    monkeypatch.setattr(plugin.netlink, "links", broken)
+    status, reply = await plugin.post("/pynet/gc/inventory")
+    assert status == 500 and reply["Err"] == "pynet: gc/inventory failed: netlink socket closed"
+    logged = [r for r in caplog.records if r.name == "pynet.admin"]
+    assert [(r.levelname, getattr(r, "route", ""), r.exc_info is not None) for r in logged] == [
+        ("ERROR", "gc/inventory", True)
+    ]
+
+
 # -- the CLI against the daemon ---------------------------------------------------------------
 
 
