@@ -109,8 +109,12 @@ def ask_plugin(host: Host, route: str) -> tuple[int, dict[str, object]]:
     """POST to the plugin's socket as dockerd does, from inside the host: the path seen from the
     machine (/proc/<pid>/root/run/docker/plugins/<64 hex>/pynet.sock) is too long for a socket."""
     sock = f"/run/docker/plugins/{plugin_id(host)}/pynet.sock"
-    code = "import sys, lab.cmd as c; s, b = c.unix_http(sys.argv[1], 'POST', sys.argv[2], b'{}'); print(s, b.decode())"
-    status, _, body = host.run(sys.executable, "-c", code, sock, route).stdout.partition(" ")
+    # The lab is not installed (a development tool): import it from the checkout.
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[3]); import lab.cmd as c; "
+        "s, b = c.unix_http(sys.argv[1], 'POST', sys.argv[2], b'{}'); print(s, b.decode())"
+    )
+    status, _, body = host.run(sys.executable, "-c", code, sock, route, str(REPO)).stdout.partition(" ")
     return int(status), json.loads(body)
 
 
