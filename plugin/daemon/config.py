@@ -64,6 +64,14 @@ class Settings:
         10.0, "seconds between checks that firewall jumps and links are in place", "SECONDS"
     )
     iptables_backend: str = _setting("", "iptables flavour, nft or legacy (default: the one Docker uses)", "FLAVOUR")
+    dns_address: str = _setting(
+        "169.254.53.53",
+        "the resolver's address, the same on every host; `pynet dns install` lists it first in daemon.json",
+        "ADDR",
+    )
+    dns_upstream: str = _setting(
+        "", "comma-separated resolvers for names pynet does not know (default: /etc/resolv.conf's)", "ADDRS"
+    )
 
     def __post_init__(self) -> None:
         _validate(self)  # however a Settings is made: from flags, variables, or by a test
@@ -93,6 +101,17 @@ class Settings:
             if net is None or not net.prefixlen <= prefixlen <= net.max_prefixlen:
                 raise ConfigError(f"pynet: --default-pools entry must be CIDR:prefixlen, got {item!r}")
             out.append((net, prefixlen))
+        return tuple(out)
+
+    @cached_property
+    def dns_upstreams(self) -> tuple[str, ...]:
+        """`dns_upstream` parsed once: IP addresses (port 53, as in daemon.json's "dns")."""
+        out = []
+        for item in filter(None, (x.strip() for x in self.dns_upstream.split(","))):
+            try:
+                out.append(str(ipaddress.ip_address(item)))
+            except ValueError:
+                raise ConfigError(f"pynet: --dns-upstream entries must be IP addresses, got {item!r}") from None
         return tuple(out)
 
     def pools(self, v6: bool) -> list[tuple[str, int]]:
@@ -145,6 +164,11 @@ def _validate(s: Settings) -> None:
     if s.iptables_backend and s.iptables_backend not in FLAVOURS:
         raise ConfigError(f"pynet: --iptables-backend must be nft or legacy, got {s.iptables_backend!r}")
     s.pool_ranges  # noqa: B018 - parsed (and cached) now, so a bad entry fails here
+    s.dns_upstreams  # noqa: B018 - likewise
+    try:
+        ipaddress.ip_address(s.dns_address)
+    except ValueError:
+        raise ConfigError(f"pynet: --dns-address must be an IP address, got {s.dns_address!r}") from None
 
 
 def resolve_host_id(s: Settings) -> str:

@@ -29,6 +29,11 @@ def test_default_pools_are_parsed_once_into_networks() -> None:
     assert s.pools(v6=False) == [("10.1.0.0/16", 24)] and s.pools(v6=True) == [("fd00::/48", 64)]
 
 
+def test_dns_upstreams_are_parsed_once() -> None:
+    assert Settings(dns_upstream=" 10.0.0.2, 2001:db8::0:1,").dns_upstreams == ("10.0.0.2", "2001:db8::1")
+    assert Settings().dns_upstreams == ()
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -37,6 +42,8 @@ def test_default_pools_are_parsed_once_into_networks() -> None:
         ({"log_format": "xml"}, "--log-format must be kv or json"),
         ({"default_pools": "10.0.0.0/16:8"}, "--default-pools entry must be CIDR:prefixlen, got '10.0.0.0/16:8'"),
         ({"default_pools": "10.0.0.0/16"}, "--default-pools entry"),
+        ({"dns_address": "resolver"}, "--dns-address must be an IP address, got 'resolver'"),
+        ({"dns_upstream": "10.0.0.2,dns.example"}, "--dns-upstream entries must be IP addresses, got 'dns.example'"),
     ],
 )
 def test_bad_values_are_one_error_type(values: dict[str, str], message: str) -> None:

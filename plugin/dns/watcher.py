@@ -1,0 +1,57 @@
+"""Keeps the name table equal to the store's `dns/` keys: a snapshot, then a watch from its
+revision, as drivers/peers.py's Sync does for VXLAN. When the store is away the table keeps
+what it has, so the names already known keep resolving; a compacted history (the watch fell
+too far behind) means a new snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pynet.plugin.dns.records import NameTable
+from pynet.store.base import Store
+from pynet.store.errors import RevisionCompacted, StoreUnavailable
+
+log = logging.getLogger("pynet.dns")
+
+RETRY_MIN, RETRY_MAX = 0.25, 5.0
+
+
+class Watcher:
+    def __init__(self, store: Store, table: NameTable) -> None:
+        self.store = store
+        self.table = table
+        self.synced = asyncio.Event()  # set after the first snapshot
+
+    async def run_forever(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            try:
+                revision = await self.snapshot()
+                delay = RETRY_MIN
+                async for event in self.store.watch(self.table.root, revision + 1):
+                    if event.kind == "put":
+                        self.table.put(event.key, event.value)
+                    else:
+                        self.table.delete(event.key)
+                log.info("dns watch ended: resyncing")
+            except RevisionCompacted:
+                log.info("dns watch history compacted: resyncing")
+                continue
+            except (StoreUnavailable, ConnectionError, OSError) as e:
+                log.warning("dns watch interrupted", extra={"error": str(e), "retry_s": delay})
+            except Exception:
+                log.exception("dns watch failed")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+
+    async def snapshot(self) -> int:
+        """Reload the table; returns the revision to watch after. The revision is read first:
+        events between it and the range are replayed by the watch, and puts and deletes of
+        whole records replay to the same table."""
+        revision = await self.store.revision()
+        kvs = await self.store.range(self.table.root)
+        self.table.replace((kv.key, kv.value) for kv in kvs)
+        self.synced.set()
+        log.debug("dns names loaded", extra={"records": len(self.table), "revision": revision})
+        return revision
