@@ -18,6 +18,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Sequence
+from typing import cast
 
 import dns.exception
 import dns.flags
@@ -188,8 +189,7 @@ class _Udp(asyncio.DatagramProtocol):
         self._forwards: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)  # 3.11's is no DatagramTransport subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
         source = str(addr[0])
