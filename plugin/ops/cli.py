@@ -13,7 +13,7 @@ from typing import Any
 
 from pynet.plugin.daemon import config
 from pynet.plugin.daemon.config import Settings
-from pynet.plugin.ops import gc
+from pynet.plugin.ops import dns_setup, gc
 from pynet.plugin.ops.doctor import doctor
 from pynet.plugin.ops.gc_command import DEFAULT_DOCKER_HOST, collect
 from pynet.plugin.ops.render import Report, as_json, note
@@ -27,6 +27,7 @@ HELP = {
     "ipam": "address pools: hosts using them, addresses allocated",
     "gc": "find (and without --dry-run remove) leaked endpoints, links, addresses and rules",
     "doctor": "check this host: forwarding, firewall jumps, MTUs, etcd, socket",
+    "dns": "install: make daemon.json's \"dns\" pynet's resolver, then the upstreams; uninstall: put it back",
 }
 
 
@@ -38,6 +39,7 @@ COMMANDS: dict[str, Command] = {
     "ipam": ipam,
     "gc": collect,
     "doctor": doctor,
+    "dns": dns_setup.command,
 }
 
 
@@ -56,6 +58,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                 help="leave younger allocations alone: Docker allocates before it creates the endpoint"
                 f" (default {gc.DEFAULT_MIN_AGE:.0f})",
             )
+        if name == "dns":
+            p.add_argument("action", choices=["install", "uninstall"])
+            p.add_argument("--daemon-json", default=dns_setup.DAEMON_JSON, help="dockerd's configuration file")
         config.add_arguments(p.add_argument_group("pynet settings (as for pynet serve)"))  # type: ignore[arg-type]
 
 
