@@ -299,6 +299,16 @@ class Netlink:
             if e.code != errno.EEXIST:
                 raise
 
+    async def hold_address(self, name: str, address: str) -> None:
+        """Keep `address` (/32 or /128) locally delivered on a bridge of its own with no ports:
+        the resolver's address, on kernels without the dummy link type. Measured in a netns
+        (kernel 6.18): queries from another netns routed to it are answered whether the bridge
+        has carrier or not, and even admin down; with nothing listening they are refused at
+        once (ICMP port unreachable, TCP reset), so Docker moves to its next server."""
+        await self.ensure_bridge(name, mtu=1500)
+        ip = ipaddress.ip_address(address)
+        await self.ensure_address(name, f"{ip}/{ip.max_prefixlen}", prefix_route=False)
+
     async def delete_address(self, name: str, cidr: str) -> bool:
         """True if it was there; a missing link took its addresses with it."""
         iface = ipaddress.ip_interface(cidr)
