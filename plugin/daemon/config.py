@@ -72,6 +72,11 @@ class Settings:
     dns_upstream: str = _setting(
         "", "comma-separated resolvers for names pynet does not know (default: /etc/resolv.conf's)", "ADDRS"
     )
+    docker_host: str = _setting(
+        "unix:///run/docker.sock",
+        "Docker Engine API of the cluster agent and gc, unix:///path (gc: else $DOCKER_HOST)",
+        "URL",
+    )
 
     def __post_init__(self) -> None:
         _validate(self)  # however a Settings is made: from flags, variables, or by a test

@@ -15,7 +15,7 @@ from pynet.plugin.daemon import config
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.ops import dns_setup, gc
 from pynet.plugin.ops.doctor import doctor
-from pynet.plugin.ops.gc_command import DEFAULT_DOCKER_HOST, collect
+from pynet.plugin.ops.gc_command import collect
 from pynet.plugin.ops.render import Report, as_json, note
 from pynet.plugin.ops.reports import endpoints, ipam, networks, status
 from pynet.store.errors import PynetError
@@ -49,10 +49,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         p.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
         if name == "gc":
             p.add_argument("--dry-run", action="store_true", help="list leaks, remove nothing")
-            p.add_argument(
-                "--docker-host", default="",
-                help=f"Docker API to ask which endpoints are live (default: $DOCKER_HOST, else {DEFAULT_DOCKER_HOST})",
-            )
             p.add_argument(
                 "--min-age", type=float, default=gc.DEFAULT_MIN_AGE, metavar="SECONDS",
                 help="leave younger allocations alone: Docker allocates before it creates the endpoint"

@@ -23,7 +23,7 @@ from pynet.plugin.ops.iptables import Iptables, configured
 from pynet.plugin.ops.render import Report, note, short, table
 
 SWEEP_TIMEOUT = 120.0  # removal runs one netlink or store call per leak
-DEFAULT_DOCKER_HOST = "unix:///run/docker.sock"
+DEFAULT_DOCKER_HOST = Settings.docker_host
 
 
 class GcReport(msgspec.Struct):
@@ -90,12 +90,16 @@ async def gc_source(settings: Settings) -> AsyncIterator[GcSource]:
     yield DaemonGc(settings)
 
 
-def docker_host(args: argparse.Namespace) -> str:
-    return args.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+def docker_host(settings: Settings) -> str:
+    """--docker-host or PYNET_DOCKER_HOST; else $DOCKER_HOST, as the docker CLI would ask; else
+    the default socket."""
+    if settings.docker_host != DEFAULT_DOCKER_HOST:
+        return settings.docker_host
+    return os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
 async def collect(settings: Settings, args: argparse.Namespace) -> Report:
-    where = docker_host(args)
+    where = docker_host(settings)
     async with gc_source(settings) as source:
         inv = await source.inventory()
         view: gc.DockerView | None = None
