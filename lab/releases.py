@@ -103,9 +103,7 @@ def fetch(name: str, cache: Path = DEFAULT_CACHE) -> DockerRelease:
 
 def _check_version(name: str, versions: dict[str, str]) -> None:
     if not versions["docker.io"].startswith(name + "."):
-        raise ReleaseUnavailable(
-            f"Docker {name}: the archive now has docker.io {versions['docker.io']} in its suite"
-        )
+        raise ReleaseUnavailable(f"Docker {name}: the archive now has docker.io {versions['docker.io']} in its suite")
 
 
 @contextmanager
@@ -187,9 +185,7 @@ class _Apt:
         # apt-get update exits 0 when a source is unreachable, and says so with W:/E: lines.
         failed = proc.returncode != 0 or re.search(r"^(E:|W: Failed to fetch)", proc.stderr, re.M)
         if failed:
-            raise ReleaseUnavailable(
-                f"`{' '.join(argv)}` failed ({proc.returncode}):\n{proc.stderr.strip()[-2000:]}"
-            )
+            raise ReleaseUnavailable(f"`{' '.join(argv)}` failed ({proc.returncode}):\n{proc.stderr.strip()[-2000:]}")
         return proc.stdout
 
     def update(self) -> None:
@@ -212,27 +208,27 @@ class _Apt:
         return sorted(into.glob("*.deb"))
 
 
-def machine_mirror() -> tuple[str, str]:
+def machine_mirror(etc: Path = Path("/etc")) -> tuple[str, str]:
     """The URI (and keyring) of the Debian archive the machine's apt uses for its own release."""
-    codename = _os_release().get("VERSION_CODENAME", "")
-    for uri, suites, keyring in _machine_sources():
+    codename = _os_release(etc / "os-release").get("VERSION_CODENAME", "")
+    for uri, suites, keyring in _machine_sources(etc / "apt"):
         if codename in suites:
             return uri, keyring or DEFAULT_KEYRING
-    raise ReleaseUnavailable(f"no Debian archive for {codename or 'this release'} in /etc/apt/sources.list*")
+    where = etc / "apt" / "sources.list*"
+    raise ReleaseUnavailable(f"no Debian archive for {codename or 'this release'} in {where}")
 
 
-def _os_release() -> dict[str, str]:
+def _os_release(path: Path) -> dict[str, str]:
     fields = {}
-    for line in Path("/etc/os-release").read_text().splitlines():
+    for line in path.read_text().splitlines():
         key, sep, value = line.partition("=")
         if sep:
             fields[key] = value.strip('"')
     return fields
 
 
-def _machine_sources() -> Iterator[tuple[str, list[str], str]]:
+def _machine_sources(etc: Path) -> Iterator[tuple[str, list[str], str]]:
     """(URI, suites, Signed-By) of every deb source, one-line (.list) or deb822 (.sources)."""
-    etc = Path("/etc/apt")
     files = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list"))]
     for path in filter(Path.exists, files):
         for line in path.read_text().splitlines():
