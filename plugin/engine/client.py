@@ -122,7 +122,7 @@ class Engine:
         response.release()
         if "API version" in text:  # a dockerd restarted as an older release: negotiate again
             await self.close()
-        raise _refusal(f"{method} {path.partition('?')[0]}", response.status, text)
+        raise _refusal(f"Docker at {self.docker_host}", f"{method} {path.partition('?')[0]}", response.status, text)
 
     async def _call(self, method: str, path: str, body: bytes | None = None) -> bytes:
         """The body of the reply to METHOD PATH (under the API version unless PATH is /version)."""
@@ -191,14 +191,14 @@ class Engine:
         await self.close()  # not reached when the caller stops early; dockerd may come back as another release
 
 
-def _refusal(what: str, status: int, text: str) -> EngineError:
+def _refusal(who: str, what: str, status: int, text: str) -> EngineError:
     """Docker's error reply as an exception: JSON {"message": ...}, or plain text (28.5 answers
     a too old API version that way)."""
     try:
         message = str(json.loads(text)["message"])
     except (ValueError, KeyError, TypeError):
         message = text.strip()
-    full = f"Docker answered {status} to {what}: {message}"
+    full = f"{who} answered {status} to {what}: {message}"
     if status == 409 and what.endswith("/networks/create"):
         return NetworkExists(full, status)
     if status == 403 and "active endpoints" in message:

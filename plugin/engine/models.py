@@ -58,16 +58,11 @@ class NetworkSpec(msgspec.Struct, omit_defaults=True):
     IPAM: Ipam = msgspec.field(default_factory=Ipam)
 
 
-class Network(msgspec.Struct):
+class Network(NetworkSpec, kw_only=True):
+    """`GET /networks/{id}`: what it was created with, and more."""
+
     Id: str
-    Name: str
-    Driver: str = ""
     Scope: str = ""
-    Internal: bool = False
-    EnableIPv6: bool = False
-    Labels: dict[str, str] = {}
-    Options: dict[str, str] = {}
-    IPAM: Ipam = msgspec.field(default_factory=Ipam)
     Containers: dict[str, NetworkEndpoint] = {}
 
 
