@@ -10,11 +10,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol
 
-import aiohttp
 import msgspec
 
 from pynet.drivers.netlink import Netlink
 from pynet.plugin.daemon.config import Settings
+from pynet.plugin.engine import EngineError
 from pynet.plugin.ops import admin_api, gc
 from pynet.plugin.ops.access import Local, Unreachable, ask, closing, local, opened_netlink
 from pynet.plugin.ops.admin_api import Status
@@ -106,8 +106,8 @@ async def collect(settings: Settings, args: argparse.Namespace) -> Report:
         docker_error = ""
         try:
             view = await docker_view(where, [n.id for n in inv.networks])
-        except (OSError, aiohttp.ClientError, msgspec.DecodeError, TimeoutError, ValueError) as e:
-            docker_error = f"Docker at {where} cannot be asked: {e or type(e).__name__}"
+        except (EngineError, ValueError) as e:
+            docker_error = str(e)  # names the Docker address and what failed
         leaks = gc.find(inv, view, time.time(), args.min_age)
         refused = docker_error or (gc.refusal(inv, view) if view is not None else "")
         outcomes: list[gc.Outcome] = []

@@ -237,15 +237,16 @@ async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, 
 
 def fake_docker(known_endpoints: list[str]) -> web.Application:
     network = {
-        "Id": NET, "Driver": "pynet",
+        "Id": NET, "Name": "pn", "Driver": "pynet",
         "IPAM": {"Driver": "pynet", "Config": [{"Subnet": "10.1.0.0/24"}]},
         "Containers": {"c1": {"EndpointID": LIVE, "IPv4Address": "10.1.0.2/24", "IPv6Address": ""}},
     }
     attached = {f"n{i}": {"NetworkID": NET, "EndpointID": e, "IPAddress": ""} for i, e in enumerate(known_endpoints)}
-    container = {"NetworkSettings": {"Networks": attached}}
+    container = {"Id": "c1", "NetworkSettings": {"Networks": attached}}
 
     async def networks(_: web.Request) -> web.Response:
-        return web.json_response([{**network, "Containers": {}}, {"Id": "d" * 64, "Driver": "bridge"}])
+        bridge = {"Id": "d" * 64, "Name": "bridge", "Driver": "bridge"}
+        return web.json_response([{**network, "Containers": {}}, bridge])
 
     async def inspect(request: web.Request) -> web.Response:
         return web.json_response(network) if request.match_info["id"] == NET else web.json_response({}, status=404)
@@ -253,10 +254,14 @@ def fake_docker(known_endpoints: list[str]) -> web.Application:
     async def containers(_: web.Request) -> web.Response:
         return web.json_response([container])
 
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response({"ApiVersion": "1.41", "MinAPIVersion": "1.12"})
+
     app = web.Application()
-    app.router.add_get("/networks", networks)
-    app.router.add_get("/networks/{id}", inspect)
-    app.router.add_get("/containers/json", containers)
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1.41/networks", networks)
+    app.router.add_get("/v1.41/networks/{id}", inspect)
+    app.router.add_get("/v1.41/containers/json", containers)
     return app
 
 
