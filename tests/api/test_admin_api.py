@@ -34,7 +34,7 @@ from pynet.plugin.ops import gc
 from pynet.plugin.ops.admin_api import ADMIN, Admin, SweepRequest
 from pynet.plugin.ops.iptables import Iptables, Rule
 from pynet.plugin.serve import application, bind, build
-from tests.api.test_routes import RecordingBackend
+from tests.api.test_app import RecordingBackend
 
 NET = "a1" * 32
 LIVE = "b2" * 32

@@ -449,7 +449,7 @@ def test_reconcile_restores_what_is_missing(lab: Lab, mv: Backend, tmp_path: Pat
     ep, ctr = start(mv, lab, lan, "c1", "10.20.0.10/24")
     mv.stop()
     # While pynet is down its shim and internal parent vanish (orphan links are the daemon's
-    # business: tests/kernel/test_daemon_netns.py).
+    # business: tests/kernel/test_serve.py).
     sh("ip", "-n", lab.host, "link", "del", "pns-" + lan.id[:11])
     sh("ip", "-n", lab.host, "link", "del", "pnm-" + internal.id[:11])
     assert lab.pings(ctr, "10.20.0.2"), "the data plane does not need pynet"

@@ -1,4 +1,4 @@
-"""Option parsing of the bridge and VXLAN modes (macvlan's: test_macvlan_options.py) into typed
+"""Option parsing of the bridge and VXLAN modes (macvlan's: test_macvlan.py) into typed
 settings, and what the registry answers for each mode, without a kernel."""
 
 from __future__ import annotations
