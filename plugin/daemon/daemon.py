@@ -14,6 +14,7 @@ from pynet.drivers.netlink import Netlink
 from pynet.ipam import Ipam
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.state import State
+from pynet.plugin.daemon.supervisor import Supervisor
 from pynet.store.base import Store
 from pynet.store.errors import InvalidRequest
 
@@ -34,6 +35,8 @@ class Daemon:
     _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     # Host ports are one namespace across every network of this host.
     ports_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Background tasks (issue 9's agent and resolver): their states are `pynet status`'s.
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
     def lock(self, network_id: str) -> asyncio.Lock:
         """Serialises changes to one network; different networks proceed in parallel."""

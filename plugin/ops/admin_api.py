@@ -64,6 +64,15 @@ class Peer(msgspec.Struct):
     vtep: str
 
 
+class TaskInfo(msgspec.Struct):
+    name: str
+    state: str  # running | retrying | stopped
+    restarts: int
+    last_error: str
+    since: float  # Unix time of the last change of state
+    detail: dict[str, str]
+
+
 class Status(msgspec.Struct):
     daemon: DaemonInfo
     host: str
@@ -71,6 +80,7 @@ class Status(msgspec.Struct):
     networks: int
     endpoints: int
     vxlan_peers: list[Peer]
+    tasks: list[TaskInfo] = []  # the daemon's supervised tasks; none when it is down
 
 
 class NetworkInfo(msgspec.Struct):
@@ -228,7 +238,12 @@ Route = Callable[[Daemon, Admin, bytes], Awaitable[Any]]
 async def _status(d: Daemon, admin: Admin, _: bytes) -> Status:
     uptime = round(time.monotonic() - admin.started, 3)
     info = DaemonInfo(d.settings.socket, True, os.getpid(), uptime, d.ready.is_set())
-    return await status(info, d.host, d.settings, d.store)
+    st = await status(info, d.host, d.settings, d.store)
+    st.tasks = [
+        TaskInfo(t.name, t.state, t.restarts, t.last_error, t.since, dict(t.detail))
+        for t in d.supervisor.tasks.values()
+    ]
+    return st
 
 
 def sources(d: Daemon, admin: Admin) -> gc.Sources:

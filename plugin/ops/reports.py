@@ -51,15 +51,24 @@ def _status_text(st: Status) -> str:
         "vxlan peers:",
         table(["VNI", "VTEP", "HOST"], [(p.vni, p.vtep, p.host or "(static)") for p in st.vxlan_peers]),
     ]
+    if st.tasks:
+        rows = [
+            (
+                t.name,
+                t.state,
+                t.restarts,
+                t.last_error or "-",
+                " ".join(f"{k}={v}" for k, v in sorted(t.detail.items())),
+            )
+            for t in st.tasks
+        ]
+        lines += ["tasks:", table(["TASK", "STATE", "RESTARTS", "LAST ERROR", "DETAIL"], rows)]
     return "\n".join(lines)
 
 
 async def networks(settings: Settings, _: argparse.Namespace) -> Report:
     nets = await fetch(settings, "networks", list[NetworkInfo], lambda loc: admin_api.networks(loc.state))
-    rows = [
-        (short(n.id), n.mode, ",".join(n.subnets), n.config.describe(), yes(n.internal), n.endpoints)
-        for n in nets
-    ]
+    rows = [(short(n.id), n.mode, ",".join(n.subnets), n.config.describe(), yes(n.internal), n.endpoints) for n in nets]
     return Report(nets, table(["NETWORK", "MODE", "SUBNETS", "DEVICE", "INTERNAL", "ENDPOINTS"], rows), True)
 
 
