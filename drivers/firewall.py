@@ -56,6 +56,10 @@ JUMPS = (
     Jump("nat", "POSTROUTING", "PYNET-POSTROUTING"),
     Jump("raw", "PREROUTING", "PYNET-NOTRACK"),
 )
+# Only while the daemon serves names (issue 9): the resolver's address is local, so queries to
+# it take INPUT, never FORWARD, and an internal network's FORWARD drops do not see them; this
+# accept is what lets them in on a host whose INPUT policy drops.
+INPUT_JUMP = Jump("filter", "INPUT", "PYNET-INPUT")
 TABLES = ("filter", "nat", "raw")
 # Docker keeps the jump to its users' chain first in FORWARD, re-inserting it above the rules
 # it adds for every new network; a jump of pynet's own in FORWARD would end up below those.
@@ -263,6 +267,15 @@ def dnat_rules(family: int, nets: list[tuple[str, NetRules]]) -> list[str]:
     return rules
 
 
+def input_rules(family: int, dns_address: str) -> list[str]:
+    """UDP and TCP port 53 to the resolver's address, from anywhere (containers ask from their
+    own address, protocol.md §6.1)."""
+    if not dns_address or ipaddress.ip_address(dns_address).version != family:
+        return []
+    host = f"{dns_address}/{32 if family == 4 else 128}"
+    return [f"-d {host} -p {p} -m {p} --dport 53 -j ACCEPT" for p in ("udp", "tcp")]
+
+
 def _unique(rules: list[str]) -> list[str]:
     """A repeated rule can never match what its first copy did not, so it is dropped."""
     return list(dict.fromkeys(rules))
@@ -273,10 +286,14 @@ def render_tables(
     nets: list[tuple[str, NetRules]],
     outsiders: Iterable[str],
     extra: dict[str, list[str]] | None = None,
+    dns_address: str = "",
 ) -> str:
-    """The restore text for one family; `extra` adds lines (jump fixes) per table before COMMIT."""
+    """The restore text for one family; `extra` adds lines (jump fixes) per table before COMMIT;
+    with `dns_address`, the PYNET-INPUT chain (in both families, so that both keep its jump)."""
     dnat = dnat_rules(family, nets)
+    jumps = (*JUMPS, INPUT_JUMP) if dns_address else JUMPS
     chains = {
+        "PYNET-INPUT": input_rules(family, dns_address),
         "PYNET-FORWARD": forward_rules(family, nets, outsiders),
         "PYNET-PREROUTING": dnat,
         "PYNET-OUTPUT": dnat,
@@ -285,7 +302,7 @@ def render_tables(
     }
     lines: list[str] = []
     for table in TABLES:
-        names = [j.target for j in JUMPS if j.table == table]
+        names = [j.target for j in jumps if j.table == table]
         lines.append(f"*{table}")
         lines += [f":{name} - [0:0]" for name in names]
         lines += [f"-A {name} {rule}" for name in names for rule in _unique(chains[name])]
@@ -343,7 +360,7 @@ def stale_jumps(jumps: tuple[Jump, ...], listings: dict[str, str]) -> list[tuple
 
 def teardown_lines(table: str, listing: str) -> list[str]:
     """Restore lines removing pynet's jumps and chains from one table (`iptables -S` listing)."""
-    targets = {j.target for j in JUMPS if j.table == table}
+    targets = {j.target for j in (*JUMPS, INPUT_JUMP) if j.table == table}
     lines = listing.splitlines()
     deletes = ["-D" + line[2:] for line in lines if line.startswith("-A ") and _target(line) in targets]
     chains = [name for name in sorted(targets) if f"-N {name}" in lines]
@@ -446,6 +463,7 @@ class Firewall:
         self.other_bridges = frozenset(other_bridges)
         self.families = families
         self.desired: dict[str, NetRules] = {}
+        self.dns_address = ""  # the resolver's, once the daemon serves names: PYNET-INPUT accepts it
         self._runner = runner
         self._lock = asyncio.Lock()
         self._active = False  # chains are installed: ensure_jumps keeps them, teardown clears it
@@ -480,7 +498,8 @@ class Firewall:
 
     def _render(self, family: int, extra: dict[str, list[str]] | None = None) -> str:
         nets = sorted(self.desired.items())
-        return render_tables(family, nets, DOCKER_BRIDGES + tuple(sorted(self.other_bridges)), extra)
+        outsiders = DOCKER_BRIDGES + tuple(sorted(self.other_bridges))
+        return render_tables(family, nets, outsiders, extra, self.dns_address)
 
     async def set(self, key: str, rules: NetRules) -> None:
         """Apply if the network's rules changed. Unchanged rules are not rewritten: a restore
@@ -555,7 +574,7 @@ class Firewall:
 
     async def _jump_fixes(self, family: int) -> dict[str, list[str]]:
         listings = dict(zip(TABLES, await asyncio.gather(*(self._iptables(family, "-t", t, "-S") for t in TABLES))))
-        jumps = jumps_for(listings["filter"])
+        jumps = jumps_for(listings["filter"]) + ((INPUT_JUMP,) if self.dns_address else ())
         fixes: dict[str, list[str]] = {}
         for table, line in stale_jumps(jumps, listings):
             fixes.setdefault(table, []).append(line)

@@ -10,7 +10,9 @@ and from Docker's own bridges, and published ports are DNAT rules, all in `drive
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from typing import Any
 
 from pynet.drivers.base import Endpoint, JoinInfo, Network, PortMap, config_of
 from pynet.drivers.config import BridgedConfig
@@ -105,10 +107,22 @@ class Segment:
     def join(self, net: Network, ep: Endpoint) -> JoinInfo:
         if net.internal:
             # Docker's bridge gives internal networks no gateway; Docker then skips
-            # docker_gwbridge itself for internal networks.
-            return JoinInfo(src_name=ep.peer)
+            # docker_gwbridge itself for internal networks. With no default route, only a /32
+            # through the gateway reaches the resolver (a local address of the host, protocol.md §6.1).
+            return JoinInfo(src_name=ep.peer, static_routes=self._resolver_route(net, ep))
         gw4, gw6 = gateway_ip(net, ep.address), gateway_ip(net, ep.address6)
         return JoinInfo(src_name=ep.peer, gateway=gw4, gateway6=gw6, disable_gateway=not (gw4 or gw6))
+
+    def _resolver_route(self, net: Network, ep: Endpoint) -> list[dict[str, Any]]:
+        """A NEXTHOP route (RouteType 0, protocol.md §2.6) to the resolver the firewall lets in."""
+        resolver = self.fw.dns_address
+        if not resolver:
+            return []
+        v6 = ipaddress.ip_address(resolver).version == 6
+        gateway = gateway_ip(net, ep.address6 if v6 else ep.address)
+        if not gateway:
+            return []
+        return [{"Destination": f"{resolver}/{128 if v6 else 32}", "RouteType": 0, "NextHop": gateway}]
 
     async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         host_end, _ = endpoint_links(ep.id)
