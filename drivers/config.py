@@ -48,6 +48,8 @@ class VxlanConfig(BridgedConfig, frozen=True, kw_only=True, tag="vxlan", tag_fie
     underlay: str = ""  # as given: an interface or an address; "" for the daemon's default
     peers: tuple[str, ...] = ()  # static remote VTEPs
     local: str = ""  # the local VTEP address, resolved at create
+    # Replicated to every host by the cluster agent (drivers/vnis.py says when it is on).
+    cluster: bool = False
 
     def claims(self) -> dict[str, str | int]:
         return {"bridge": self.bridge, "vni": self.vni}
@@ -67,6 +69,7 @@ class MacvlanConfig(msgspec.Struct, frozen=True, kw_only=True, tag="macvlan", ta
     # Whether pynet made the parent (an 802.1q sub-interface) and so deletes it with the last
     # network on it; None until create looks.
     vlan_created: bool | None = None
+    cluster: bool = False  # `-o cluster=true`: replicated to every host by the cluster agent
 
     def claims(self) -> dict[str, str | int]:
         return {}  # networks share a parent; drivers/macvlan.py checks how

@@ -34,7 +34,7 @@ from pynet.drivers.base import Draft, Endpoint, JoinInfo, MtuLimit, Network, con
 from pynet.drivers.config import MacvlanConfig
 from pynet.drivers.naming import ID_CHARS, INTERNAL_PREFIX, MACVLAN_PREFIX, SHIM_PREFIX, gateway_ip, mac_for
 from pynet.drivers.netlink import HostView, Link, Netlink
-from pynet.drivers.options import Option, ifname, int_in, invalid, one_of, parse_options
+from pynet.drivers.options import Option, ifname, int_in, invalid, one_of, parse_bool, parse_options
 from pynet.store.errors import Conflict, InvalidRequest, PynetError
 
 log = logging.getLogger("pynet.macvlan")
@@ -61,6 +61,7 @@ OPTIONS = [
     Option("macvlan_mode", one_of(*MODES), "bridge"),
     Option(MTU, int_in(68, 65535), None, ("mtu",)),
     Option("host_shim", ipv4_cidr, ""),
+    Option("cluster", parse_bool, False),
 ]
 
 
@@ -198,7 +199,7 @@ class MacvlanBackend:
         if shim:
             check_shim(shim, mode, net)
         mtu = cfg[MTU] or (INTERNAL_MTU if net.internal else None)
-        return MacvlanConfig(parent=parent, macvlan_mode=mode, mtu=mtu, host_shim=shim)
+        return MacvlanConfig(parent=parent, macvlan_mode=mode, mtu=mtu, host_shim=shim, cluster=cfg["cluster"])
 
     def _sharing(self, net: Network) -> list[MacvlanConfig]:
         parent = config_of(net, MacvlanConfig).parent

@@ -32,7 +32,7 @@ from pynet.drivers.config import VxlanConfig
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.naming import VXLAN_BRIDGE_PREFIX, VXLAN_DEVICE_PREFIX, vni_mac, vxlan_bridge, vxlan_device
 from pynet.drivers.netlink import HostView, Link, Netlink
-from pynet.drivers.options import Option, int_in, invalid, parse_options
+from pynet.drivers.options import Option, int_in, invalid, parse_bool, parse_options
 from pynet.drivers.peers import Observer, Registry, Sync, endpoint_key, vtep_key
 from pynet.drivers.segment import Segment
 from pynet.store.base import Store
@@ -66,6 +66,7 @@ OPTIONS = [
     Option("vxlan_port", int_in(1, 65535), 4789),
     Option("underlay", underlay, ""),
     Option("peers", peer_list, ()),
+    Option("cluster", parse_bool, False),
 ]
 
 
@@ -143,6 +144,7 @@ class VxlanBackend:
             port=cfg["vxlan_port"],
             underlay=cfg["underlay"],
             peers=cfg["peers"],
+            cluster=cfg["cluster"],
             **segment_settings(cfg),
         )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import msgspec
 from msgspec.structs import replace
 
+from pynet.drivers import vnis
 from pynet.drivers.base import Endpoint, Network, PortMap, Subnet
 from pynet.drivers.config import BridgedConfig
 from pynet.plugin.api import wire
@@ -92,11 +93,15 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
             # A retry: make sure the kernel has it, change nothing else.
             await d.backend(existing.mode).create_network(existing)
             return wire.Empty()
+        # A VXLAN network's VNI is reserved cluster-wide first (store-only, like every handler).
+        parsed = user_opts
+        if mode == "vxlan":
+            parsed = await vnis.resolve(d.store, d.settings.store_prefix, d.host, user_opts, draft)
         net = Network(
             id=draft.id,
             mode=mode,
             options=user_opts,
-            config=backend.parse_options(user_opts, draft),
+            config=backend.parse_options(parsed, draft),
             ipv4=draft.ipv4,
             ipv6=draft.ipv6,
             internal=draft.internal,

@@ -63,7 +63,7 @@ def test_docker_names_and_aliases() -> None:
 def test_unknown_option_is_rejected_with_the_known_ones() -> None:
     rejects(
         {"parent": "eth0", "ipvlan_mode": "l2"},
-        r"unknown option 'ipvlan_mode' for mode macvlan \(known: com.docker.network.driver.mtu, host_shim, macvlan_mode, parent\)",
+        r"unknown option 'ipvlan_mode' for mode macvlan \(known: cluster, com.docker.network.driver.mtu, host_shim, macvlan_mode, parent\)",
     )
 
 
