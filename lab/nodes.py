@@ -187,8 +187,6 @@ class Host(Node):
             f"--config-file={self._daemon_json()}",
             # Containers of different hosts must not share cgroups, and down() must find them.
             f"--cgroup-parent=/{self.name}",
-            # Name lookups then fail fast at the outside instead of timing out.
-            f"--dns={self.lab.outside.address}",
             "--iptables=true",
             *release.dockerd_args(),
             *extra_args,
@@ -202,10 +200,24 @@ class Host(Node):
         self._wait_ready("dockerd", self._docker_answers, log)
 
     def _daemon_json(self) -> Path:
-        """An empty daemon config, so a /etc/docker/daemon.json of the machine does not apply."""
+        """The host's own daemon config, so a /etc/docker/daemon.json of the machine does not
+        apply. Its "dns" (never the --dns flag: dockerd refuses a key given both ways) is the
+        outside's stand-in resolver, where names fail or answer at once, with pynet's resolver
+        first once `install_dns` ran. Kept across dockerd restarts."""
         path = self.root / "daemon.json"
-        path.write_text("{}\n")
+        if not path.exists():
+            path.write_text(json.dumps({"dns": [self.lab.outside.address]}) + "\n")
         return path
+
+    def install_dns(self) -> None:
+        """`pynet dns install` on this host's daemon.json, as an operator would, before dockerd starts."""
+        run_cmd(
+            [
+                *self.lab.pynet_cmd,
+                *("dns", "install", "--daemon-json", str(self._daemon_json())),
+                *("--state-dir", str(self.root / "pynet"), "--dns-upstream", self.lab.outside.address),
+            ]
+        )
 
     def _forget_dead_pidfiles(self) -> None:
         """Remove pid files of dead daemons: dockerd refuses to start, or waits on a containerd
@@ -287,6 +299,12 @@ class Host(Node):
             str(self.root / "pynet"),
             "--host-id",
             self.name,
+            # The agent's Docker: this host's dockerd (the machine's socket is never the lab's).
+            "--docker-host",
+            self.docker_host,
+            # The resolver's upstream: the outside's stand-in, never the machine's resolv.conf.
+            "--dns-upstream",
+            self.lab.outside.address,
             *(["--etcd-endpoints", self.lab.etcd_endpoint] if self.lab.etcd_endpoint else []),
             *self.lab.pynet_args,
             *args,

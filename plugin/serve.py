@@ -19,12 +19,20 @@ from aiohttp import web
 from pynet.drivers import registry
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.netlink import Netlink
+from pynet.drivers.vxlan import VxlanBackend
 from pynet.ipam import Ipam
 from pynet.plugin.api.app import make_app
+from pynet.plugin.cluster.names import Publisher
+from pynet.plugin.cluster.networks import ClusterNetworks
 from pynet.plugin.daemon import logs
 from pynet.plugin.daemon.config import Settings, resolve_host_id
 from pynet.plugin.daemon.daemon import Daemon
 from pynet.plugin.daemon.state import State
+from pynet.plugin.dns.records import NameTable
+from pynet.plugin.dns.server import DnsServer, Resolver
+from pynet.plugin.dns.upstreams import upstreams
+from pynet.plugin.dns.watcher import Watcher
+from pynet.plugin.engine import Engine
 from pynet.plugin.metrics import Metrics, serve_metrics, timed
 from pynet.plugin.ops import admin_api
 from pynet.store.base import Store
@@ -32,6 +40,10 @@ from pynet.store.embedded import EmbeddedStore
 from pynet.store.errors import StoreUnavailable
 
 log = logging.getLogger("pynet")
+
+# The resolver's address lives on this portless bridge, left in place on exit: with pynet
+# stopped, queries to it are refused at once and Docker moves on to the next server.
+DNS_LINK = "pndns0"
 
 
 def open_store(settings: Settings) -> Store:
@@ -55,6 +67,8 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
     store = timed(open_store(settings), metrics)
     netlink = Netlink()
     firewall = Firewall(settings.iptables_backend or None)
+    if settings.etcd_endpoints:  # names across hosts need the shared store
+        firewall.dns_address = settings.dns_address
     backends = registry.build(
         registry.Deps(
             netlink,
@@ -153,6 +167,31 @@ async def bind(app: web.Application, path: Path) -> web.AppRunner:
 
 
 
+async def start_names(d: Daemon) -> Engine:
+    """Names across hosts (issue 9, etcd only): the resolver on its held address, the table it
+    answers from, and this host's names published from Docker's events; each supervised.
+    Returns the publisher's Docker client, for serve to close."""
+    s = d.settings
+    await d.netlink.hold_address(DNS_LINK, s.dns_address)
+    await d.firewall.apply()  # PYNET-INPUT, even before any network exists
+    table = NameTable(f"{s.store_prefix}dns/")
+    resolver = Resolver(table, [(u, 53) for u in upstreams(s.dns_upstreams)])
+    server, watcher = DnsServer(resolver, s.dns_address), Watcher(d.store, table)
+    d.supervisor.start("dns-names", lambda _: watcher.run_forever())
+    d.supervisor.start("dns-server", lambda _: server.serve_forever())
+    vxlan = d.backends[VxlanBackend.mode]
+    assert isinstance(vxlan, VxlanBackend)
+
+    async def eligible() -> set[str]:
+        return {n.id for n in await d.state.networks() if n.mode == VxlanBackend.mode}
+
+    engine = Engine(s.docker_host)
+    # Under the VTEPs' lease: a dead host's names go with it.
+    publisher = Publisher(engine, d.store, vxlan.registry, s.store_prefix, d.host, eligible)
+    d.supervisor.start("publish-names", publisher.run)
+    return engine
+
+
 def application(d: Daemon, metrics: Metrics) -> web.Application:
     """Docker's routes and the operator's, on one socket."""
     return make_app(d, metrics, extend=lambda app: admin_api.register(app, d))
@@ -171,17 +210,28 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     resync: asyncio.Task[None] | None = None
     scrape: web.AppRunner | None = None
+    agent: ClusterNetworks | None = None
+    names: Engine | None = None
     try:
         scrape = await serve_metrics(settings.metrics_listen, metrics, lambda: admin_api.allocation_counts(d.ipam))
         await d.netlink.open()
         await reconcile_until_done(d, stop)
         d.ready.set()
         resync = asyncio.create_task(resync_forever(d))
+        if settings.etcd_endpoints:  # cluster networks are shared through etcd; alone, nothing to copy
+            agent = ClusterNetworks(d, Engine(settings.docker_host))
+            agent.start()
+            names = await start_names(d)
         await stop.wait()
         log.info("stopping")
     finally:
         if resync:
             resync.cancel()
+        await d.supervisor.close()
+        if agent:
+            await agent.engine.close()
+        if names:
+            await names.close()
         for backend in d.backends.values():
             await backend.close()
         if scrape:

@@ -77,6 +77,12 @@ class Settings:
         "Docker Engine API of the cluster agent and gc, unix:///path (gc: else $DOCKER_HOST)",
         "URL",
     )
+    driver_name: str = _setting(
+        "pynet",
+        "the driver name this host's Docker knows pynet by, which the cluster agent creates networks with: "
+        "pynet for the daemon, pynet:latest for the managed plugin (its alias, if installed with --alias)",
+        "NAME",
+    )
 
     def __post_init__(self) -> None:
         _validate(self)  # however a Settings is made: from flags, variables, or by a test

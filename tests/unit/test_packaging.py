@@ -21,7 +21,8 @@ FIXED = {"socket", "state_dir"}
 EXTRA_ENV = {"PYTHONUNBUFFERED", "XTABLES_LOCKFILE"}
 # Settings whose plugin value is not the daemon's default. The managed plugin sees the host's
 # /run at /host/run (the "host-run" mount), so the host's Docker socket is there.
-PLUGIN_VALUES = {"docker_host": "unix:///host/run/docker.sock"}
+# Docker knows a managed plugin by its name with the tag.
+PLUGIN_VALUES = {"docker_host": "unix:///host/run/docker.sock", "driver_name": "pynet:latest"}
 
 
 def manifest() -> dict[str, Any]:
