@@ -337,7 +337,7 @@ def jump_fixes(jump: Jump, listing: str) -> list[str]:
     if len(ours) == 1 and rules.index(ours[0]) == position - 1:
         return []
     deletes = ["-D" + rule[2:] for rule in ours]
-    return deletes + [f"-I {jump.chain} {position} {jump.spec()}"]
+    return [*deletes, f"-I {jump.chain} {position} {jump.spec()}"]
 
 
 def jumps_for(filter_listing: str) -> tuple[Jump, ...]:
@@ -573,7 +573,9 @@ class Firewall:
             self._active = False
 
     async def _jump_fixes(self, family: int) -> dict[str, list[str]]:
-        listings = dict(zip(TABLES, await asyncio.gather(*(self._iptables(family, "-t", t, "-S") for t in TABLES))))
+        listings = dict(
+            zip(TABLES, await asyncio.gather(*(self._iptables(family, "-t", t, "-S") for t in TABLES)), strict=True)
+        )
         jumps = jumps_for(listings["filter"]) + ((INPUT_JUMP,) if self.dns_address else ())
         fixes: dict[str, list[str]] = {}
         for table, line in stale_jumps(jumps, listings):

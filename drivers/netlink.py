@@ -409,7 +409,7 @@ def vlan_request(name: str, base_index: int, vlan_id: int) -> dict[str, Any]:
 class Forwarding:
     """Static FDB and neighbour entries of one VXLAN device (design notes in drivers/vxlan.py)."""
 
-    def __init__(self, nl: "Netlink", ifindex: int) -> None:
+    def __init__(self, nl: Netlink, ifindex: int) -> None:
         self.nl = nl
         self.ifindex = ifindex
 

@@ -8,8 +8,9 @@ that no table names is rejected, never silently ignored (docs/landscape.md, them
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from pynet.store.errors import InvalidRequest
 

@@ -59,7 +59,8 @@ def _subnets(data: list[wire.IPAMData] | None, version: int, field: str) -> list
             raise InvalidRequest(f"pynet: {field}[{i}].Pool must be an IPv{version} subnet, got {d.Pool!r}") from None
         if pool.version != version:
             raise InvalidRequest(f"pynet: {field}[{i}].Pool must be an IPv{version} subnet, got {d.Pool!r}")
-        for name, value in (("Gateway", d.Gateway), *((f"AuxAddresses[{k}]", v) for k, v in (d.AuxAddresses or {}).items())):
+        aux = ((f"AuxAddresses[{k}]", v) for k, v in (d.AuxAddresses or {}).items())
+        for name, value in (("Gateway", d.Gateway), *aux):
             if not value:
                 continue
             try:
