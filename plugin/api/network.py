@@ -370,7 +370,7 @@ async def revoke_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
 
 
 async def allocate_network(_: Daemon, body: bytes) -> wire.AllocateNetworkResponse:
-    decode(body, wire.AllocateNetworkRequest)
+    decode(body, wire.CreateNetworkRequest)
     return wire.AllocateNetworkResponse(Options={})
 
 

@@ -45,6 +45,9 @@ class IPAMData(msgspec.Struct):
 
 
 class CreateNetworkRequest(msgspec.Struct):
+    """Also swarm's AllocateNetwork, whose body has the same fields (its options are all
+    strings, a subset of what this accepts)."""
+
     NetworkID: str
     Options: dict[str, Any] | None = None
     IPv4Data: list[IPAMData] | None = None
@@ -117,13 +120,6 @@ class ExternalConnectivityRequest(msgspec.Struct):
     NetworkID: str
     EndpointID: str
     Options: dict[str, Any] | None = None
-
-
-class AllocateNetworkRequest(msgspec.Struct):
-    NetworkID: str
-    Options: dict[str, str] | None = None
-    IPv4Data: list[IPAMData] | None = None
-    IPv6Data: list[IPAMData] | None = None
 
 
 class AllocateNetworkResponse(msgspec.Struct):
