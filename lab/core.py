@@ -71,6 +71,7 @@ class Lab:
         self.etcd_node = Node(f"{name}-etcd", addresses[-2])
         self.etcd_endpoint = f"http://{self.etcd_node.address}:2379" if etcd else ""
         self.etcd: Proc | None = None
+        self.upstream: Proc | None = None  # the outside's stand-in resolver
         self.hosts = [Host(self, i, addresses[i - 1]) for i in range(1, hosts + 1)]
         longest = self.hosts[-1].root / _LONGEST_SOCKET
         if len(str(longest).encode()) > _MAX_SOCKET_PATH:
@@ -107,6 +108,8 @@ class Lab:
                     setattr(host, role, Proc.from_json(procs[f"{host.name}/{role}"]))
         if "etcd" in procs:
             lab.etcd = Proc.from_json(procs["etcd"])
+        if "upstream" in procs:
+            lab.upstream = Proc.from_json(procs["upstream"])
         lab._state = state
         return lab
 
@@ -212,6 +215,7 @@ class Lab:
         """Hosts come up in parallel (dockerd start dominates), next to etcd and the image build."""
         with ThreadPoolExecutor(max_workers=len(self.hosts) + 2) as pool:
             etcd = pool.submit(self._start_etcd) if self.use_etcd else None
+            pool.submit(self._start_upstream).result()
             image = pool.submit(self._build_image)
             jobs: list[Future[Any]] = [pool.submit(self._bring_up, host, image, etcd) for host in self.hosts]
             for job in [*jobs, image, *([etcd] if etcd else [])]:
@@ -219,12 +223,28 @@ class Lab:
 
     def _bring_up(self, host: Host, image: Future[Path], etcd: Future[None] | None) -> None:
         host.start_holder()
+        if self.use_pynet and self.use_etcd:  # names across hosts need etcd
+            host.install_dns()
         host.start_dockerd()
         host.import_image(image.result())
         if self.use_pynet:
             if etcd is not None:
                 etcd.result()
             host.start_pynet()
+
+    def _start_upstream(self) -> None:
+        """The outside's stand-in resolver (lab/upstream.py), every host's upstream."""
+        log = self.dir / "upstream.log"
+        with open(log, "ab") as out:
+            python = str(REPO / ".venv" / "bin" / "python")
+            argv = self.outside.command(python, "-m", "lab.upstream", self.outside.address)
+            self.upstream = Proc.spawn(argv, stdout=out, stderr=out, cwd=REPO)
+        self.record_proc("upstream", self.upstream)
+        deadline = time.monotonic() + 30
+        while "ready" not in log.read_text(errors="replace"):
+            if not self.upstream.alive() or time.monotonic() > deadline:
+                raise LabError(f"the outside's resolver did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.05)
 
     def _build_image(self) -> Path:
         rootfs = build_image_rootfs(self.dir / "image")
@@ -312,7 +332,7 @@ class Lab:
     def _own_procs(self) -> list[Proc]:
         """Processes this object started: they are its children, and must be reaped by it."""
         procs = [p for h in self.hosts for p in (h.holder, h.dockerd, h.pynet) if p is not None]
-        return procs + ([self.etcd] if self.etcd is not None else [])
+        return procs + [p for p in (self.etcd, self.upstream) if p is not None]
 
     def _forget_procs(self) -> None:
         for proc in self._own_procs():
@@ -320,7 +340,7 @@ class Lab:
                 proc.popen.wait(timeout=10)
         for host in self.hosts:
             host.holder = host.dockerd = host.pynet = None
-        self.etcd = None
+        self.etcd = self.upstream = None
 
     def _remove_files(self, created_base: bool) -> None:
         """The state file goes last, so an interrupted down can be run again."""
