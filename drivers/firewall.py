@@ -269,7 +269,7 @@ def dnat_rules(family: int, nets: list[tuple[str, NetRules]]) -> list[str]:
 
 def input_rules(family: int, dns_address: str) -> list[str]:
     """UDP and TCP port 53 to the resolver's address, from anywhere (containers ask from their
-    own address, protocol.md §6.1)."""
+    own address, docs/protocol.md §6.1)."""
     if not dns_address or ipaddress.ip_address(dns_address).version != family:
         return []
     host = f"{dns_address}/{32 if family == 4 else 128}"

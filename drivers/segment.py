@@ -108,13 +108,13 @@ class Segment:
         if net.internal:
             # Docker's bridge gives internal networks no gateway; Docker then skips
             # docker_gwbridge itself for internal networks. With no default route, only a /32
-            # through the gateway reaches the resolver (a local address of the host, protocol.md §6.1).
+            # through the gateway reaches the resolver (a local address of the host, docs/protocol.md §6.1).
             return JoinInfo(src_name=ep.peer, static_routes=self._resolver_route(net, ep))
         gw4, gw6 = gateway_ip(net, ep.address), gateway_ip(net, ep.address6)
         return JoinInfo(src_name=ep.peer, gateway=gw4, gateway6=gw6, disable_gateway=not (gw4 or gw6))
 
     def _resolver_route(self, net: Network, ep: Endpoint) -> list[dict[str, Any]]:
-        """A NEXTHOP route (RouteType 0, protocol.md §2.6) to the resolver the firewall lets in."""
+        """A NEXTHOP route (RouteType 0, docs/protocol.md §2.6) to the resolver the firewall lets in."""
         resolver = self.fw.dns_address
         if not resolver:
             return []

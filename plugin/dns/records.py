@@ -6,7 +6,7 @@ Records are written by the cluster agent of each host (docs/design.md, "Store ke
 
 Scoping follows Docker's embedded DNS: a container resolves the names of the containers it
 shares a network with, as `name`, `alias` and `name.network`. The asker is known only by the
-source address of its query (Docker forwards from the container's netns, protocol.md §6.1), so
+source address of its query (Docker forwards from the container's netns, docs/protocol.md §6.1), so
 that address is looked up in every record; the container it names is on every network one of
 its records (same host, same container) is on, whichever of its addresses the query left from.
 """

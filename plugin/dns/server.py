@@ -6,7 +6,7 @@ caches nothing, so the TTL only bounds what a client's own cache keeps. Every ot
 relayed to the upstream resolvers byte for byte (only the message id is rewritten), one after
 the other, within a deadline. When none answers, the reply is SERVFAIL, after which Docker
 tries its next server; never NXDOMAIN for a name pynet merely does not know, since Docker stops
-at NXDOMAIN (protocol.md §6.1).
+at NXDOMAIN (docs/protocol.md §6.1).
 
 dnspython parses queries and builds the table's answers; relayed answers are never re-encoded.
 """

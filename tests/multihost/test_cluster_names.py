@@ -179,7 +179,7 @@ def test_etcd_stopped_known_names_keep_resolving(lab: Lab, walk: Walk) -> None:
 
 def test_internal_network(lab: Lab, walk: Walk, docker_release: DockerRelease) -> None:
     """Docker 26.x and 27.x forward nothing for a container with no gateway endpoint
-    (protocol.md §6.1), so names of other hosts cannot resolve there."""
+    (docs/protocol.md §6.1), so names of other hosts cannot resolve there."""
     if docker_release.name.startswith(("26.", "27.")):
         pytest.skip(f"Docker {docker_release.name} does not forward DNS queries from --internal networks")
     h1, h2 = walk.docks[0], walk.docks[1]
