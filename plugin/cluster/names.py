@@ -9,8 +9,8 @@ connect/disconnect: each one re-inspects the container it names and fixes that c
 keys); at start and after every reconnect a full resync lists the containers and fixes the
 difference with the keys this host has in the store. Both are one pure diff (`changes`).
 
-A network is eligible when it is one of this host's pynet VXLAN networks: the records are
-keyed by network name, which is the same on every host that has the network.
+A network is eligible when it is one of this host's VXLAN cluster networks (serve says which):
+the records are keyed by network name, the same on every host that has a copy.
 """
 
 from __future__ import annotations

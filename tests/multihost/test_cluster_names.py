@@ -1,6 +1,7 @@
 """Names across hosts (issue 9), the walkthrough as a user types it on three lab hosts with a
-real etcd: a VXLAN network of one name on every host, `alpine1` on host 1 and `alpine2` on
-host 2 finding each other by name through Docker's embedded DNS and pynet's resolver.
+real etcd: a VXLAN network created on host 1 only (the cluster agent copies it to the others),
+`alpine1` on host 1 and `alpine2` on host 2 finding each other by name through Docker's
+embedded DNS and pynet's resolver.
 
 `pynet lab up` ran `pynet dns install` on every host before its dockerd started, so
 daemon.json's "dns" is pynet's resolver (169.254.53.53) then the outside's stand-in resolver
@@ -63,12 +64,13 @@ class Walk:
     ip2: str
 
 
-def vxlan(docks: list[Docker], base: str, vni: int, subnet: str, *extra: str) -> str:
-    """The network, created with the same name on every host."""
-    name = ""
-    for d in docks:
-        name = d.network(
-            base, "-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=vxlan", "-o", f"vni={vni}", "--subnet", subnet, *extra
+def cluster_network(docks: list[Docker], base: str, subnet: str, *extra: str) -> str:
+    """`docker network create` on host 1 only (no vni: a cluster network); returns once every
+    host has its copy."""
+    name = docks[0].network(base, "-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=vxlan", "--subnet", subnet, *extra)
+    for d in docks[1:]:
+        assert wait_for(lambda d=d: d("network", "inspect", name, check=False).returncode == 0, timeout=15), (
+            f"{name} never reached {d.host.name}"
         )
     return name
 
@@ -89,12 +91,12 @@ def walk(lab: Lab) -> Iterator[Walk]:
     docks = [Docker(h) for h in lab.hosts]
     for d in docks[1:]:
         d.tag = docks[0].tag
-    net = vxlan(docks, "names", 4901, "10.49.1.0/24")
+    net = cluster_network(docks, "names", "10.49.1.0/24")
     alpine2 = docks[1].run("alpine2", "--network", net, "--network-alias", "web2")
     alpine1, seconds = since_run(docks[0], "alpine1", "--network", net, check=(docks[1], alpine2, net))
     print(f"alpine1 resolvable on host 2 {seconds:.2f} s after docker run returned")
     yield Walk(docks, net, alpine1, alpine2, docks[0].ip(alpine1, net), docks[1].ip(alpine2, net))
-    for d in docks:
+    for d in reversed(docks):  # host 1's last: its network rm removes every host's unused copy
         d.cleanup()
 
 
@@ -125,7 +127,7 @@ def test_outside_name_is_answered_by_the_upstream(lab: Lab, walk: Walk) -> None:
 
 def test_other_networks_do_not_resolve_them(lab: Lab, walk: Walk) -> None:
     h2 = walk.docks[1]
-    other = vxlan(walk.docks, "other", 4902, "10.49.2.0/24")
+    other = cluster_network(walk.docks, "other", "10.49.2.0/24")
     on_other = h2.run("stranger", "--network", other)
     on_bridge = h2.run("plain")  # Docker's default bridge: its queries go upstream as before
     for container in (on_other, on_bridge):
@@ -183,7 +185,7 @@ def test_internal_network(lab: Lab, walk: Walk, docker_release: DockerRelease) -
     if docker_release.name.startswith(("26.", "27.")):
         pytest.skip(f"Docker {docker_release.name} does not forward DNS queries from --internal networks")
     h1, h2 = walk.docks[0], walk.docks[1]
-    net = vxlan(walk.docks, "inner", 4903, "10.49.3.0/24", "--internal")
+    net = cluster_network(walk.docks, "inner", "10.49.3.0/24", "--internal")
     a = h1.run("inner1", "--network", net)
     b = h2.run("inner2", "--network", net)
     assert resolves_to(h2, b, a, h1.ip(a, net))
