@@ -56,6 +56,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             )
         if name == "dns":
             p.add_argument("action", choices=["install", "uninstall"])
+        if name in ("dns", "doctor"):
             p.add_argument("--daemon-json", default=dns_setup.DAEMON_JSON, help="dockerd's configuration file")
         config.add_arguments(p.add_argument_group("pynet settings (as for pynet serve)"))  # type: ignore[arg-type]
 
