@@ -10,6 +10,7 @@ daemon.json's "dns" is pynet's resolver (169.254.53.53) then the outside's stand
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -191,3 +192,12 @@ def test_internal_network(lab: Lab, walk: Walk, docker_release: DockerRelease) -
     assert resolves_to(h2, b, a, h1.ip(a, net))
     assert resolves_to(h1, a, b, h2.ip(b, net))
     assert h2.exec(b, "ping", "-c", "2", "-W", "2", a, check=False).returncode == 0
+
+
+def test_doctor_checks_the_names_set_up(lab: Lab, walk: Walk) -> None:
+    host = lab.hosts[0]
+    argv = [*lab.pynet_cmd, "doctor", "--json", "--etcd-endpoints", lab.etcd_endpoint]
+    argv += ["--state-dir", str(host.root / "pynet"), "--host-id", host.name, "--daemon-json", str(host.root / "daemon.json")]
+    checks = {c["name"]: c for c in json.loads(host.run(*argv, check=False).stdout)}
+    for name in ("dns address", "dns INPUT rule", "daemon.json", "dns resolver"):
+        assert checks[name]["verdict"] == "ok", checks[name]
