@@ -16,7 +16,24 @@ from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.state import State
 from pynet.plugin.daemon.supervisor import Supervisor
 from pynet.store.base import Store
+from pynet.store.embedded import EmbeddedStore
 from pynet.store.errors import InvalidRequest
+
+
+def open_store(settings: Settings) -> Store:
+    if not settings.etcd_endpoints:
+        return EmbeddedStore(settings.store_path)
+    from pynet.store.etcd import EtcdStore  # grpc is slow to import; only etcd users pay for it
+
+    return EtcdStore(
+        [e.strip() for e in settings.etcd_endpoints.split(",") if e.strip()],
+        timeout=settings.store_timeout,
+        ca=settings.etcd_ca,
+        cert=settings.etcd_cert,
+        key=settings.etcd_key,
+        user=settings.etcd_user,
+        password=settings.etcd_password,
+    )
 
 
 @dataclass

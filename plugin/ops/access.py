@@ -15,9 +15,9 @@ import msgspec
 
 from pynet.drivers.netlink import Netlink
 from pynet.ipam import Ipam
-from pynet.plugin import serve
 from pynet.plugin.api.app import ADMIN_PREFIX
 from pynet.plugin.daemon.config import Settings
+from pynet.plugin.daemon import daemon
 from pynet.plugin.daemon.state import State
 from pynet.plugin.ops.render import note
 from pynet.store.base import Store
@@ -75,7 +75,7 @@ def open_store(settings: Settings) -> Store:
     do not block each other); a missing embedded store is an error, never created here."""
     if not settings.etcd_endpoints and not settings.store_path.exists():
         raise CliError(f"no store at {settings.store_path}: wrong --state-dir, or pynet never ran here")
-    return serve.open_store(settings)
+    return daemon.open_store(settings)
 
 
 async def host_id(settings: Settings, store: Store) -> str:
