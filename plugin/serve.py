@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pynet.drivers import registry
+from pynet.drivers.config import VxlanConfig
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.netlink import Netlink
 from pynet.drivers.vxlan import VxlanBackend
@@ -183,7 +184,9 @@ async def start_names(d: Daemon) -> Engine:
     assert isinstance(vxlan, VxlanBackend)
 
     async def eligible() -> set[str]:
-        return {n.id for n in await d.state.networks() if n.mode == VxlanBackend.mode}
+        """VXLAN cluster networks: the same name on every host. A macvlan container reaches
+        this host only through its `host_shim`, so its names are not published."""
+        return {n.id for n in await d.state.networks() if isinstance(n.config, VxlanConfig) and n.config.cluster}
 
     engine = Engine(s.docker_host)
     # Under the VTEPs' lease: a dead host's names go with it.
