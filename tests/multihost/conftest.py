@@ -24,6 +24,12 @@ def lab(request: pytest.FixtureRequest, docker_release: DockerRelease) -> Iterat
         yield lab
 
 
+def etcd_lab(prefix: str, docker: DockerRelease, hosts: int = 3, lease_ttl: int = 3) -> Lab:
+    """A lab of HOSTS sharing a real etcd, with a short lease so that expiry tests are quick."""
+    name = prefix + secrets.token_hex(2)
+    return Lab(name=name, hosts=hosts, etcd=True, pynet_args=("--lease-ttl", str(lease_ttl)), docker=docker)
+
+
 @pytest.fixture
 def dockers(lab: Lab) -> Iterator[list[Docker]]:
     """One `Docker` per host, sharing a tag, so a network made on every host has one name."""

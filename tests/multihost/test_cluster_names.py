@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,20 +21,14 @@ import pytest
 from lab import DockerRelease, Lab
 from lab.upstream import NAME as OUTSIDE_NAME
 from tests.dockercli import Docker, wait_for
+from tests.multihost.conftest import etcd_lab
 
-LEASE_TTL = 3
 PROPAGATION = 10.0  # the poll's bound; the target is 2 s, the times seen are printed
 
 
 @pytest.fixture(scope="module")
 def lab(docker_release: DockerRelease) -> Iterator[Lab]:
-    with Lab(
-        name="pnn" + secrets.token_hex(2),
-        hosts=3,
-        etcd=True,
-        pynet_args=("--lease-ttl", str(LEASE_TTL)),
-        docker=docker_release,
-    ) as lab:
+    with etcd_lab("pnn", docker_release) as lab:
         yield lab
 
 
@@ -68,7 +61,9 @@ class Walk:
 def cluster_network(docks: list[Docker], base: str, subnet: str, *extra: str) -> str:
     """`docker network create` on host 1 only (no vni: a cluster network); returns once every
     host has its copy."""
-    name = docks[0].network(base, "-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=vxlan", "--subnet", subnet, *extra)
+    name = docks[0].network(
+        base, "-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=vxlan", "--subnet", subnet, *extra
+    )
     for d in docks[1:]:
         assert wait_for(lambda d=d: d("network", "inspect", name, check=False).returncode == 0, timeout=15), (
             f"{name} never reached {d.host.name}"
@@ -197,7 +192,14 @@ def test_internal_network(lab: Lab, walk: Walk, docker_release: DockerRelease) -
 def test_doctor_checks_the_names_set_up(lab: Lab, walk: Walk) -> None:
     host = lab.hosts[0]
     argv = [*lab.pynet_cmd, "doctor", "--json", "--etcd-endpoints", lab.etcd_endpoint]
-    argv += ["--state-dir", str(host.root / "pynet"), "--host-id", host.name, "--daemon-json", str(host.root / "daemon.json")]
+    argv += [
+        "--state-dir",
+        str(host.root / "pynet"),
+        "--host-id",
+        host.name,
+        "--daemon-json",
+        str(host.root / "daemon.json"),
+    ]
     checks = {c["name"]: c for c in json.loads(host.run(*argv, check=False).stdout)}
     for name in ("dns address", "dns INPUT rule", "daemon.json", "dns resolver"):
         assert checks[name]["verdict"] == "ok", checks[name]
