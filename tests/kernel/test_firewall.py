@@ -344,6 +344,30 @@ async def test_teardown_restores_the_host_exactly(fw: Firewall, topo: Topology) 
     assert await fw.ensure_jumps() is False  # torn down: the periodic check must not reinstall
 
 
+async def test_internal_network_reaches_the_resolver_through_input_only(fw: Firewall, topo: Topology) -> None:
+    """The resolver's address on a portless bridge, INPUT's policy DROP: port 53 to it gets in
+    from an internal network (a local address: INPUT, never the network's FORWARD drops), and
+    nothing else of the host does."""
+    resolver = "169.254.53.53"
+    in_ns("host", "ip", "link", "add", "pnfw-dns", "type", "bridge")
+    in_ns("host", "ip", "addr", "add", f"{resolver}/32", "dev", "pnfw-dns")
+    topo.serve("host", 53)  # TCP, on every address of the host
+    in_ns("host", "iptables-nft", "-w", "-P", "INPUT", "DROP")
+    try:
+        fw.dns_address = resolver
+        await fw.set("a", net_a(internal=True))
+        assert connect("ctr", resolver, 53) == "10.99.0.2"
+        assert connect("ctr", "10.99.0.1", 53) is None, "only the resolver's address"
+        assert connect("ctr", "198.18.0.2", 80) is None, "the network stays internal"
+        assert jumps("iptables-nft", "INPUT")[0] == "-A INPUT -j PYNET-INPUT"
+        await fw.teardown()
+        assert connect("ctr", resolver, 53) is None
+        assert jumps("iptables-nft", "INPUT") == []
+    finally:
+        in_ns("host", "iptables-nft", "-w", "-P", "INPUT", "ACCEPT")
+        in_ns("host", "ip", "link", "del", "pnfw-dns", check=False)
+
+
 async def test_legacy_docker_host() -> None:
     name = f"pnfw-legacy-{TAG}"
     sh("ip", "netns", "add", name)
