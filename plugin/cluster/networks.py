@@ -130,7 +130,12 @@ class ClusterNetworks:
             here = local.get(name)
             record = records.get(here.Id) if here is not None else None
             same = here is not None and is_copy(spec, here, self.driver, _vni(record))
-            await self._apply(kv, spec, here, copies[name], same)
+            try:
+                await self._apply(kv, spec, here, copies[name], same)
+            except EngineUnavailable:
+                raise
+            except EngineError as err:  # Docker refused this one: the others go on
+                self._report(name, "error", str(err))
 
     async def _is_origin(self, net: Network, record: Record | None) -> bool:
         """A cluster network made on this host, not a copy: for VXLAN, its VNI's reservation
@@ -149,7 +154,7 @@ class ClusterNetworks:
         mine = Put(copy_key(self.prefix, net.Name, self.d.host), msgspec.json.encode(Copy(net.Id)))
         if not await self.d.store.txn([Compare.absent(key)], [Put(key, value), mine]):
             return None  # another host published that name first: the next pass sees its spec
-        log.info("cluster network published", extra={"network": net.Id, "name": net.Name, "vni": vni})
+        log.info("cluster network published", extra={"network": net.Id, "network_name": net.Name, "vni": vni})
         return await self.d.store.get(key)
 
     async def _apply(
@@ -170,7 +175,7 @@ class ClusterNetworks:
         elif action == "removed-here":
             removing = msgspec.json.encode(msgspec.structs.replace(spec, state="removing"))
             if await store.txn([Compare.unchanged(kv)], [Put(kv.key, removing), Delete(key)]):
-                log.info("cluster network removed here: removing it on every host", extra={"name": name})
+                log.info("cluster network removed here: removing it on every host", extra={"network_name": name})
                 copies.pop(host)
         elif action == "delete" and net is not None:
             try:
@@ -180,13 +185,13 @@ class ClusterNetworks:
                 return
             await store.delete(key)
             copies.pop(host, None)
-            log.info("cluster network copy removed", extra={"name": name, "network": net.Id})
+            log.info("cluster network copy removed", extra={"network_name": name, "network": net.Id})
         elif action == "forget":
             await store.delete(key)
             copies.pop(host)
         if spec.state == "removing" and not copies:
             if await store.txn([Compare.unchanged(kv)], [Delete(kv.key)]):
-                log.info("cluster network gone from every host", extra={"name": name})
+                log.info("cluster network gone from every host", extra={"network_name": name})
             self.status.pop(name, None)
 
     async def _create(self, spec: ClusterSpec, key: str) -> None:
@@ -202,11 +207,11 @@ class ClusterNetworks:
             self._report(name, "error", str(err))
             return
         await self.d.store.put(key, msgspec.json.encode(Copy(docker_id)))
-        log.info("cluster network copied", extra={"name": name, "network": docker_id, "origin": spec.origin})
+        log.info("cluster network copied", extra={"network_name": name, "network": docker_id, "origin": spec.origin})
         self._report(name, "created")
 
     def _report(self, name: str, status: str, why: str = "") -> None:
         self.status[name] = status
         if self._logged.get(name) != status and why:
-            log.warning("cluster network " + status, extra={"name": name, "reason": why})
+            log.warning("cluster network " + status, extra={"network_name": name, "reason": why})
         self._logged[name] = status

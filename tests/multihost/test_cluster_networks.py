@@ -1,0 +1,193 @@
+"""Cluster networks (issue 9): a network created once, on one host, exists on every host.
+
+Three lab hosts with their own dockerd and pynet, one etcd. Everything is typed on one host as a
+user would; the other hosts' copies are made by their agents. Waits are bounded polls.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lab import DockerRelease, Lab
+from tests.dockercli import Docker, wait_for
+
+PROPAGATION = 10.0  # the issue's bound for a copy to appear
+VXLAN = ("-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=vxlan")
+
+
+@pytest.fixture(scope="module")
+def lab(docker_release: DockerRelease) -> Iterator[Lab]:
+    with Lab(name="pnc" + secrets.token_hex(2), hosts=3, etcd=True, docker=docker_release) as lab:
+        yield lab
+
+
+@pytest.fixture
+def clis(lab: Lab) -> Iterator[list[Docker]]:
+    tag = secrets.token_hex(3)
+    docks = [Docker(h) for h in lab.hosts]
+    for d in docks:
+        d.tag = tag
+    yield docks
+    for d in docks:  # containers first everywhere, then the networks (a copy is kept while used)
+        for c in reversed(d.containers):
+            d("rm", "-f", c, check=False)
+        d.containers = []
+    for d in docks:
+        d.cleanup()
+
+
+def inspect(d: Docker, name: str) -> dict[str, Any] | None:
+    out = d("network", "inspect", name, check=False)
+    return json.loads(out.stdout)[0] if out.returncode == 0 else None
+
+
+def create(clis: list[Docker], base: str, *args: str, on: int = 0) -> str:
+    """`docker network create` on one host; every host's cleanup removes it."""
+    name = clis[on].network(base, *args)
+    for d in clis:
+        if d is not clis[on]:
+            d.networks.append(name)
+    return name
+
+
+def appears(d: Docker, name: str) -> dict[str, Any]:
+    started = time.monotonic()
+    if not wait_for(lambda: inspect(d, name) is not None, PROPAGATION):
+        log = (d.host.root / "pynet.log").read_text().splitlines()[-40:]
+        pytest.fail(f"{name} never appeared on {d.host.name}; its pynet log ends:\n" + "\n".join(log))
+    print(f"{name} on {d.host.name} after {time.monotonic() - started:.2f} s")  # informational
+    found = inspect(d, name)
+    assert found is not None
+    return found
+
+
+def gone(d: Docker, name: str) -> bool:
+    return wait_for(lambda: inspect(d, name) is None, PROPAGATION)
+
+
+def replicated(net: dict[str, Any]) -> dict[str, Any]:
+    """What a copy must share with the original: all but the reserved VNI in the options (an
+    empty IPAM option map the CLI sent shows as {}, the copy's as null: the same)."""
+    return {
+        "Driver": net["Driver"],
+        "IPAM": {**net["IPAM"], "Options": net["IPAM"]["Options"] or {}},
+        "Options": {k: v for k, v in net["Options"].items() if k != "vni"},
+        "Labels": net["Labels"],
+        "Internal": net["Internal"],
+    }
+
+
+def vni_of(net: dict[str, Any]) -> int:
+    return int(net["Options"]["vni"])
+
+
+def pynet_status(d: Docker) -> dict[str, Any]:
+    out = d.host.run(*d.host.lab.pynet_cmd, "status", "--json", check=False)
+    return dict(json.loads(out.stdout))
+
+
+def test_create_once_use_everywhere(clis: list[Docker]) -> None:
+    name = create(clis, "blue", *VXLAN, "--label", "team=red", "--subnet", "10.61.0.0/24", "--ip-range", "10.61.0.128/25")
+    origin = inspect(clis[0], name)
+    assert origin is not None
+    copies = [appears(d, name) for d in clis[1:]]
+    for copy in copies:
+        assert replicated(copy) == replicated(origin)
+        assert copy["Id"] != origin["Id"]
+    assert len({vni_of(c) for c in copies}) == 1
+    a = clis[0].run("a", "--network", name)
+    b = clis[1].run("b", "--network", name)
+    ip_a, ip_b = clis[0].ip(a, name), clis[1].ip(b, name)
+    assert ip_a != ip_b and ip_a.startswith("10.61.0.1")  # from the ip-range: upper half
+    assert clis[1].pings(b, ip_a) and clis[0].pings(a, ip_b)
+    # docker network connect on the third host
+    c = clis[2].run("c")
+    clis[2]("network", "connect", name, c)
+    assert clis[2].pings(c, ip_a)
+
+
+def test_automatic_vnis_and_subnets_are_unique_across_hosts(clis: list[Docker]) -> None:
+    names = [create(clis, f"auto{i}", *VXLAN, on=i) for i in range(3)]
+    nets = [appears(clis[(i + 1) % 3], n) for i, n in enumerate(names)]
+    vnis = {vni_of(n) for n in nets}
+    subnets = {n["IPAM"]["Config"][0]["Subnet"] for n in nets}
+    assert len(vnis) == 3 and len(subnets) == 3, (vnis, subnets)
+
+
+def test_a_vni_reserved_by_another_network_is_refused(clis: list[Docker]) -> None:
+    name = create(clis, "owner", *VXLAN)
+    vni = vni_of(appears(clis[1], name))
+    out = clis[1]("network", "create", *VXLAN, "-o", f"vni={vni}", "--subnet", "10.62.0.0/24", clis[1].name("thief"), check=False)
+    assert out.returncode != 0 and f"VNI {vni}" in out.stderr, out.stderr
+
+
+def test_explicit_vni_stays_per_host_and_cluster_false_too(clis: list[Docker]) -> None:
+    local = create(clis, "local", *VXLAN, "-o", "vni=4242", "--subnet", "10.63.0.0/24")
+    kept = create(clis, "kept", *VXLAN, "-o", "cluster=false")
+    opted = create(clis, "opted", *VXLAN, "-o", "vni=4343", "-o", "cluster=true", "--subnet", "10.64.0.0/24")
+    marker = create(clis, "marker", *VXLAN)  # made last: once it is everywhere, the others would be
+    for d in clis[1:]:
+        appears(d, marker)
+        assert vni_of(appears(d, opted)) == 4343
+        assert inspect(d, local) is None and inspect(d, kept) is None
+
+
+def test_rm_on_one_host_waits_for_containers_elsewhere(clis: list[Docker]) -> None:
+    name = create(clis, "gone", *VXLAN)
+    for d in clis[1:]:
+        appears(d, name)
+    user = clis[1].run("user", "--network", name)
+    clis[0]("network", "rm", name)
+    assert gone(clis[2], name), "a host without containers removes its copy"
+    assert inspect(clis[1], name) is not None, "a host with a container on it keeps it"
+    clis[1]("rm", "-f", user)
+    clis[1].containers.remove(user)
+    assert gone(clis[1], name), "removed once the last container left"
+
+
+def test_a_different_network_of_that_name_is_left_alone(clis: list[Docker]) -> None:
+    name = clis[2].network("taken", "--subnet", "10.65.0.0/24")  # Docker's bridge, on host 3 only
+    create(clis, "taken", *VXLAN)
+    appears(clis[1], name)
+    net = inspect(clis[2], name)
+    assert net is not None and net["Driver"] == "bridge"
+
+    def reported() -> bool:
+        tasks = {t["name"]: t for t in pynet_status(clis[2]).get("tasks", [])}
+        return name in tasks.get("cluster-networks", {}).get("detail", {}).get("conflict", "")
+
+    assert wait_for(reported, PROPAGATION)
+    doctor = clis[2].host.run(*clis[2].host.lab.pynet_cmd, "doctor", check=False).stdout
+    assert "cluster networks" in doctor and name in doctor
+
+
+def test_a_host_whose_pynet_starts_later_gets_every_network(lab: Lab, clis: list[Docker]) -> None:
+    late = lab.hosts[2]
+    late.stop_pynet()
+    try:
+        name = create(clis, "late", *VXLAN)
+        appears(clis[1], name)
+    finally:
+        late.start_pynet()
+    appears(clis[2], name)
+    status = {t["name"]: t for t in pynet_status(clis[2])["tasks"]}
+    assert status["cluster-networks"]["state"] == "running"
+    assert status["cluster-networks"]["detail"]["api"].startswith("1.")
+
+
+def test_macvlan_opt_in(clis: list[Docker]) -> None:
+    args = ("-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=macvlan", "-o", "parent=eth0")
+    alone = create(clis, "mvlocal", *args, "--subnet", "10.67.0.0/24")  # first: copied by now if ever
+    shared = create(clis, "mv", *args, "-o", "cluster=true", "--subnet", "10.66.0.0/24")
+    copy = appears(clis[1], shared)
+    assert copy["Options"]["parent"] == "eth0"
+    a = clis[0].run("ma", "--network", shared)
+    b = clis[1].run("mb", "--network", shared)
+    assert clis[1].pings(b, clis[0].ip(a, shared))
+    assert inspect(clis[1], alone) is None
