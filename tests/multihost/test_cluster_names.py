@@ -163,6 +163,7 @@ def test_pynet_stopped_outside_names_still_resolve(lab: Lab, walk: Walk) -> None
     finally:
         host.start_pynet()
     assert resolves_to(h3, c, walk.alpine1, walk.ip1), "names again once pynet is back"
+    assert resolves_to(walk.docks[1], walk.alpine2, c, h3.ip(c, walk.net)), "its own published again (resync)"
 
 
 def test_etcd_stopped_known_names_keep_resolving(lab: Lab, walk: Walk) -> None:
@@ -203,3 +204,8 @@ def test_doctor_checks_the_names_set_up(lab: Lab, walk: Walk) -> None:
     checks = {c["name"]: c for c in json.loads(host.run(*argv, check=False).stdout)}
     for name in ("dns address", "dns INPUT rule", "daemon.json", "dns resolver"):
         assert checks[name]["verdict"] == "ok", checks[name]
+    status = json.loads(host.run(*lab.pynet_cmd, "status", "--json", check=False).stdout)
+    tasks = {t["name"]: t for t in status["tasks"]}
+    for name in ("publish-names", "dns-names", "dns-server"):
+        assert tasks[name]["state"] == "running", tasks[name]
+    assert int(tasks["publish-names"]["detail"]["records"]) >= 1
