@@ -27,31 +27,16 @@ def lab(docker_release: DockerRelease) -> Iterator[Lab]:
         yield lab
 
 
-@pytest.fixture
-def clis(lab: Lab) -> Iterator[list[Docker]]:
-    tag = secrets.token_hex(3)
-    docks = [Docker(h) for h in lab.hosts]
-    for d in docks:
-        d.tag = tag
-    yield docks
-    for d in docks:  # containers first everywhere, then the networks (a copy is kept while used)
-        for c in reversed(d.containers):
-            d("rm", "-f", c, check=False)
-        d.containers = []
-    for d in docks:
-        d.cleanup()
-
-
 def inspect(d: Docker, name: str) -> dict[str, Any] | None:
     out = d("network", "inspect", name, check=False)
     return json.loads(out.stdout)[0] if out.returncode == 0 else None
 
 
-def create(clis: list[Docker], base: str, *args: str, on: int = 0) -> str:
+def create(dockers: list[Docker], base: str, *args: str, on: int = 0) -> str:
     """`docker network create` on one host; every host's cleanup removes it."""
-    name = clis[on].network(base, *args)
-    for d in clis:
-        if d is not clis[on]:
+    name = dockers[on].network(base, *args)
+    for d in dockers:
+        if d is not dockers[on]:
             d.networks.append(name)
     return name
 
@@ -92,102 +77,104 @@ def pynet_status(d: Docker) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def test_create_once_use_everywhere(clis: list[Docker]) -> None:
-    name = create(clis, "blue", *VXLAN, "--label", "team=red", "--subnet", "10.61.0.0/24", "--ip-range", "10.61.0.128/25")
-    origin = inspect(clis[0], name)
+def test_create_once_use_everywhere(dockers: list[Docker]) -> None:
+    ipam = ("--subnet", "10.61.0.0/24", "--ip-range", "10.61.0.128/25")
+    name = create(dockers, "blue", *VXLAN, "--label", "team=red", *ipam)
+    origin = inspect(dockers[0], name)
     assert origin is not None
-    copies = [appears(d, name) for d in clis[1:]]
+    copies = [appears(d, name) for d in dockers[1:]]
     for copy in copies:
         assert replicated(copy) == replicated(origin)
         assert copy["Id"] != origin["Id"]
     assert len({vni_of(c) for c in copies}) == 1
-    a = clis[0].run("a", "--network", name)
-    b = clis[1].run("b", "--network", name)
-    ip_a, ip_b = clis[0].ip(a, name), clis[1].ip(b, name)
+    a = dockers[0].run("a", "--network", name)
+    b = dockers[1].run("b", "--network", name)
+    ip_a, ip_b = dockers[0].ip(a, name), dockers[1].ip(b, name)
     assert ip_a != ip_b and ip_a.startswith("10.61.0.1")  # from the ip-range: upper half
-    assert clis[1].pings(b, ip_a) and clis[0].pings(a, ip_b)
+    assert dockers[1].pings(b, ip_a) and dockers[0].pings(a, ip_b)
     # docker network connect on the third host
-    c = clis[2].run("c")
-    clis[2]("network", "connect", name, c)
-    assert clis[2].pings(c, ip_a)
+    c = dockers[2].run("c")
+    dockers[2]("network", "connect", name, c)
+    assert dockers[2].pings(c, ip_a)
 
 
-def test_automatic_vnis_and_subnets_are_unique_across_hosts(clis: list[Docker]) -> None:
-    names = [create(clis, f"auto{i}", *VXLAN, on=i) for i in range(3)]
-    nets = [appears(clis[(i + 1) % 3], n) for i, n in enumerate(names)]
+def test_automatic_vnis_and_subnets_are_unique_across_hosts(dockers: list[Docker]) -> None:
+    names = [create(dockers, f"auto{i}", *VXLAN, on=i) for i in range(3)]
+    nets = [appears(dockers[(i + 1) % 3], n) for i, n in enumerate(names)]
     vnis = {vni_of(n) for n in nets}
     subnets = {n["IPAM"]["Config"][0]["Subnet"] for n in nets}
     assert len(vnis) == 3 and len(subnets) == 3, (vnis, subnets)
 
 
-def test_a_vni_reserved_by_another_network_is_refused(clis: list[Docker]) -> None:
-    name = create(clis, "owner", *VXLAN)
-    vni = vni_of(appears(clis[1], name))
-    out = clis[1]("network", "create", *VXLAN, "-o", f"vni={vni}", "--subnet", "10.62.0.0/24", clis[1].name("thief"), check=False)
+def test_a_vni_reserved_by_another_network_is_refused(dockers: list[Docker]) -> None:
+    name = create(dockers, "owner", *VXLAN)
+    vni = vni_of(appears(dockers[1], name))
+    thief = dockers[1].name("thief")
+    out = dockers[1]("network", "create", *VXLAN, "-o", f"vni={vni}", "--subnet", "10.62.0.0/24", thief, check=False)
     assert out.returncode != 0 and f"VNI {vni}" in out.stderr, out.stderr
 
 
-def test_explicit_vni_stays_per_host_and_cluster_false_too(clis: list[Docker]) -> None:
-    local = create(clis, "local", *VXLAN, "-o", "vni=4242", "--subnet", "10.63.0.0/24")
-    kept = create(clis, "kept", *VXLAN, "-o", "cluster=false")
-    opted = create(clis, "opted", *VXLAN, "-o", "vni=4343", "-o", "cluster=true", "--subnet", "10.64.0.0/24")
-    marker = create(clis, "marker", *VXLAN)  # made last: once it is everywhere, the others would be
-    for d in clis[1:]:
+def test_explicit_vni_stays_per_host_and_cluster_false_too(dockers: list[Docker]) -> None:
+    local = create(dockers, "local", *VXLAN, "-o", "vni=4242", "--subnet", "10.63.0.0/24")
+    kept = create(dockers, "kept", *VXLAN, "-o", "cluster=false")
+    opted = create(dockers, "opted", *VXLAN, "-o", "vni=4343", "-o", "cluster=true", "--subnet", "10.64.0.0/24")
+    marker = create(dockers, "marker", *VXLAN)  # made last: once it is everywhere, the others would be
+    for d in dockers[1:]:
         appears(d, marker)
         assert vni_of(appears(d, opted)) == 4343
         assert inspect(d, local) is None and inspect(d, kept) is None
 
 
-def test_rm_on_one_host_waits_for_containers_elsewhere(clis: list[Docker]) -> None:
-    name = create(clis, "gone", *VXLAN)
-    for d in clis[1:]:
+def test_rm_on_one_host_waits_for_containers_elsewhere(dockers: list[Docker]) -> None:
+    name = create(dockers, "gone", *VXLAN)
+    for d in dockers[1:]:
         appears(d, name)
-    user = clis[1].run("user", "--network", name)
-    clis[0]("network", "rm", name)
-    assert gone(clis[2], name), "a host without containers removes its copy"
-    assert inspect(clis[1], name) is not None, "a host with a container on it keeps it"
-    clis[1]("rm", "-f", user)
-    clis[1].containers.remove(user)
-    assert gone(clis[1], name), "removed once the last container left"
+    user = dockers[1].run("user", "--network", name)
+    dockers[0]("network", "rm", name)
+    assert gone(dockers[2], name), "a host without containers removes its copy"
+    assert inspect(dockers[1], name) is not None, "a host with a container on it keeps it"
+    dockers[1]("rm", "-f", user)
+    dockers[1].containers.remove(user)
+    assert gone(dockers[1], name), "removed once the last container left"
 
 
-def test_a_different_network_of_that_name_is_left_alone(clis: list[Docker]) -> None:
-    name = clis[2].network("taken", "--subnet", "10.65.0.0/24")  # Docker's bridge, on host 3 only
-    create(clis, "taken", *VXLAN)
-    appears(clis[1], name)
-    net = inspect(clis[2], name)
+def test_a_different_network_of_that_name_is_left_alone(dockers: list[Docker]) -> None:
+    name = dockers[2].network("taken", "--subnet", "10.65.0.0/24")  # Docker's bridge, on host 3 only
+    create(dockers, "taken", *VXLAN)
+    appears(dockers[1], name)
+    net = inspect(dockers[2], name)
     assert net is not None and net["Driver"] == "bridge"
 
     def reported() -> bool:
-        tasks = {t["name"]: t for t in pynet_status(clis[2]).get("tasks", [])}
+        tasks = {t["name"]: t for t in pynet_status(dockers[2]).get("tasks", [])}
         return name in tasks.get("cluster-networks", {}).get("detail", {}).get("conflict", "")
 
     assert wait_for(reported, PROPAGATION)
-    doctor = clis[2].host.run(*clis[2].host.lab.pynet_cmd, "doctor", check=False).stdout
+    doctor = dockers[2].host.run(*dockers[2].host.lab.pynet_cmd, "doctor", check=False).stdout
     assert "cluster networks" in doctor and name in doctor
 
 
-def test_a_host_whose_pynet_starts_later_gets_every_network(lab: Lab, clis: list[Docker]) -> None:
+def test_a_host_whose_pynet_starts_later_gets_every_network(lab: Lab, dockers: list[Docker]) -> None:
     late = lab.hosts[2]
     late.stop_pynet()
     try:
-        name = create(clis, "late", *VXLAN)
-        appears(clis[1], name)
+        name = create(dockers, "late", *VXLAN)
+        appears(dockers[1], name)
     finally:
         late.start_pynet()
-    appears(clis[2], name)
-    status = {t["name"]: t for t in pynet_status(clis[2])["tasks"]}
+    appears(dockers[2], name)
+    status = {t["name"]: t for t in pynet_status(dockers[2])["tasks"]}
     assert status["cluster-networks"]["state"] == "running"
     assert status["cluster-networks"]["detail"]["api"].startswith("1.")
 
 
-def test_macvlan_opt_in(clis: list[Docker]) -> None:
+def test_macvlan_opt_in(dockers: list[Docker]) -> None:
     args = ("-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=macvlan", "-o", "parent=eth0")
-    alone = create(clis, "mvlocal", *args, "--subnet", "10.67.0.0/24")  # first: copied by now if ever
-    shared = create(clis, "mv", *args, "-o", "cluster=true", "--subnet", "10.66.0.0/24")
-    copy = appears(clis[1], shared)
+    alone = create(dockers, "mvlocal", *args, "--subnet", "10.67.0.0/24")  # first: copied by now if ever
+    shared = create(dockers, "mv", *args, "-o", "cluster=true", "--subnet", "10.66.0.0/24")
+    copy = appears(dockers[1], shared)
     assert copy["Options"]["parent"] == "eth0"
-    a = clis[0].run("ma", "--network", shared)
-    b = clis[1].run("mb", "--network", shared)
-    assert clis[1].pings(b, clis[0].ip(a, shared))
-    assert inspect(clis[1], alone) is None
+    a = dockers[0].run("ma", "--network", shared)
+    b = dockers[1].run("mb", "--network", shared)
+    assert dockers[1].pings(b, dockers[0].ip(a, shared))
+    assert inspect(dockers[1], alone) is None
