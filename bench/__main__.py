@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import bridge, macvlan, vxlan
+from bench import bridge, cluster, macvlan, vxlan
 
-SUITES = {"bridge": bridge.main, "macvlan": macvlan.main, "vxlan": vxlan.main}
+SUITES = {"bridge": bridge.main, "cluster": cluster.main, "macvlan": macvlan.main, "vxlan": vxlan.main}
 
 
 def main() -> None:
