@@ -28,12 +28,15 @@ class Check(msgspec.Struct):
     detail: str
 
 
-async def doctor(settings: Settings, _: argparse.Namespace) -> Report:
+async def doctor(settings: Settings, args: argparse.Namespace) -> Report:
     checks = [await _daemon_check(settings), _forwarding_check()]
     checks += await _firewall_checks(configured(settings))
     checks += await _mtu_checks(settings)
     if settings.etcd_endpoints:
         checks.append(await _etcd_check(settings))
+        from pynet.plugin.ops.dns_checks import dns_checks  # it imports Check from here
+
+        checks += await dns_checks(settings, configured(settings), args)
     rows = [(c.verdict.upper() if c.verdict != "ok" else "ok", c.name, c.detail) for c in checks]
     return Report(checks, table(["VERDICT", "CHECK", "DETAIL"], rows), all(c.verdict != "fail" for c in checks))
 
