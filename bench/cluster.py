@@ -138,9 +138,9 @@ def poll_script(name: str, present: bool) -> str:
 
 
 def until_dns(watcher: tuple[Host, str], name: str, present: bool, command: tuple[str, ...]) -> tuple[float, float]:
-    """Run the docker COMMAND on host 1: ms from its start, and from its return, to NAME
-    resolving (not, if not PRESENT) in WATCHER's container; inf past BOUND. The second is
-    negative when the name was already there (or gone) by the time the command returned."""
+    """Run the docker COMMAND on host 1: ms it took, and ms from its return to NAME resolving
+    (not, if not PRESENT) in WATCHER's container, inf past BOUND; negative when the name was
+    already there (or gone) by the time the command returned."""
     host, container = watcher
     proc = docker_popen(host, "exec", container, "sh", "-c", poll_script(name, present))
     assert proc.stdout is not None
@@ -155,10 +155,10 @@ def until_dns(watcher: tuple[Host, str], name: str, present: bool, command: tupl
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    ran = (returned - started) * 1000
     if proc.returncode != 0 or not out.strip():
-        return INF, INF
-    seen = float(out.split()[0])
-    return (seen - started) * 1000, (seen - returned) * 1000
+        return ran, INF
+    return ran, (float(out.split()[0]) - returned) * 1000
 
 
 @dataclass
@@ -169,10 +169,11 @@ class NameRig:
     watchers: dict[str, tuple[Host, str]]
 
 
-# What name_rounds measures: (command, anchor) -> per driver, ms to the name resolving (run)
-# or no longer resolving (rm) in host 2's watcher.
+# What name_rounds measures: (command, anchor) -> per driver, ms from the command's return
+# or start to the name resolving (run) or no longer resolving (rm) in host 2's watcher, and
+# (command, "itself") the command's own time.
 NameTimes = dict[tuple[str, str], dict[str, list[float]]]
-ANCHORS = ("returned", "started")
+ANCHORS = ("returned", "started", "itself")
 
 
 def name_rounds(rig: NameRig, n: int) -> NameTimes:
@@ -185,9 +186,10 @@ def name_rounds(rig: NameRig, n: int) -> NameTimes:
         name = f"pnx{driver[:2]}{next(count)}"
         run = ("run", "-d", "--name", name, "--network", rig.networks[driver], IMAGE, "sleep", "infinity")
         for command, args, present in (("run -d", run, True), ("rm -f", ("rm", "-f", name), False)):
-            started, returned = until_dns(rig.watchers[driver], name, present, args)
-            times[command, "started"][driver].append(started)
-            times[command, "returned"][driver].append(returned)
+            ran, after = until_dns(rig.watchers[driver], name, present, args)
+            times[command, "itself"][driver].append(ran)
+            times[command, "returned"][driver].append(after)
+            times[command, "started"][driver].append(ran + after)
         return times["run -d", "started"][driver][-1]  # compare's Row is not used: all figures are in `times`
 
     compare("names", "ms", "lower", n, *per_driver(round_trip))
@@ -300,12 +302,15 @@ def report_networks(lab: Lab, created: list[list[float]], removed: list[float]) 
 
 
 def report_names(names: NameTimes, n: int) -> None:
+    """Each figure per driver; "itself" is the command's own time, which the figures from its
+    start include."""
+    what = {"run -d": "name resolves", "rm -f": "name gone"}
     print_series(
         f"names: host 1 -> a container on host 2 (n={n} each, pynet and overlay taking turns)",
         [
-            Series(f"{label}: docker {c} {a} -> name {'resolves' if c == 'run -d' else 'gone'}", ms)
+            Series(f"{label}: docker {c} {a}" + ("" if a == "itself" else f" -> {what[c]}"), per[driver])
             for (c, a), per in names.items()
-            for label, ms in (("pynet", per["pynet"]), ("overlay", per["docker"]))
+            for label, driver in (("pynet", "pynet"), ("overlay", "docker"))
         ],
     )
 
