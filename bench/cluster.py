@@ -91,7 +91,7 @@ def since(t0: float, host: Host, network: str, present: bool) -> float:
 def on_others(lab: Lab, command: tuple[str, ...], network: str, present: bool) -> list[float]:
     """Run the docker COMMAND on host 1, then poll every other host at once: ms per host."""
     others = lab.hosts[1:]
-    with ThreadPoolExecutor(len(others)) as pool:  # its threads start before the clock does
+    with ThreadPoolExecutor(len(others)) as pool:
         lab.hosts[0].docker(*command)
         t0 = time.perf_counter()
         return list(pool.map(lambda h: since(t0, h, network, present), others))
@@ -200,10 +200,13 @@ def name_rounds(rig: NameRig, n: int) -> NameTimes:
 
 
 def timed_in(host: Host, container: str, command: str, n: int) -> list[float]:
-    """ms of each of N runs of COMMAND in CONTAINER, from $EPOCHREALTIME around it."""
-    script = f'i=0; while [ $i -lt {n} ]; do t0=$EPOCHREALTIME; {command}; echo "$t0 $EPOCHREALTIME"; i=$((i+1)); done'
+    """ms of each of N runs of COMMAND in CONTAINER, from $EPOCHREALTIME around it; a run
+    that failed (a lookup with no answer) counts as inf, so none hides in the figures."""
+    loop = f't0=$EPOCHREALTIME; {command}; rc=$?; echo "$t0 $EPOCHREALTIME $rc"'
+    script = f"i=0; while [ $i -lt {n} ]; do {loop}; i=$((i+1)); done"
     out = host.docker("exec", container, "sh", "-c", script, timeout=n * 2 + 60).stdout
-    return [(float(b) - float(a)) * 1000 for a, b in (line.split() for line in out.splitlines())]
+    runs = [line.split() for line in out.splitlines()]
+    return [(float(end) - float(start)) * 1000 if rc == "0" else INF for start, end, rc in runs]
 
 
 def lookup_rounds(kinds: dict[str, tuple[Host, str, str]], n: int, batch: int) -> dict[str, Series]:
