@@ -37,6 +37,7 @@ async def doctor(settings: Settings, args: argparse.Namespace) -> Report:
         from pynet.plugin.ops.dns_checks import dns_checks  # it imports Check from here
 
         checks += await dns_checks(settings, configured(settings), args)
+    checks += await _cluster_checks(settings)
     rows = [(c.verdict.upper() if c.verdict != "ok" else "ok", c.name, c.detail) for c in checks]
     return Report(checks, table(["VERDICT", "CHECK", "DETAIL"], rows), all(c.verdict != "fail" for c in checks))
 
@@ -132,3 +133,23 @@ async def _etcd_check(settings: Settings) -> Check:
         return Check("etcd", "ok", f"{info.where} answers")
     return Check("etcd", "fail", f"{info.where}: {info.error}")
 
+
+async def _cluster_checks(settings: Settings) -> list[Check]:
+    """The cluster agent (plugin/cluster/networks.py) runs, and every cluster network has its
+    copy here: a name held by a different network, or a copy Docker refused, only warns. Asked
+    of the daemon, whose settings (etcd) this shell may not have."""
+    name = "cluster networks"
+    try:
+        st = await ask(settings, "status", Status)
+    except Unreachable as e:
+        return [Check(name, "warn", f"agent unknown: {e}")] if settings.etcd_endpoints else []
+    task = next((t for t in st.tasks if t.name == "cluster-networks"), None)
+    if task is None:
+        missing = Check(name, "warn", "the agent has not started (pynet still starting?)")
+        return [missing] if settings.etcd_endpoints else []
+    if task.state != "running":
+        return [Check(name, "warn", f"agent {task.state}: {task.last_error}")]
+    problems = [f"{k}: {task.detail[k]}" for k in ("conflict", "error") if task.detail.get(k, "-") != "-"]
+    if problems:
+        return [Check(name, "warn", "; ".join(problems) + " (a different network of that name here is left alone)")]
+    return [Check(name, "ok", f"{task.detail.get('networks', '0')} copied, Docker API {task.detail.get('api', '-')}")]
