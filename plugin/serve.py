@@ -27,7 +27,7 @@ from pynet.plugin.cluster.names import Publisher
 from pynet.plugin.cluster.networks import ClusterNetworks
 from pynet.plugin.daemon import logs
 from pynet.plugin.daemon.config import Settings, resolve_host_id
-from pynet.plugin.daemon.daemon import Daemon
+from pynet.plugin.daemon.daemon import Daemon, open_store
 from pynet.plugin.daemon.state import State
 from pynet.plugin.dns.records import NameTable
 from pynet.plugin.dns.server import DnsServer, Resolver
@@ -36,8 +36,6 @@ from pynet.plugin.dns.watcher import Watcher
 from pynet.plugin.engine import Engine
 from pynet.plugin.metrics import Metrics, serve_metrics, timed
 from pynet.plugin.ops import admin_api
-from pynet.store.base import Store
-from pynet.store.embedded import EmbeddedStore
 from pynet.store.errors import StoreUnavailable
 
 log = logging.getLogger("pynet")
@@ -45,22 +43,6 @@ log = logging.getLogger("pynet")
 # The resolver's address lives on this portless bridge, left in place on exit: with pynet
 # stopped, queries to it are refused at once and Docker moves on to the next server.
 DNS_LINK = "pndns0"
-
-
-def open_store(settings: Settings) -> Store:
-    if not settings.etcd_endpoints:
-        return EmbeddedStore(settings.store_path)
-    from pynet.store.etcd import EtcdStore  # grpc is slow to import; only etcd users pay for it
-
-    return EtcdStore(
-        [e.strip() for e in settings.etcd_endpoints.split(",") if e.strip()],
-        timeout=settings.store_timeout,
-        ca=settings.etcd_ca,
-        cert=settings.etcd_cert,
-        key=settings.etcd_key,
-        user=settings.etcd_user,
-        password=settings.etcd_password,
-    )
 
 
 def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:

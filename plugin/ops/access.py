@@ -16,8 +16,8 @@ import msgspec
 from pynet.drivers.netlink import Netlink
 from pynet.ipam import Ipam
 from pynet.plugin.api.app import ADMIN_PREFIX
-from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon import daemon
+from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.state import State
 from pynet.plugin.ops.render import note
 from pynet.store.base import Store
