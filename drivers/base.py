@@ -6,7 +6,8 @@ restarted pynet rebuilds the kernel from them (Docker never replays CreateNetwor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -17,6 +18,18 @@ from pynet.drivers.netlink import Link
 from pynet.store.errors import PynetError
 
 C = TypeVar("C")
+
+
+@asynccontextmanager
+async def undo_on_failure(undo: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
+    """Runs `undo` when the block fails, cancellation included, then lets the error go on:
+    a request that fails leaves nothing half-created. `undo` is called at failure time, so a
+    lambda sees the block's latest values."""
+    try:
+        yield
+    except BaseException:
+        await undo()
+        raise
 
 
 class Subnet(msgspec.Struct, frozen=True):

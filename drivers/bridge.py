@@ -12,13 +12,13 @@ from typing import Any, ClassVar
 
 from msgspec.structs import replace
 
-from pynet.drivers.base import Draft, Endpoint, JoinInfo, MtuLimit, Network, config_of
+from pynet.drivers.base import Draft, Endpoint, MtuLimit, Network, config_of
 from pynet.drivers.config import BridgeConfig
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.naming import BRIDGE_PREFIX, bridge_mac, bridge_name
 from pynet.drivers.netlink import HostView, Netlink
 from pynet.drivers.options import Option, ifname, int_in, ipv4_address, parse_bool, parse_options
-from pynet.drivers.segment import Segment
+from pynet.drivers.segment import Segment, SegmentEndpoints
 
 log = logging.getLogger("pynet.bridge")
 
@@ -51,7 +51,9 @@ def mtu_limit(cfg: BridgeConfig, host: HostView) -> MtuLimit | None:
     return MtuLimit(host.uplink) if host.uplink else None
 
 
-class BridgeBackend:
+class BridgeBackend(SegmentEndpoints):
+    """The segment alone; its endpoint calls are SegmentEndpoints'."""
+
     mode: ClassVar[str] = "bridge"
     link_prefixes: ClassVar[tuple[str, ...]] = (BRIDGE_PREFIX, *Segment.link_prefixes)
     publishes_ports: ClassVar[bool] = True
@@ -80,26 +82,6 @@ class BridgeBackend:
 
     async def delete_network(self, net: Network) -> None:
         await self.segment.delete(net)
-
-    # -- endpoints ---------------------------------------------------------------------------
-
-    async def create_endpoint(self, net: Network, ep: Endpoint) -> None:
-        await self.segment.create_endpoint(net, ep)
-
-    async def join(self, net: Network, ep: Endpoint) -> JoinInfo:
-        return self.segment.join(net, ep)
-
-    async def leave(self, net: Network, ep: Endpoint) -> None:
-        return None
-
-    async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
-        await self.segment.delete_endpoint(net, ep)
-
-    async def program_external(self, net: Network, ep: Endpoint) -> None:
-        await self.segment.program_external(net, ep)
-
-    async def revoke_external(self, net: Network, ep: Endpoint) -> None:
-        await self.segment.revoke_external(net, ep)
 
     # -- recovery ----------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from typing import ClassVar
 
 from msgspec.structs import replace
 
-from pynet.drivers.base import Draft, Endpoint, JoinInfo, MtuLimit, Network, config_of
+from pynet.drivers.base import Draft, Endpoint, JoinInfo, MtuLimit, Network, config_of, undo_on_failure
 from pynet.drivers.config import MacvlanConfig
 from pynet.drivers.naming import ID_CHARS, INTERNAL_PREFIX, MACVLAN_PREFIX, SHIM_PREFIX, gateway_ip, mac_for
 from pynet.drivers.netlink import HostView, Link, Netlink
@@ -216,14 +216,11 @@ class MacvlanBackend:
                 self._nets[net.id] = net
                 return config_of(net, MacvlanConfig)
             check_sharing(net, self._nets.values())
-            try:
+            async with undo_on_failure(lambda: self._remove(net)):
                 net = await self._ensure_parent(net)
                 parent = await self._link(config_of(net, MacvlanConfig).parent)
                 net = await self._check_parent(net, parent)
                 await self._ensure_shim(net, parent, [])
-            except BaseException:
-                await self._remove(net)
-                raise
             self._nets[net.id] = net
         cfg = config_of(net, MacvlanConfig)
         log.info(
@@ -332,11 +329,8 @@ class MacvlanBackend:
                 ) from e
             raise
         if cfg.host_shim and ep.address:
-            try:
+            async with undo_on_failure(lambda: self.nl.delete_link(ep.peer)):
                 await self.nl.ensure_route(host_route(ep.address), shim_link(net.id))
-            except BaseException:
-                await self.nl.delete_link(ep.peer)
-                raise
 
     async def join(self, net: Network, ep: Endpoint) -> JoinInfo:
         if net.internal:

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 from typing import Any
 
-from pynet.drivers.base import Endpoint, JoinInfo, Network, PortMap, config_of
+from pynet.drivers.base import Endpoint, JoinInfo, Network, PortMap, config_of, undo_on_failure
 from pynet.drivers.config import BridgedConfig
 from pynet.drivers.firewall import Firewall, NetRules
 from pynet.drivers.naming import HOST_END_PREFIX, PEER_PREFIX, endpoint_links, gateway_ip, mac_for
@@ -57,12 +57,9 @@ class Segment:
 
     async def create(self, net: Network, mac: str) -> None:
         """Bridge, addresses and rules of a resolved record; undoes itself when it fails."""
-        try:
+        async with undo_on_failure(lambda: self.delete(net)):
             await self.ensure(net, mac)
             await self._apply_rules(net)
-        except BaseException:
-            await self.delete(net)
-            raise
 
     async def ensure(self, net: Network, mac: str) -> None:
         """`mac` is set only on a bridge pynet owns: a user's bridge keeps its own."""
@@ -174,3 +171,28 @@ class Segment:
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
         bridges = {config_of(n, BridgedConfig).bridge for n in nets}
         return bridges | {e.ifname for e in eps} | {e.peer for e in eps}
+
+
+class SegmentEndpoints:
+    """The endpoint calls of a mode whose containers are veths on a `Segment` (bridge and
+    VXLAN): the same for both, so held once here; VXLAN adds its registrations around them."""
+
+    segment: Segment
+
+    async def create_endpoint(self, net: Network, ep: Endpoint) -> None:
+        await self.segment.create_endpoint(net, ep)
+
+    async def join(self, net: Network, ep: Endpoint) -> JoinInfo:
+        return self.segment.join(net, ep)
+
+    async def leave(self, net: Network, ep: Endpoint) -> None:
+        return None  # Docker takes the container end back; the pair goes at DeleteEndpoint
+
+    async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
+        await self.segment.delete_endpoint(net, ep)
+
+    async def program_external(self, net: Network, ep: Endpoint) -> None:
+        await self.segment.program_external(net, ep)
+
+    async def revoke_external(self, net: Network, ep: Endpoint) -> None:
+        await self.segment.revoke_external(net, ep)

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from msgspec.structs import replace
 
-from pynet.drivers.base import Draft, Endpoint, JoinInfo, MtuLimit, Network, config_of
+from pynet.drivers.base import Draft, Endpoint, MtuLimit, Network, config_of, undo_on_failure
 from pynet.drivers.bridge import SEGMENT_OPTIONS, segment_settings
 from pynet.drivers.config import VxlanConfig
 from pynet.drivers.firewall import Firewall
@@ -34,7 +34,7 @@ from pynet.drivers.naming import VXLAN_BRIDGE_PREFIX, VXLAN_DEVICE_PREFIX, vni_m
 from pynet.drivers.netlink import HostView, Link, Netlink
 from pynet.drivers.options import Option, int_in, invalid, parse_bool, parse_options
 from pynet.drivers.peers import Observer, Registry, Sync, endpoint_key, vtep_key
-from pynet.drivers.segment import Segment
+from pynet.drivers.segment import Segment, SegmentEndpoints
 from pynet.store.base import Store
 from pynet.store.errors import InvalidRequest, PynetError
 
@@ -99,7 +99,9 @@ async def _ipv4_of(host: str) -> str | None:
     return str(infos[0][4][0]) if infos else None
 
 
-class VxlanBackend:
+class VxlanBackend(SegmentEndpoints):
+    """A segment (held, not inherited from the bridge mode) plus the control plane."""
+
     mode: ClassVar[str] = "vxlan"
     link_prefixes: ClassVar[tuple[str, ...]] = (VXLAN_BRIDGE_PREFIX, VXLAN_DEVICE_PREFIX, *Segment.link_prefixes)
     publishes_ports: ClassVar[bool] = True
@@ -163,12 +165,9 @@ class VxlanBackend:
         cfg = replace(cfg, local=local, mtu=mtu, owns_bridge=await self.segment.owns(cfg))
         net = replace(net, config=cfg)
         await self.segment.create(net, vni_mac(cfg.vni))  # cleans up after itself when it fails
-        try:
+        async with undo_on_failure(lambda: self.delete_network(net)):
             await self._ensure_device(cfg, link)
             await self._register(cfg)
-        except BaseException:
-            await self.delete_network(net)
-            raise
         return cfg
 
     async def _underlay(self, given: str) -> tuple[Link, str]:
@@ -242,33 +241,18 @@ class VxlanBackend:
     # -- endpoints ---------------------------------------------------------------------------
 
     async def create_endpoint(self, net: Network, ep: Endpoint) -> None:
-        await self.segment.create_endpoint(net, ep)
-        try:
+        await super().create_endpoint(net, ep)
+        async with undo_on_failure(lambda: self.segment.delete_endpoint(net, ep)):
             await self._register_endpoint(config_of(net, VxlanConfig), ep)
-        except BaseException:
-            await self.segment.delete_endpoint(net, ep)
-            raise
 
     async def _register_endpoint(self, cfg: VxlanConfig, ep: Endpoint) -> None:
         ips = [str(ipaddress.ip_interface(a).ip) for a in (ep.address, ep.address6) if a]
         value = {"host": self.host, "vtep": cfg.local, "mac": ep.mac, "ips": ips, "time": time.time()}
         await self.registry.put(endpoint_key(self.prefix, cfg.vni, ep.id), value)
 
-    async def join(self, net: Network, ep: Endpoint) -> JoinInfo:
-        return self.segment.join(net, ep)
-
-    async def leave(self, net: Network, ep: Endpoint) -> None:
-        return None
-
     async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
-        await self.segment.delete_endpoint(net, ep)
+        await super().delete_endpoint(net, ep)
         await self.registry.delete(endpoint_key(self.prefix, config_of(net, VxlanConfig).vni, ep.id))
-
-    async def program_external(self, net: Network, ep: Endpoint) -> None:
-        await self.segment.program_external(net, ep)
-
-    async def revoke_external(self, net: Network, ep: Endpoint) -> None:
-        await self.segment.revoke_external(net, ep)
 
     # -- recovery ----------------------------------------------------------------------------
 

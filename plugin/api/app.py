@@ -16,13 +16,12 @@ import msgspec
 from aiohttp import web
 
 from pynet.plugin.api import ipam, network, wire
+from pynet.plugin.api.routes import Handler, Routes
 from pynet.plugin.daemon.daemon import DAEMON, Daemon
 from pynet.plugin.metrics import METRICS, Metrics
 from pynet.store.errors import PynetError
 
 log = logging.getLogger("pynet.api")
-
-Handler = Callable[[Daemon, bytes], Awaitable[msgspec.Struct]]  # the reply, a wire.py struct
 
 # How long a request waits for start-up (store open, reconcile) before failing.
 READY_TIMEOUT = 20.0
@@ -34,22 +33,18 @@ def error_reply(status: int, message: str) -> web.Response:
     return web.json_response({"Err": message, "Error": message}, status=status)
 
 
+plugin = Routes("Plugin")
+
+
+@plugin("Activate", early=True)
 async def activate(_: Daemon, __: bytes) -> wire.ActivateResponse:
     return wire.ActivateResponse(Implements=["NetworkDriver", "IpamDriver"])
 
 
-# Methods answered before start-up completes: Docker calls them at registration.
-EARLY: dict[str, Handler] = {
-    "Plugin.Activate": activate,
-    "NetworkDriver.GetCapabilities": network.get_capabilities,
-    "IpamDriver.GetCapabilities": ipam.get_capabilities,
-    "IpamDriver.GetDefaultAddressSpaces": ipam.get_default_address_spaces,
-}
-
-ROUTES: dict[str, Handler] = {
-    **{f"NetworkDriver.{name}": h for name, h in network.HANDLERS.items()},
-    **{f"IpamDriver.{name}": h for name, h in ipam.HANDLERS.items()},
-}
+TABLES = (plugin, network.route, ipam.route)
+# Methods answered before start-up completes, and the rest, which wait for `ready`.
+EARLY: dict[str, Handler] = {m: h for t in TABLES for m, h in t.early.items()}
+ROUTES: dict[str, Handler] = {m: h for t in TABLES for m, h in t.ready.items()}
 
 
 class _Ids(msgspec.Struct):

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 from pynet.ipam import GLOBAL_SPACE, LOCAL_SPACE
 from pynet.plugin.api import wire
+from pynet.plugin.api.routes import Routes
 from pynet.plugin.api.wire import decode
 from pynet.plugin.daemon.daemon import Daemon
 
+route = Routes("IpamDriver")
 
+
+@route("GetCapabilities", early=True)
 async def get_capabilities(_: Daemon, __: bytes) -> wire.IpamCapabilitiesResponse:
     # No replay: allocations persist in pynet's store (docs/protocol.md §3.4).
     return wire.IpamCapabilitiesResponse(RequiresMACAddress=False, RequiresRequestReplay=False)
 
 
+@route("GetDefaultAddressSpaces", early=True)
 async def get_default_address_spaces(_: Daemon, __: bytes) -> wire.AddressSpacesResponse:
     return wire.AddressSpacesResponse(LocalDefaultAddressSpace=LOCAL_SPACE, GlobalDefaultAddressSpace=GLOBAL_SPACE)
 
 
+@route("RequestPool")
 async def request_pool(d: Daemon, body: bytes) -> wire.RequestPoolResponse:
     req: wire.RequestPoolRequest = decode(body, wire.RequestPoolRequest)
     exclude = [] if req.Pool else [r.dst for r in await d.netlink.routes() if not r.default]
@@ -28,27 +34,22 @@ async def request_pool(d: Daemon, body: bytes) -> wire.RequestPoolResponse:
     return wire.RequestPoolResponse(PoolID=reply.pool_id, Pool=reply.pool, Data=reply.data)
 
 
+@route("ReleasePool")
 async def release_pool(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.ReleasePoolRequest = decode(body, wire.ReleasePoolRequest)
     await d.ipam.release_pool(req.PoolID)
     return wire.Empty()
 
 
+@route("RequestAddress")
 async def request_address(d: Daemon, body: bytes) -> wire.RequestAddressResponse:
     req: wire.RequestAddressRequest = decode(body, wire.RequestAddressRequest)
     address = await d.ipam.request_address(req.PoolID, req.Address, req.Options or {})
     return wire.RequestAddressResponse(Address=address, Data={})
 
 
+@route("ReleaseAddress")
 async def release_address(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.ReleaseAddressRequest = decode(body, wire.ReleaseAddressRequest)
     await d.ipam.release_address(req.PoolID, req.Address)
     return wire.Empty()
-
-
-HANDLERS = {
-    "RequestPool": request_pool,
-    "ReleasePool": release_pool,
-    "RequestAddress": request_address,
-    "ReleaseAddress": release_address,
-}

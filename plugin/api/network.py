@@ -19,11 +19,13 @@ from pynet.drivers import vnis
 from pynet.drivers.base import Endpoint, Network, PortMap, Subnet
 from pynet.drivers.config import BridgedConfig
 from pynet.plugin.api import wire
+from pynet.plugin.api.routes import Routes
 from pynet.plugin.api.wire import decode
 from pynet.plugin.daemon.daemon import Daemon
 from pynet.store.errors import Conflict, InvalidRequest, NotFound
 
 log = logging.getLogger("pynet.network")
+route = Routes("NetworkDriver")
 
 GENERIC = "com.docker.network.generic"
 EPHEMERAL_PORTS = range(49153, 65536)
@@ -39,6 +41,7 @@ class _Draft:
     internal: bool
 
 
+@route("GetCapabilities", early=True)
 async def get_capabilities(_: Daemon, __: bytes) -> wire.CapabilitiesResponse:
     # "local": per-host networks (there is no cluster store since Docker 23); pynet shares
     # what must be shared through its own store (docs/protocol.md §2.1, §4.4).
@@ -73,6 +76,7 @@ def _subnets(data: list[wire.IPAMData] | None, version: int, field: str) -> list
     return out
 
 
+@route("CreateNetwork")
 async def create_network(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.CreateNetworkRequest = decode(body, wire.CreateNetworkRequest)
     opts = req.Options or {}
@@ -131,6 +135,7 @@ async def _check_unique(d: Daemon, net: Network) -> None:
                 raise Conflict(f"pynet: {key} {value!r} is already used by network {other.id[:12]}")
 
 
+@route("DeleteNetwork")
 async def delete_network(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.NetworkRequest = decode(body, wire.NetworkRequest)
     async with d.lock(req.NetworkID):
@@ -170,6 +175,7 @@ def _check_address(net: Network, field: str, cidr: str, version: int) -> None:
         raise InvalidRequest(f"pynet: Interface.{field} {cidr} is not in the network's subnets ({pools})")
 
 
+@route("CreateEndpoint")
 async def create_endpoint(d: Daemon, body: bytes) -> wire.CreateEndpointResponse:
     req: wire.CreateEndpointRequest = decode(body, wire.CreateEndpointRequest)
     intf = req.Interface or wire.EndpointInterface()
@@ -227,12 +233,14 @@ async def remove_endpoint(d: Daemon, network_id: str, endpoint_id: str) -> None:
     log.info("endpoint deleted", extra={"network": network_id, "endpoint": ep.id})
 
 
+@route("DeleteEndpoint")
 async def delete_endpoint(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     await remove_endpoint(d, req.NetworkID, req.EndpointID)
     return wire.Empty()
 
 
+@route("EndpointOperInfo")
 async def endpoint_oper_info(d: Daemon, body: bytes) -> wire.EndpointInfoResponse:
     req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     ep = await d.state.endpoint(req.EndpointID)
@@ -241,6 +249,7 @@ async def endpoint_oper_info(d: Daemon, body: bytes) -> wire.EndpointInfoRespons
     return wire.EndpointInfoResponse(Value={"pynet.link": ep.peer, "pynet.mac": ep.mac})
 
 
+@route("Join")
 async def join(d: Daemon, body: bytes) -> wire.JoinResponse:
     req: wire.JoinRequest = decode(body, wire.JoinRequest)
     async with d.lock(req.NetworkID):
@@ -261,6 +270,7 @@ async def join(d: Daemon, body: bytes) -> wire.JoinResponse:
     )
 
 
+@route("Leave")
 async def leave(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     async with d.lock(req.NetworkID):
@@ -278,6 +288,7 @@ async def leave(d: Daemon, body: bytes) -> wire.Empty:
 # -- published ports ---------------------------------------------------------------------------
 
 
+@route("ProgramExternalConnectivity")
 async def program_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.ExternalConnectivityRequest = decode(body, wire.ExternalConnectivityRequest)
     bindings = wire.port_bindings(req.Options)
@@ -353,6 +364,7 @@ def _free_port(proto: str, taken: set[tuple[str, int]]) -> int:
     raise Conflict(f"pynet: no free host port left for {proto}")
 
 
+@route("RevokeExternalConnectivity")
 async def revoke_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.EndpointRequest = decode(body, wire.EndpointRequest)
     async with d.ports_lock, d.lock(req.NetworkID):
@@ -369,27 +381,12 @@ async def revoke_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
 # -- swarm-only methods: never sent without swarm, answered so a swarm host does not fail -------
 
 
+@route("AllocateNetwork")
 async def allocate_network(_: Daemon, body: bytes) -> wire.AllocateNetworkResponse:
     decode(body, wire.CreateNetworkRequest)
     return wire.AllocateNetworkResponse(Options={})
 
 
+@route("FreeNetwork", "DiscoverNew", "DiscoverDelete")
 async def acknowledge(_: Daemon, __: bytes) -> wire.Empty:
     return wire.Empty()
-
-
-HANDLERS = {
-    "CreateNetwork": create_network,
-    "DeleteNetwork": delete_network,
-    "CreateEndpoint": create_endpoint,
-    "DeleteEndpoint": delete_endpoint,
-    "EndpointOperInfo": endpoint_oper_info,
-    "Join": join,
-    "Leave": leave,
-    "ProgramExternalConnectivity": program_external_connectivity,
-    "RevokeExternalConnectivity": revoke_external_connectivity,
-    "AllocateNetwork": allocate_network,
-    "FreeNetwork": acknowledge,
-    "DiscoverNew": acknowledge,
-    "DiscoverDelete": acknowledge,
-}
