@@ -31,6 +31,7 @@ from pynet.plugin.daemon.daemon import Daemon, open_store
 from pynet.plugin.daemon.state import State
 from pynet.plugin.dns.records import NameTable
 from pynet.plugin.dns.server import DnsServer, Resolver
+from pynet.plugin.dns.subnets import SubnetTable
 from pynet.plugin.dns.upstreams import upstreams
 from pynet.plugin.dns.watcher import Watcher
 from pynet.plugin.engine import Engine
@@ -157,10 +158,13 @@ async def start_names(d: Daemon) -> Engine:
     s = d.settings
     await d.netlink.hold_address(DNS_LINK, s.dns_address)
     await d.firewall.apply()  # PYNET-INPUT, even before any network exists
-    table = NameTable(f"{s.store_prefix}dns/")
+    subnets = SubnetTable(f"{s.store_prefix}cluster/networks/")
+    table = NameTable(f"{s.store_prefix}dns/", subnets)
     resolver = Resolver(table, [(u, 53) for u in upstreams(s.dns_upstreams)])
     server, watcher = DnsServer(resolver, s.dns_address), Watcher(d.store, table)
+    subnet_watcher = Watcher(d.store, subnets)
     d.supervisor.start("dns-names", lambda _: watcher.run_forever())
+    d.supervisor.start("dns-subnets", lambda _: subnet_watcher.run_forever())
     d.supervisor.start("dns-server", lambda _: server.serve_forever())
     vxlan = d.backends[VxlanBackend.mode]
     assert isinstance(vxlan, VxlanBackend)

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -83,10 +83,16 @@ def _canonical(address: str, version: int) -> str:
 _decoder = msgspec.json.Decoder(Record)
 
 
+class Subnets(Protocol):
+    def networks_of(self, address: str) -> set[str]: ...
+
+
 class NameTable:
-    def __init__(self, root: str) -> None:
-        """`root` is the store prefix plus `dns/`: keys are `<root><network>/<host>/<container>`."""
+    def __init__(self, root: str, subnets: Subnets | None = None) -> None:
+        """`root` is the store prefix plus `dns/`: keys are `<root><network>/<host>/<container>`.
+        `subnets` places an asker that has no record yet (plugin/dns/subnets.py says when)."""
         self.root = root
+        self.subnets = subnets
         self._warn = RateLimitedWarning(log)
         self._entries: dict[str, Entry] = {}
         self._by_address: dict[str, set[str]] = {}
@@ -134,6 +140,8 @@ class NameTable:
         except ValueError:
             return set()
         members = {self._entries[k].member for k in self._by_address.get(address, ())}
+        if not members and self.subnets is not None:
+            return self.subnets.networks_of(address)
         return {self._entries[k].network for m in members for k in self._by_member[m]}
 
     def lookup(self, source: str, qname: str, family: Family) -> list[str] | None:

@@ -1,14 +1,15 @@
-"""Keeps the name table equal to the store's `dns/` keys: a snapshot, then a watch from its
-revision, as drivers/peers.py's Sync does for VXLAN. When the store is away the table keeps
-what it has, so the names already known keep resolving; a compacted history (the watch fell
-too far behind) means a new snapshot."""
+"""Keeps a table equal to its keys in the store (the names under `dns/`, the cluster
+networks' subnets): a snapshot, then a watch from its revision, as drivers/peers.py's Sync
+does for VXLAN. When the store is away the table keeps what it has, so the names already known
+keep resolving; a compacted history (the watch fell too far behind) means a new snapshot."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
+from typing import Protocol
 
-from pynet.plugin.dns.records import NameTable
 from pynet.store.base import Store
 from pynet.store.errors import RevisionCompacted, StoreUnavailable
 
@@ -17,8 +18,19 @@ log = logging.getLogger("pynet.dns")
 RETRY_MIN, RETRY_MAX = 0.25, 5.0
 
 
+class Table(Protocol):
+    """What a watcher keeps equal to the keys under `root` (records.NameTable, subnets.SubnetTable)."""
+
+    root: str
+
+    def __len__(self) -> int: ...
+    def replace(self, items: Iterable[tuple[str, bytes]]) -> None: ...
+    def put(self, key: str, value: bytes) -> None: ...
+    def delete(self, key: str) -> None: ...
+
+
 class Watcher:
-    def __init__(self, store: Store, table: NameTable) -> None:
+    def __init__(self, store: Store, table: Table) -> None:
         self.store = store
         self.table = table
         self.synced = asyncio.Event()  # set after the first snapshot
@@ -34,12 +46,13 @@ class Watcher:
                         self.table.put(event.key, event.value)
                     else:
                         self.table.delete(event.key)
-                log.info("dns watch ended: resyncing")
+                log.info("dns watch ended: resyncing", extra={"prefix": self.table.root})
             except RevisionCompacted:
-                log.info("dns watch history compacted: resyncing")
+                log.info("dns watch history compacted: resyncing", extra={"prefix": self.table.root})
                 continue
             except (StoreUnavailable, ConnectionError, OSError) as e:
-                log.warning("dns watch interrupted", extra={"error": str(e), "retry_s": delay})
+                fields = {"prefix": self.table.root, "error": str(e), "retry_s": delay}
+                log.warning("dns watch interrupted", extra=fields)
             except Exception:
                 log.exception("dns watch failed")
             await asyncio.sleep(delay)
@@ -53,5 +66,6 @@ class Watcher:
         kvs = await self.store.range(self.table.root)
         self.table.replace((kv.key, kv.value) for kv in kvs)
         self.synced.set()
-        log.debug("dns names loaded", extra={"records": len(self.table), "revision": revision})
+        fields = {"prefix": self.table.root, "records": len(self.table), "revision": revision}
+        log.debug("dns table loaded", extra=fields)
         return revision

@@ -117,6 +117,15 @@ def test_a_third_host_sees_both(walk: Walk) -> None:
     assert resolves_to(h3, c3, "web2", walk.ip2)
 
 
+def test_a_new_container_resolves_on_its_first_query(walk: Walk) -> None:
+    """`docker run --rm ... ping alpine1`: the first query leaves within a millisecond of the
+    start, before the asker's own record is published; the resolver places it by its
+    network's subnet. No retry here: one run, one lookup."""
+    h3 = walk.docks[2]
+    once = h3("run", "--rm", "--network", walk.net, "pnbusybox", "ping", "-c", "1", "-W", "2", walk.alpine1, check=False)
+    assert once.returncode == 0, once.stdout + once.stderr
+
+
 def test_outside_name_is_answered_by_the_upstream(lab: Lab, walk: Walk) -> None:
     assert resolves_to(walk.docks[1], walk.alpine2, OUTSIDE_NAME.rstrip("."), lab.outside.address)
 

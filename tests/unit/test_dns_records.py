@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pynet.plugin.dns.records import NameTable
+from pynet.plugin.dns.subnets import SubnetTable
 from pynet.plugin.dns.upstreams import host_upstreams, nameservers
 
 ROOT = "/pynet/dns/"
@@ -141,3 +142,37 @@ def test_host_upstreams_skip_loopback_and_follow_systemd_resolved(tmp_path: Path
     systemd.write_text("nameserver 192.0.2.1\nnameserver 192.0.2.2\n")
     assert host_upstreams(conf, systemd) == ["192.0.2.1", "192.0.2.2"]
     assert host_upstreams(tmp_path / "missing", systemd) == []
+
+
+SPECS = "/pynet/cluster/networks/"
+
+
+def spec(*subnets: str) -> bytes:
+    """A cluster network spec as plugin/cluster/specs.py stores it (the fields the resolver reads)."""
+    config = [{"Subnet": s, "Gateway": ""} for s in subnets]
+    return json.dumps({"network": {"Name": "x", "IPAM": {"Driver": "pynet", "Config": config}}, "vni": 10000}).encode()
+
+
+def test_an_asker_without_a_record_yet_is_placed_by_its_networks_subnet() -> None:
+    """`docker run --rm --network front busybox ping web` asks before its own record exists."""
+    subnets = SubnetTable(SPECS)
+    subnets.replace([(SPECS + "front", spec("10.1.0.0/24", "fd00:1::/64")), (SPECS + "back", spec("10.2.0.0/24"))])
+    t = NameTable(ROOT, subnets)
+    t.replace([(ROOT + "front/h1/c-web", record(["web"], "10.1.0.2")), (ROOT + "back/h2/c-db", record(["db"], "10.2.0.4"))])
+    assert t.lookup("10.1.0.77", "web", 4) == ["10.1.0.2"]
+    assert t.lookup("fd00:1::77", "web.front", 4) == ["10.1.0.2"]
+    assert t.lookup("10.1.0.77", "db", 4) is None, "scoped to the network the subnet names"
+    assert t.lookup("10.9.0.77", "web", 4) is None, "an address of no cluster network: forwarded"
+    # Once the asker's record exists, its records decide (it may be on several networks).
+    t.put(ROOT + "back/h3/c-new", record(["new"], "10.1.0.77"))
+    assert t.lookup("10.1.0.77", "db", 4) == ["10.2.0.4"] and t.lookup("10.1.0.77", "web", 4) is None
+    subnets.delete(SPECS + "front")
+    assert subnets.networks_of("10.1.0.77") == set()
+
+
+def test_a_malformed_spec_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    subnets = SubnetTable(SPECS)
+    with caplog.at_level(logging.WARNING, logger="pynet.dns"):
+        subnets.replace([(SPECS + "bad", b"{nope"), (SPECS + "odd", spec("not-a-subnet")), (SPECS + "ok", spec("10.5.0.0/24"))])
+    assert len(subnets) == 1 and subnets.networks_of("10.5.0.9") == {"ok"}
+    assert "spec skipped" in caplog.text
