@@ -84,7 +84,12 @@ def test_start_pynet_waits_for_activation(lab: Lab, host: Host, tmp_path: Path) 
         assert host.pynet_running()
         assert host.inside(PLUGIN_SOCKET).is_socket()
         log = (host.root / "pynet.log").read_text()
-        assert f"--socket {PLUGIN_SOCKET} --state-dir {host.root}/pynet --host-id {host.name} --extra" in log
+        argv = log.splitlines()[0].removeprefix("argv: ").split()
+        assert argv[:7] == ["serve", "--socket", PLUGIN_SOCKET, "--state-dir", f"{host.root}/pynet", "--host-id", host.name]
+        # The host's own Docker and the outside's resolver, never the machine's; ARGS last.
+        assert argv[argv.index("--docker-host") + 1] == host.docker_host
+        assert argv[argv.index("--dns-upstream") + 1] == lab.outside.address
+        assert argv[-1] == "--extra"
         host.stop_pynet()
         assert not host.pynet_running()
     finally:
