@@ -6,7 +6,7 @@ from pynet.drivers.base import Endpoint, Network, Subnet
 from pynet.drivers.config import BridgeConfig
 from pynet.drivers.firewall import Firewall, teardown_lines
 from pynet.drivers.segment import Segment
-from tests.unit.test_firewall_render import FakeIptables, rules
+from tests.unit.test_firewall import FakeIptables, rules
 
 DNS = "169.254.53.53"
 
