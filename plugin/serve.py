@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from pynet.plugin.cluster.networks import ClusterNetworks
 from pynet.plugin.daemon import logs
 from pynet.plugin.daemon.config import Settings, resolve_host_id
 from pynet.plugin.daemon.daemon import Daemon, open_store
+from pynet.plugin.daemon.instance import AlreadyRunning, claim_socket, lock_state_dir
 from pynet.plugin.daemon.state import State
 from pynet.plugin.dns.records import NameTable
 from pynet.plugin.dns.server import DnsServer, Resolver
@@ -141,8 +143,7 @@ async def resync_forever(d: Daemon) -> None:
 
 async def bind(app: web.Application, path: Path) -> web.AppRunner:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a stale socket from a crash
+    claim_socket(path)  # a stale one from a crash goes; a live one is another daemon's
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     await web.UnixSite(runner, str(path)).start()
@@ -187,6 +188,7 @@ def application(d: Daemon, metrics: Metrics) -> web.Application:
 
 
 async def serve(settings: Settings) -> None:
+    lock = lock_state_dir(settings.state_dir)  # before anything reads the state
     metrics = Metrics()
     d = build(settings, metrics)
     sock = Path(settings.socket)
@@ -230,9 +232,14 @@ async def serve(settings: Settings) -> None:
             sock.unlink()
         await d.netlink.close()
         await d.store.close()
+        os.close(lock)
 
 
 def main(settings: Settings) -> int:
     logs.setup(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except AlreadyRunning as e:
+        print(e, file=sys.stderr)
+        return 1
     return 0

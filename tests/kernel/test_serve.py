@@ -276,3 +276,27 @@ async def test_daemon_underlay_setting_spares_the_option(ns: Namespaces, tmp_pat
         assert "mtu 1450" in device, "the underlay's MTU less 50"
     finally:
         daemon.stop(signal.SIGKILL)
+
+
+def second_serve(ns: Namespaces, sock: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    argv = [
+        "ip", "netns", "exec", ns.host, sys.executable, "-m", "pynet.plugin", "serve",
+        "--socket", str(sock), "--state-dir", str(state), "--host-id", "k2",
+    ]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+
+async def test_a_second_daemon_refuses_to_start(ns: Namespaces, pynet: Pynet, call: Any, tmp_path: Path) -> None:
+    """`make run` while the service runs: it must not take Docker's socket or the state."""
+    await call("NetworkDriver.CreateNetwork", NETWORK)
+    assert pynet.proc is not None
+    same_state = second_serve(ns, tmp_path / "other.sock", pynet.state)
+    assert same_state.returncode == 1
+    assert f"another pynet (pid {pynet.proc.pid}) is running with state directory {pynet.state}" in same_state.stderr
+    same_socket = second_serve(ns, pynet.sock, tmp_path / "other-state")
+    assert same_socket.returncode == 1 and f"{pynet.sock} answers" in same_socket.stderr
+    assert pynet.sock.exists(), "the live socket was not unlinked"
+    # The first one still serves Docker, with its state.
+    assert (await call("NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})) == {"Value": {}}
+    assert await call("Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert oct((pynet.state / "pynet.lock").stat().st_mode & 0o777) == "0o600"
