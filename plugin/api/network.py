@@ -16,7 +16,7 @@ import msgspec
 from msgspec.structs import replace
 
 from pynet.drivers import vnis
-from pynet.drivers.base import Endpoint, Network, PortMap, Subnet
+from pynet.drivers.base import Endpoint, Network, PortMap, Subnet, undo_on_failure
 from pynet.drivers.config import BridgedConfig
 from pynet.plugin.api import wire
 from pynet.plugin.api.routes import Routes
@@ -114,11 +114,8 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
         )
         await _check_unique(d, net)
         net = replace(net, config=await backend.create_network(net))
-        try:
+        async with undo_on_failure(lambda: backend.delete_network(net)):
             await d.state.save_network(net)
-        except BaseException:
-            await backend.delete_network(net)
-            raise
     log.info(
         "network created",
         extra={"network": net.id, "mode": mode, "subnets": ",".join(s.pool for s in (*net.ipv4, *net.ipv6))},
@@ -196,11 +193,8 @@ async def create_endpoint(d: Daemon, body: bytes) -> wire.CreateEndpointResponse
         )
         backend = d.backend(net.mode)
         await backend.create_endpoint(net, ep)
-        try:
+        async with undo_on_failure(lambda: backend.delete_endpoint(net, ep)):
             await d.state.save_endpoint(ep)
-        except BaseException:
-            await backend.delete_endpoint(net, ep)
-            raise
     for addr in (ep.address, ep.address6):
         if addr:
             await d.ipam.bind(addr, ep.id)
