@@ -455,6 +455,7 @@ class Firewall:
         other_bridges: Iterable[str] = (),
         families: tuple[int, ...] = (4, 6),
         runner: Runner = run_iptables,
+        dns_address: str = "",
     ) -> None:
         if flavour is not None and flavour not in FLAVOURS:
             raise InvalidRequest(f"pynet: firewall flavour must be nft or legacy, got {flavour!r}")
@@ -463,7 +464,7 @@ class Firewall:
         self.other_bridges = frozenset(other_bridges)
         self.families = families
         self.desired: dict[str, NetRules] = {}
-        self.dns_address = ""  # the resolver's, once the daemon serves names: PYNET-INPUT accepts it
+        self.dns_address = dns_address  # the resolver's, when the daemon serves names: PYNET-INPUT accepts it
         self._runner = runner
         self._lock = asyncio.Lock()
         self._active = False  # chains are installed: ensure_jumps keeps them, teardown clears it

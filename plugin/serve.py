@@ -52,9 +52,9 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
     host = resolve_host_id(settings)
     store = timed(open_store(settings), metrics)
     netlink = Netlink()
-    firewall = Firewall(settings.iptables_backend or None)
-    if settings.etcd_endpoints:  # names across hosts need the shared store
-        firewall.dns_address = settings.dns_address
+    # Names across hosts need the shared store: only then does pynet serve them.
+    dns_address = settings.dns_address if settings.etcd_endpoints else ""
+    firewall = Firewall(settings.iptables_backend or None, dns_address=dns_address)
     backends = registry.build(
         registry.Deps(
             netlink,
