@@ -6,7 +6,7 @@ restarted pynet rebuilds the kernel from them (Docker never replays CreateNetwor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -15,9 +15,11 @@ import msgspec
 
 from pynet.drivers.config import Config
 from pynet.drivers.netlink import Link
-from pynet.store.errors import PynetError
+from pynet.store.errors import PynetError, StoreUnavailable
 
 C = TypeVar("C")
+# Networks reconcile could not restore: network ID -> why, as the error said it.
+Failures = dict[str, str]
 
 
 @asynccontextmanager
@@ -30,6 +32,28 @@ async def undo_on_failure(undo: Callable[[], Awaitable[object]]) -> AsyncIterato
     except BaseException:
         await undo()
         raise
+
+
+async def restore_each(nets: Iterable[Network], restore: Callable[[Network], Awaitable[object]]) -> Failures:
+    """Restores every network it can: one that fails (its VTEP address gone after a DHCP
+    renumbering, a parent not plugged in yet) is returned with why, and the others still come
+    up. The store away is no one network's fault: it stops the whole reconcile, retried whole."""
+    failed: Failures = {}
+    for net in nets:
+        try:
+            await restore(net)
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            failed[net.id] = str(e) or type(e).__name__
+    return failed
+
+
+def by_network(eps: Iterable[Endpoint]) -> dict[str, list[Endpoint]]:
+    grouped: dict[str, list[Endpoint]] = {}
+    for ep in eps:
+        grouped.setdefault(ep.network_id, []).append(ep)
+    return grouped
 
 
 class Subnet(msgspec.Struct, frozen=True):
@@ -162,8 +186,14 @@ class Backend(Protocol):
 
     async def revoke_external(self, net: Network, ep: Endpoint) -> None: ...
 
-    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
-        """Make the kernel match these records (all of this mode on this host)."""
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> Failures:
+        """Make the kernel match these records (all of this mode on this host). A network that
+        cannot be restored is returned with why; the others are restored all the same."""
+        ...
+
+    async def restore(self, net: Network, eps: list[Endpoint]) -> None:
+        """Make the kernel match one network's records (`eps` are its endpoints): the retry of
+        a network reconcile returned. Raises what still stops it."""
         ...
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:

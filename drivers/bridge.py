@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from msgspec.structs import replace
 
-from pynet.drivers.base import Draft, Endpoint, MtuLimit, Network, config_of
+from pynet.drivers.base import Draft, Endpoint, Failures, MtuLimit, Network, config_of
 from pynet.drivers.config import BridgeConfig
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.naming import BRIDGE_PREFIX, bridge_mac, bridge_name
@@ -85,8 +85,11 @@ class BridgeBackend(SegmentEndpoints):
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
-        await self.segment.reconcile([(n, bridge_mac(n.id)) for n in nets], eps)
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> Failures:
+        return await self.segment.reconcile(nets, eps, lambda n: bridge_mac(n.id))
+
+    async def restore(self, net: Network, eps: list[Endpoint]) -> None:
+        await self.segment.restore(net, bridge_mac(net.id), eps)
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
         return self.segment.expected_links(nets, eps)

@@ -30,7 +30,18 @@ from typing import ClassVar
 
 from msgspec.structs import replace
 
-from pynet.drivers.base import Draft, Endpoint, JoinInfo, MtuLimit, Network, config_of, undo_on_failure
+from pynet.drivers.base import (
+    Draft,
+    Endpoint,
+    Failures,
+    JoinInfo,
+    MtuLimit,
+    Network,
+    by_network,
+    config_of,
+    restore_each,
+    undo_on_failure,
+)
 from pynet.drivers.config import MacvlanConfig
 from pynet.drivers.naming import ID_CHARS, INTERNAL_PREFIX, MACVLAN_PREFIX, SHIM_PREFIX, gateway_ip, mac_for
 from pynet.drivers.netlink import HostView, Link, Netlink
@@ -356,15 +367,19 @@ class MacvlanBackend:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> Failures:
         """A network whose parent is gone (an unplugged NIC, a sub-interface someone deleted)
-        is logged and skipped: the others, and the daemon, must still come up."""
+        is returned with why: the others, and the daemon, must still come up."""
         self._nets = {n.id: n for n in nets}
-        for net in nets:
-            try:
-                self._nets[net.id] = await self._restore(net, [e for e in eps if e.network_id == net.id])
-            except PynetError as e:
-                log.warning("macvlan network not restored", extra={"network": net.id, "error": str(e)})
+        grouped = by_network(eps)
+        return await restore_each(nets, lambda n: self._keep(n, grouped.get(n.id, [])))
+
+    async def restore(self, net: Network, eps: list[Endpoint]) -> None:
+        async with self._locks[config_of(net, MacvlanConfig).parent]:
+            await self._keep(net, eps)
+
+    async def _keep(self, net: Network, eps: list[Endpoint]) -> None:
+        self._nets[net.id] = await self._restore(net, eps)
 
     async def _restore(self, net: Network, eps: list[Endpoint]) -> Network:
         net = await self._ensure_parent(net)

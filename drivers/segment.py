@@ -12,9 +12,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from pynet.drivers.base import Endpoint, JoinInfo, Network, PortMap, config_of, undo_on_failure
+from pynet.drivers.base import (
+    Endpoint,
+    Failures,
+    JoinInfo,
+    Network,
+    PortMap,
+    by_network,
+    config_of,
+    restore_each,
+    undo_on_failure,
+)
 from pynet.drivers.config import BridgedConfig
 from pynet.drivers.firewall import Firewall, NetRules
 from pynet.drivers.naming import HOST_END_PREFIX, PEER_PREFIX, endpoint_links, gateway_ip, mac_for
@@ -157,16 +168,24 @@ class Segment:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def reconcile(self, nets: list[tuple[Network, str]], eps: list[Endpoint]) -> None:
-        """(record, bridge MAC) per network: bridges back, and every rule in one apply."""
-        by_net: dict[str, dict[str, list[PortMap]]] = {}
-        for ep in eps:
-            if ep.ports:
-                by_net.setdefault(ep.network_id, {})[ep.id] = list(ep.ports)
-        self._ports = by_net
-        for net, mac in nets:
-            await self.ensure(net, mac)
-        await self.fw.set_all({net.id: self.rules(net) for net, _ in nets})
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint], mac_of: Callable[[Network], str]) -> Failures:
+        """Bridges back (`mac_of` a network's bridge MAC), and every rule in one apply; a network
+        whose bridge failed keeps its rules, which name the bridge and wait for it."""
+        self._ports = {}
+        for net_id, mine in by_network(eps).items():
+            self._keep_ports(net_id, mine)
+        failed = await restore_each(nets, lambda net: self.ensure(net, mac_of(net)))
+        await self.fw.set_all({net.id: self.rules(net) for net in nets})
+        return failed
+
+    async def restore(self, net: Network, mac: str, eps: list[Endpoint]) -> None:
+        """One network's bridge and rules, as reconcile makes them."""
+        self._keep_ports(net.id, eps)
+        await self.ensure(net, mac)
+        await self._apply_rules(net)
+
+    def _keep_ports(self, net_id: str, eps: list[Endpoint]) -> None:
+        self._ports[net_id] = {ep.id: list(ep.ports) for ep in eps if ep.ports}
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
         bridges = {config_of(n, BridgedConfig).bridge for n in nets}

@@ -26,7 +26,17 @@ from typing import ClassVar
 
 from msgspec.structs import replace
 
-from pynet.drivers.base import Draft, Endpoint, MtuLimit, Network, config_of, undo_on_failure
+from pynet.drivers.base import (
+    Draft,
+    Endpoint,
+    Failures,
+    MtuLimit,
+    Network,
+    by_network,
+    config_of,
+    restore_each,
+    undo_on_failure,
+)
 from pynet.drivers.bridge import SEGMENT_OPTIONS, segment_settings
 from pynet.drivers.config import VxlanConfig
 from pynet.drivers.firewall import Firewall
@@ -256,22 +266,38 @@ class VxlanBackend(SegmentEndpoints):
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> Failures:
         """Rebuild devices, register this host's VTEPs and endpoints under a new lease, start
-        watching the others; FDB and neighbour entries are reprogrammed from the store."""
-        configs = {n.id: config_of(n, VxlanConfig) for n in nets}
-        await self.segment.reconcile([(n, vni_mac(configs[n.id].vni)) for n in nets], eps)
-        for cfg in configs.values():
-            link, _ = await self._underlay(cfg.underlay or cfg.local)
-            await self._ensure_device(cfg, link)
-            await self._register(cfg)
-        for ep in eps:
-            await self._register_endpoint(configs[ep.network_id], ep)
+        watching the others; FDB and neighbour entries are reprogrammed from the store. A
+        network whose bridge or underlay fails is left out, and the others still come up."""
+        failed = await self.segment.reconcile(nets, eps, lambda n: vni_mac(config_of(n, VxlanConfig).vni))
+        grouped = by_network(eps)
+        failed |= await restore_each(
+            [n for n in nets if n.id not in failed], lambda n: self._attach(n, grouped.get(n.id, []))
+        )
         if not self._tasks:
             self._tasks = [
                 asyncio.create_task(self.registry.keep_alive_forever()),
                 asyncio.create_task(self.sync.run_forever()),
             ]
+        return failed
+
+    async def restore(self, net: Network, eps: list[Endpoint]) -> None:
+        await self.segment.restore(net, vni_mac(config_of(net, VxlanConfig).vni), eps)
+        await self._attach(net, eps)
+
+    async def _attach(self, net: Network, eps: list[Endpoint]) -> None:
+        """The network's VXLAN device on the underlay address its record holds (the address
+        the other hosts know this VTEP by), its VTEP and endpoints registered."""
+        cfg = config_of(net, VxlanConfig)
+        underlay = cfg.underlay or cfg.local
+        link = underlay_link(underlay, await self.nl.host_view())
+        if link is None:
+            raise PynetError(f"pynet: the underlay {underlay} of VNI {cfg.vni} is not on this host")
+        await self._ensure_device(cfg, link)
+        await self._register(cfg)
+        for ep in eps:
+            await self._register_endpoint(cfg, ep)
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
         return self.segment.expected_links(nets, eps) | {config_of(n, VxlanConfig).device for n in nets}

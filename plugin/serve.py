@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pynet.drivers import registry
+from pynet.drivers.base import Failures
 from pynet.drivers.config import VxlanConfig
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.netlink import Netlink
@@ -26,7 +27,7 @@ from pynet.ipam import Ipam
 from pynet.plugin.api.app import make_app
 from pynet.plugin.cluster.names import Publisher
 from pynet.plugin.cluster.networks import ClusterNetworks
-from pynet.plugin.daemon import logs
+from pynet.plugin.daemon import logs, restore
 from pynet.plugin.daemon.config import Settings, resolve_host_id
 from pynet.plugin.daemon.daemon import Daemon, open_store
 from pynet.plugin.daemon.instance import AlreadyRunning, claim_socket, lock_state_dir
@@ -87,18 +88,26 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
 
 
 async def reconcile(d: Daemon) -> None:
-    """Rebuild the kernel from the store: Docker never replays CreateNetwork (§4.3)."""
+    """Rebuild the kernel from the store: Docker never replays CreateNetwork (§4.3). A network
+    that cannot be restored is left to `restore_failing`; the others serve at once."""
     nets = await d.state.networks()
     eps = await d.state.endpoints()
     expected: set[str] = set()
+    failing: Failures = {}
     for mode, backend in d.backends.items():
         mine = [n for n in nets if n.mode == mode]
         ids = {n.id for n in mine}
         my_eps = [e for e in eps if e.network_id in ids]
-        await backend.reconcile(mine, my_eps)
-        expected |= backend.expected_links(mine, my_eps)
+        failing |= await backend.reconcile(mine, my_eps)
+        expected |= backend.expected_links(mine, my_eps)  # a failing network's links are kept
+    d.failing = failing
+    for net_id, cause in failing.items():
+        log.warning("network not restored, retrying", extra={"network": net_id, "error": cause})
     removed = await remove_orphan_links(d, expected)
-    log.info("reconciled", extra={"networks": len(nets), "endpoints": len(eps), "orphans": ",".join(removed)})
+    log.info(
+        "reconciled",
+        extra={"networks": len(nets), "endpoints": len(eps), "failing": len(failing), "orphans": ",".join(removed)},
+    )
 
 
 async def reconcile_until_done(d: Daemon, stop: asyncio.Event) -> None:
@@ -208,6 +217,8 @@ async def serve(settings: Settings) -> None:
         await d.netlink.open()
         await reconcile_until_done(d, stop)
         d.ready.set()
+        if d.failing:
+            restore.start(d)
         resync = asyncio.create_task(resync_forever(d))
         if settings.etcd_endpoints:  # cluster networks are shared through etcd; alone, nothing to copy
             agent = ClusterNetworks(d, Engine(settings.docker_host))

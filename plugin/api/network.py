@@ -156,6 +156,7 @@ async def _network(d: Daemon, network_id: str) -> Network:
     net = await d.state.network(network_id)
     if net is None:
         raise NotFound(f"pynet: no network with NetworkID {network_id!r}")
+    d.check_restored(net.id)
     return net
 
 

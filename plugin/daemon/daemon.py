@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from pynet.drivers.base import Backend
+from pynet.drivers.base import Backend, Failures
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.netlink import Netlink
 from pynet.ipam import Ipam
@@ -17,7 +17,7 @@ from pynet.plugin.daemon.state import State
 from pynet.plugin.daemon.supervisor import Supervisor
 from pynet.store.base import Store
 from pynet.store.embedded import EmbeddedStore
-from pynet.store.errors import InvalidRequest
+from pynet.store.errors import InvalidRequest, PynetError
 
 
 def open_store(settings: Settings) -> Store:
@@ -54,10 +54,19 @@ class Daemon:
     ports_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Background tasks (issue 9's agent and resolver): their states are `pynet status`'s.
     supervisor: Supervisor = field(default_factory=Supervisor)
+    # Networks reconcile could not restore (network ID -> why), retried until they are; their
+    # requests fail naming them while every other network serves.
+    failing: Failures = field(default_factory=dict)
 
     def lock(self, network_id: str) -> asyncio.Lock:
         """Serialises changes to one network; different networks proceed in parallel."""
         return self._locks[network_id]
+
+    def check_restored(self, network_id: str) -> None:
+        cause = self.failing.get(network_id)
+        if cause is not None:
+            why = cause.removeprefix("pynet: ")
+            raise PynetError(f"pynet: network {network_id[:12]} is down since pynet started: {why} (retrying)")
 
     def backend(self, mode: str) -> Backend:
         try:

@@ -17,6 +17,7 @@ from pynet.plugin.ops.access import Unreachable, ask, closing, fetch, open_store
 from pynet.plugin.ops.admin_api import NetworkInfo, Status
 from pynet.plugin.ops.iptables import Iptables, configured
 from pynet.plugin.ops.render import Report, short, table
+from pynet.plugin.ops.reports import unrestored
 from pynet.store.errors import PynetError
 
 Verdict = Literal["ok", "warn", "fail"]
@@ -29,7 +30,7 @@ class Check(msgspec.Struct):
 
 
 async def doctor(settings: Settings, args: argparse.Namespace) -> Report:
-    checks = [await _daemon_check(settings), _forwarding_check()]
+    checks = [await _daemon_check(settings), await _restored_check(settings), _forwarding_check()]
     checks += await _firewall_checks(configured(settings))
     checks += await _mtu_checks(settings)
     if settings.etcd_endpoints:
@@ -50,6 +51,17 @@ async def _daemon_check(settings: Settings) -> Check:
     if not st.daemon.ready:
         return Check("daemon", "warn", f"pid {st.daemon.pid} answers but is still starting")
     return Check("daemon", "ok", f"pid {st.daemon.pid} answers on {settings.socket}")
+
+
+async def _restored_check(settings: Settings) -> Check:
+    """Networks reconcile could not restore (an underlay address or a parent missing): the
+    daemon retries them, and says why they are still down."""
+    name = "networks restored"
+    try:
+        down = unrestored(await ask(settings, "status", Status))
+    except Unreachable as e:
+        return Check(name, "warn", f"unknown: {e}")
+    return Check(name, "fail", down) if down else Check(name, "ok", "every network is up")
 
 
 def _forwarding_check() -> Check:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pynet.plugin.daemon import restore
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.ops import admin_api
 from pynet.plugin.ops.access import CliError, Unreachable, ask, closing, fetch, host_id, open_store
@@ -17,8 +18,14 @@ async def status(settings: Settings, _: argparse.Namespace) -> Report:
         st = await ask(settings, "status", Status)
     except Unreachable as e:
         st = await _status_from_store(settings, DaemonInfo(settings.socket, False, error=str(e)))
-    ok = st.daemon.answers and st.daemon.ready and st.store.reachable
+    ok = st.daemon.answers and st.daemon.ready and st.store.reachable and not unrestored(st)
     return Report(st, _status_text(st), ok)
+
+
+def unrestored(st: Status) -> str:
+    """Why networks are down since the daemon started, from its restore task; "" if none is."""
+    task = next((t for t in st.tasks if t.name == restore.TASK), None)
+    return task.last_error if task and task.detail.get("failing", "-") != "-" else ""
 
 
 async def _status_from_store(settings: Settings, daemon: DaemonInfo) -> Status:
@@ -46,7 +53,7 @@ def _status_text(st: Status) -> str:
         f"daemon     {daemon}",
         f"host       {st.host or '?'}",
         f"store      {store}",
-        f"networks   {st.networks}",
+        f"networks   {st.networks}" + (f" (DOWN: {down})" if (down := unrestored(st)) else ""),
         f"endpoints  {st.endpoints}",
         "vxlan peers:",
         table(["VNI", "VTEP", "HOST"], [(p.vni, p.vtep, p.host or "(static)") for p in st.vxlan_peers]),

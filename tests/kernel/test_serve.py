@@ -262,10 +262,15 @@ async def test_vxlan_without_default_route_says_what_to_set(ns: Namespaces, pyne
     assert not {link for link in ns.links() if link.startswith("pn")}, "nothing half-created"
 
 
-async def test_daemon_underlay_setting_spares_the_option(ns: Namespaces, tmp_path: Path) -> None:
+def uplink(ns: Namespaces) -> None:
+    """An interface for the VTEP: uplink0, 192.0.2.77/24 (a veth whose peer stays here)."""
     sh("ip", "-n", ns.host, "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
     sh("ip", "-n", ns.host, "addr", "add", "192.0.2.77/24", "dev", "uplink0")
     sh("ip", "-n", ns.host, "link", "set", "uplink0", "up")
+
+
+async def test_daemon_underlay_setting_spares_the_option(ns: Namespaces, tmp_path: Path) -> None:
+    uplink(ns)
     daemon = Pynet(ns, tmp_path, "--underlay", "uplink0")
     daemon.start()
     try:

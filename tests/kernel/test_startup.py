@@ -1,0 +1,128 @@
+"""Start-up with the kernel or the store not as pynet left them (issue 10, items 1 and 3).
+
+The daemon runs in a private netns as in test_serve.py. Item 1: one network that cannot be
+restored (its VTEP address gone) must not keep the others down, and comes back by itself when
+its address does. Item 3: links pynet made stay when the store it starts with has not seen
+this host before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.kernel.test_serve import (
+    ENDPOINT,
+    EP,
+    NET,
+    NETWORK,
+    ROOT,
+    Namespaces,
+    Pynet,
+    move_into_container,
+    ns,  # noqa: F401  (fixture)
+    pings,
+    post,
+    sh,
+    uplink,
+)
+
+VNET = "d4" * 32
+VXLAN = {
+    "NetworkID": VNET,
+    "Options": {"com.docker.network.generic": {"mode": "vxlan", "vni": "4343"}},
+    "IPv4Data": [{"AddressSpace": "pynet-local", "Pool": "10.62.0.0/24", "Gateway": "10.62.0.1/24"}],
+    "IPv6Data": [],
+}
+VEP = {
+    "NetworkID": VNET,
+    "EndpointID": "e5" * 32,
+    "Interface": {"Address": "10.62.0.2/24", "AddressIPv6": "", "MacAddress": ""},
+    "Options": {},
+}
+JOIN = {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}}
+
+
+def cli(ns: Namespaces, daemon: Pynet, command: str, *args: str) -> tuple[int, Any]:
+    """`pynet <command> --json` as the operator runs it on the daemon's host."""
+    argv = [
+        "ip", "netns", "exec", ns.host, sys.executable, "-m", "pynet.plugin", command, "--json",
+        "--socket", str(daemon.sock), "--state-dir", str(daemon.state), *args,
+    ]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return out.returncode, json.loads(out.stdout) if out.stdout.strip() else out.stderr
+
+
+async def until(what: str, check: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.3)
+
+
+def task(status: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(t for t in status["tasks"] if t["name"] == name)
+
+
+async def test_a_network_whose_underlay_address_is_gone_does_not_keep_the_others_down(
+    ns: Namespaces, tmp_path: Path
+) -> None:
+    uplink(ns)
+    daemon = Pynet(ns, tmp_path, "--underlay", "uplink0")
+    daemon.start()
+    try:
+        for body in (NETWORK, VXLAN):
+            status, reply = await post(daemon.sock, "NetworkDriver.CreateNetwork", body)
+            assert status == 200, reply
+        assert (await post(daemon.sock, "NetworkDriver.CreateEndpoint", ENDPOINT))[0] == 200
+        status, join = await post(daemon.sock, "NetworkDriver.Join", JOIN)
+        assert status == 200, join
+        move_into_container(ns, join["InterfaceName"]["SrcName"], "10.61.0.2/24", "10.61.0.1")
+        daemon.stop(signal.SIGKILL)
+        # A DHCP renumbering while pynet is down: the VTEP's address is gone.
+        sh("ip", "-n", ns.host, "addr", "del", "192.0.2.77/24", "dev", "uplink0")
+        sh("ip", "-n", ns.host, "link", "del", "pnx-4343")
+        daemon.start()
+
+        # The bridge network serves at once.
+        other = {**ENDPOINT, "EndpointID": "c3" * 32, "Interface": {**ENDPOINT["Interface"], "Address": "10.61.0.3/24"}}
+        status, reply = await post(daemon.sock, "NetworkDriver.CreateEndpoint", other)
+        assert status == 200, reply
+        assert pings(ns.ctr, "10.61.0.1")
+        # The VXLAN one refuses with its name and the cause, promptly.
+        status, reply = await post(daemon.sock, "NetworkDriver.CreateEndpoint", VEP)
+        assert status == 500, reply
+        assert VNET[:12] in reply["Err"] and "192.0.2.77" in reply["Err"], reply
+        assert "pnx-4343" not in ns.links()
+        code, st = cli(ns, daemon, "status")
+        assert st["daemon"]["ready"], st
+        restore = task(st, "restore-networks")
+        assert restore["detail"]["failing"] == VNET[:12], restore
+        assert VNET[:12] in restore["last_error"] and "192.0.2.77" in restore["last_error"], restore
+        assert code == 1, "a network down is something wrong"
+        _, checks = cli(ns, daemon, "doctor")
+        check = next(c for c in checks if c["name"] == "networks restored")
+        assert check["verdict"] == "fail" and VNET[:12] in check["detail"], check
+        assert "192.0.2.77" in daemon.log.read_text()
+
+        # The address comes back: the network follows, no restart.
+        sh("ip", "-n", ns.host, "addr", "add", "192.0.2.77/24", "dev", "uplink0")
+
+        async def restored() -> bool:
+            return (await post(daemon.sock, "NetworkDriver.CreateEndpoint", VEP))[0] == 200
+
+        await until("the VXLAN network never came back", restored)
+        device = sh("ip", "-n", ns.host, "-d", "link", "show", "pnx-4343").stdout
+        assert "local 192.0.2.77" in device and "master pno-4343" in device
+        code, st = cli(ns, daemon, "status")
+        assert code == 0 and task(st, "restore-networks")["detail"]["failing"] == "-", st
+        _, checks = cli(ns, daemon, "doctor")
+        assert next(c for c in checks if c["name"] == "networks restored")["verdict"] == "ok"
+    finally:
+        daemon.stop(signal.SIGKILL)
