@@ -31,8 +31,8 @@ def start(d: Daemon) -> None:
 def _report(d: Daemon, task: TaskState) -> None:
     task.detail = {"failing": ",".join(sorted(i[:12] for i in d.failing)) or "-"}
     if d.failing:
-        causes = "; ".join(f"network {net_id[:12]}: {cause}" for net_id, cause in sorted(d.failing.items()))
-        task.last_error = f"{len(d.failing)} not restored: {causes}"
+        causes = "; ".join(f"{i[:12]}: {why.removeprefix('pynet: ')}" for i, why in sorted(d.failing.items()))
+        task.last_error = f"networks not restored: {causes}"
 
 
 async def restore_failing(d: Daemon, task: TaskState) -> None:
