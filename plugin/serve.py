@@ -31,6 +31,7 @@ from pynet.plugin.daemon import logs, restore
 from pynet.plugin.daemon.config import Settings, resolve_host_id
 from pynet.plugin.daemon.daemon import Daemon, open_store
 from pynet.plugin.daemon.instance import AlreadyRunning, claim_socket, lock_state_dir
+from pynet.plugin.daemon.marker import Marker
 from pynet.plugin.daemon.state import State
 from pynet.plugin.dns.records import NameTable
 from pynet.plugin.dns.server import DnsServer, Resolver
@@ -103,7 +104,7 @@ async def reconcile(d: Daemon) -> None:
     d.failing = failing
     for net_id, cause in failing.items():
         log.warning("network not restored, retrying", extra={"network": net_id, "error": cause})
-    removed = await remove_orphan_links(d, expected)
+    removed = await sweep_orphan_links(d, expected)
     log.info(
         "reconciled",
         extra={"networks": len(nets), "endpoints": len(eps), "failing": len(failing), "orphans": ",".join(removed)},
@@ -125,18 +126,30 @@ async def reconcile_until_done(d: Daemon, stop: asyncio.Event) -> None:
             delay = min(delay * 2, 10.0)
 
 
-async def remove_orphan_links(d: Daemon, expected: set[str]) -> list[str]:
+async def sweep_orphan_links(d: Daemon, expected: set[str]) -> list[str]:
     """Delete links with a pynet prefix that no record accounts for (a crash between creating
-    a link and saving its record, endpoints Docker never deleted). Every mode's prefixes, so a
-    link is judged by its name and the records alone."""
+    a link and saving its record, endpoints Docker never deleted), judged by name and records
+    alone, every mode's prefixes. Only on a store that has seen this host before
+    (plugin/daemon/marker.py): on another, they may be running containers' links, and are kept
+    and reported. Returns those deleted."""
     await d.netlink.settle()
-    return [
+    orphans = [
         link.name
         for link in await d.netlink.links()
-        if link.name.startswith(registry.LINK_PREFIXES)
-        and link.name not in expected
-        and await d.netlink.delete_link(link.name)
+        if link.name.startswith(registry.LINK_PREFIXES) and link.name not in expected
     ]
+    marker = Marker(d.store, d.settings.store_prefix, d.host, d.settings.state_dir)
+    if await marker.seen():
+        return [name for name in orphans if await d.netlink.delete_link(name)]
+    d.kept_links = orphans
+    if orphans:
+        log.warning(
+            "orphan links kept: this store has not seen this host before, they may be running containers'",
+            extra={"links": ",".join(orphans), "store_prefix": d.settings.store_prefix, "host": d.host},
+        )
+    else:
+        await marker.mark()
+    return []
 
 
 async def resync_forever(d: Daemon) -> None:

@@ -57,6 +57,8 @@ class Daemon:
     # Networks reconcile could not restore (network ID -> why), retried until they are; their
     # requests fail naming them while every other network serves.
     failing: Failures = field(default_factory=dict)
+    # Orphan links start-up kept because the store had not seen this host (plugin/daemon/marker.py).
+    kept_links: list[str] = field(default_factory=list)
 
     def lock(self, network_id: str) -> asyncio.Lock:
         """Serialises changes to one network; different networks proceed in parallel."""

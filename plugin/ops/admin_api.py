@@ -81,6 +81,8 @@ class Status(msgspec.Struct):
     endpoints: int
     vxlan_peers: list[Peer]
     tasks: list[TaskInfo] = []  # the daemon's supervised tasks; none when it is down
+    # pynet links no record accounts for that start-up kept: the store had not seen this host.
+    kept_links: list[str] = []
 
 
 class NetworkInfo(msgspec.Struct):
@@ -243,6 +245,7 @@ async def _status(d: Daemon, admin: Admin, _: bytes) -> Status:
         TaskInfo(t.name, t.state, t.restarts, t.last_error, t.since, dict(t.detail))
         for t in d.supervisor.tasks.values()
     ]
+    st.kept_links = list(d.kept_links)
     return st
 
 

@@ -12,13 +12,16 @@ from pynet.plugin.ops.admin_api import DaemonInfo, EndpointInfo, NetworkInfo, Po
 from pynet.plugin.ops.render import Report, duration, short, table, yes
 from pynet.store.errors import PynetError
 
+KEPT = "kept at start, not deleted: this store has not seen this host before (pynet gc lists them)"
+
 
 async def status(settings: Settings, _: argparse.Namespace) -> Report:
     try:
         st = await ask(settings, "status", Status)
     except Unreachable as e:
         st = await _status_from_store(settings, DaemonInfo(settings.socket, False, error=str(e)))
-    ok = st.daemon.answers and st.daemon.ready and st.store.reachable and not unrestored(st)
+    ok = st.daemon.answers and st.daemon.ready and st.store.reachable
+    ok = ok and not unrestored(st) and not st.kept_links
     return Report(st, _status_text(st), ok)
 
 
@@ -55,6 +58,7 @@ def _status_text(st: Status) -> str:
         f"store      {store}",
         f"networks   {st.networks}" + (f" (DOWN: {down})" if (down := unrestored(st)) else ""),
         f"endpoints  {st.endpoints}",
+        *([f"orphans    {' '.join(st.kept_links)}: {KEPT}"] if st.kept_links else []),
         "vxlan peers:",
         table(["VNI", "VTEP", "HOST"], [(p.vni, p.vtep, p.host or "(static)") for p in st.vxlan_peers]),
     ]

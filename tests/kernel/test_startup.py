@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.kernel.test_serve import (
     ENDPOINT,
     EP,
@@ -126,3 +128,56 @@ async def test_a_network_whose_underlay_address_is_gone_does_not_keep_the_others
         assert next(c for c in checks if c["name"] == "networks restored")["verdict"] == "ok"
     finally:
         daemon.stop(signal.SIGKILL)
+
+
+CHANGES = {
+    "state-dir": ("--state-dir", "{tmp}/other-state"),
+    "store-prefix": ("--store-prefix", "/other/"),
+    "host-id": ("--host-id", "k9"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+async def test_a_store_that_has_not_seen_this_host_deletes_no_link(ns: Namespaces, tmp_path: Path, change: str) -> None:
+    """The links of a running container stay, listed as orphans, when pynet restarts on a store
+    that knows nothing of them; with the store that made them, orphans still go (test_serve.py
+    test_restart_rebuilds_the_kernel_from_the_store)."""
+    daemon = Pynet(ns, tmp_path)
+    daemon.start()
+    try:
+        assert (await post(daemon.sock, "NetworkDriver.CreateNetwork", NETWORK))[0] == 200
+        assert (await post(daemon.sock, "NetworkDriver.CreateEndpoint", ENDPOINT))[0] == 200
+        status, join = await post(daemon.sock, "NetworkDriver.Join", JOIN)
+        assert status == 200, join
+        move_into_container(ns, join["InterfaceName"]["SrcName"], "10.61.0.2/24", "10.61.0.1")
+        assert (daemon.state / "store-marker").exists(), "a first start with no orphan binds store and host"
+    finally:
+        daemon.stop(signal.SIGKILL)
+    ours = {"pnb-" + NET[:11], "pnh-" + EP[:11]}
+    flag, value = CHANGES[change]
+    # Once more for one of them: a start that kept orphans does not vouch for them. The CLI
+    # (a Python start each, seconds on a loaded machine) for that one too.
+    thorough = change == "state-dir"
+    for again in (False, True) if thorough else (False,):
+        restarted = Pynet(ns, tmp_path, flag, value.format(tmp=tmp_path))
+        restarted.start()
+        try:
+            await until("pynet did not get ready", lambda: ready(restarted))
+            assert ours <= ns.links()
+            assert pings(ns.ctr, "10.61.0.1"), "the container is still connected"
+            _, st = await post(restarted.sock, "pynet/status", {})
+            assert set(st["kept_links"]) == ours, st
+            if thorough and not again:
+                code, st = cli(ns, restarted, "status")
+                assert code == 1 and set(st["kept_links"]) == ours, st
+                _, gc = cli(ns, restarted, "gc", "--dry-run", "--docker-host", f"unix://{tmp_path}/no-docker.sock")
+                assert {leak["name"] for leak in gc["leaks"] if leak["kind"] == "link"} == ours, gc
+        finally:
+            restarted.stop(signal.SIGKILL)
+    kept = [line for line in daemon.log.read_text().splitlines() if "orphan links kept" in line]
+    assert len(kept) == (2 if thorough else 1) and all(name in kept[0] for name in ours), kept
+
+
+async def ready(daemon: Pynet) -> bool:
+    status, st = await post(daemon.sock, "pynet/status", {})
+    return status == 200 and bool(st["daemon"]["ready"])
