@@ -214,13 +214,15 @@ async def serve(settings: Settings) -> None:
     metrics = Metrics()
     d = build(settings, metrics)
     sock = Path(settings.socket)
-    runner = await bind(application(d, metrics), sock)
-    kind = "etcd" if settings.etcd_endpoints else "embedded"  # d.store is wrapped for timing
-    log.info("listening", extra={"socket": str(sock), "host": d.host, "store": kind})
+    # Before the socket answers: a SIGTERM as soon as it does (a test, systemd) must stop
+    # pynet cleanly, not kill it with its socket left behind (seen under load, 2 cores).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    runner = await bind(application(d, metrics), sock)
+    kind = "etcd" if settings.etcd_endpoints else "embedded"  # d.store is wrapped for timing
+    log.info("listening", extra={"socket": str(sock), "host": d.host, "store": kind})
     resync: asyncio.Task[None] | None = None
     scrape: web.AppRunner | None = None
     agent: ClusterNetworks | None = None
