@@ -8,7 +8,7 @@ moves on). Four kinds:
   back in the host namespace (Docker returns it when the sandbox goes) or its host-side link is
   gone. The second condition keeps a wrong `--docker-host` from condemning live containers.
 - link: a pynet-named link (drivers/registry.py `LINK_PREFIXES`) that no live record references, by name or by the ID
-  its name is derived from.
+  its name is derived from, and whose ID is no endpoint's or network's Docker has.
 - allocation: an address this host allocated that no live record, no network and no Docker
   container accounts for, and older than `min_age` (Docker allocates before it creates the
   endpoint, so a young allocation may be a container starting right now).
@@ -164,8 +164,9 @@ def _referenced(inv: Inventory, live: list[Endpoint]) -> tuple[set[str], set[str
     return names, stems
 
 
-def _link_leaks(inv: Inventory, live: list[Endpoint], leaked: list[Endpoint]) -> list[Leak]:
+def _link_leaks(inv: Inventory, live: list[Endpoint], leaked: list[Endpoint], in_use: set[str]) -> list[Leak]:
     names, stems = _referenced(inv, live)
+    stems |= in_use
     owners = {ep.id[:ID_CHARS]: ep.id for ep in leaked}
     out = []
     for link in inv.links:
@@ -238,7 +239,10 @@ def find(inv: Inventory, view: DockerView | None, now: float, min_age: float = D
         Leak("endpoint", ep.id, "Docker does not know it and no container holds its link", network=ep.network_id)
         for ep in leaked
     ]
-    leaks += _link_leaks(inv, live, leaked)
+    # A link named after an endpoint or network Docker has is in use, record or not: after a
+    # changed --state-dir or store, running containers' links have no record here.
+    in_use = {i[:ID_CHARS] for i in (*view.endpoints, *view.networks)} if view is not None else set()
+    leaks += _link_leaks(inv, live, leaked, in_use)
     if view is not None:
         leaks += _allocation_leaks(inv, live, view, now, min_age)
     return leaks + _rule_leaks(inv)
