@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pynet.drivers.firewall import FLAVOURS
 from pynet.store.errors import PynetError
+from pynet.store.private import private_dir, write_private
 
 
 class ConfigError(PynetError):
@@ -190,9 +191,7 @@ def resolve_host_id(s: Settings) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         host_id = f"{os.uname().nodename}-{uuid.uuid4().hex[:8]}"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(host_id + "\n")
-        os.replace(tmp, path)
+        write_private(path, host_id + "\n")
         return host_id
