@@ -141,6 +141,17 @@ def test_unit_service_policy() -> None:
     assert "PYTHONUNBUFFERED=1" in s["Environment"]
 
 
+def test_unit_hardening_leaves_pynet_what_it_writes_and_the_plugins_capabilities() -> None:
+    s = unit()["Service"]
+    assert words(s["CapabilityBoundingSet"]) == manifest()["linux"]["capabilities"], "one measured list"
+    assert s["NoNewPrivileges"] == ["yes"] and s["ProtectSystem"] == ["strict"]
+    assert Path("/var/lib", s["StateDirectory"][0]) == Path(Settings().state_dir)
+    assert s["StateDirectoryMode"] == ["0700"] and s["UMask"] == ["0077"]
+    writable = [Path(p) for p in words(s["ReadWritePaths"])]
+    assert any(Path(Settings().socket).is_relative_to(p) for p in writable), "the socket's directory"
+    assert "ProtectKernelTunables" not in s, "pynet writes ip_forward and route_localnet"
+
+
 def test_default_file_names_only_real_settings() -> None:
     text = (REPO / "packaging" / "pynet.default").read_text()
     names = set(re.findall(r"^#?(PYNET_[A-Z_]+)=", text, re.MULTILINE))
