@@ -26,6 +26,7 @@ from typing import Any
 
 from pynet.store.base import Compare, Delete, Event, KeyValue, Op, Put
 from pynet.store.errors import NotFound, RevisionCompacted
+from pynet.store.private import private_dir, private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -42,6 +43,10 @@ INSERT OR IGNORE INTO meta VALUES ('revision', 0);
 """
 
 
+# What a kill -9 leaves next to the database; an older pynet made them with the default mode.
+_COMPANIONS = ("-wal", "-shm")
+
+
 def _row(r: tuple[Any, ...]) -> KeyValue:
     return KeyValue(r[0], bytes(r[1]), r[2], r[3], r[4], r[5])
 
@@ -53,8 +58,12 @@ def _prefix_bounds(prefix: str) -> tuple[str, str]:
 
 class EmbeddedStore:
     def __init__(self, path: str | os.PathLike[str], history: int = 10000) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(path).parent)
         self.path = str(path)
+        # SQLite creates the -wal and -shm files with the database file's mode, so a database
+        # made 0600 before SQLite opens it never has a readable companion.
+        for name in (self.path, *(self.path + s for s in _COMPANIONS if Path(self.path + s).exists())):
+            private_file(name)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -62,7 +71,6 @@ class EmbeddedStore:
         self._history: collections.deque[Event] = collections.deque(maxlen=history)
         self._compacted = self._current_revision() + 1
         self._watchers: set[asyncio.Queue[Event]] = set()
-        os.chmod(self.path, 0o600)
 
     # -- reads -------------------------------------------------------------------------------
 

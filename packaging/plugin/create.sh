@@ -67,14 +67,15 @@ remove_existing() {
 }
 
 # The state directory the state mount's source must be: runc refuses to bind a missing source.
-# (The other mount is the host's /run, which every host has.)
+# (The other mount is the host's /run, which every host has.) Made 0700, as pynet makes it: it
+# holds the store and, for etcd, the password file and TLS key; an existing one keeps its mode.
 prepare_host() {
     state=/var/lib/pynet
     # shellcheck disable=SC2086 # PLUGIN_SET wins over the saved settings, as in main
     for kv in ${saved:-} $PLUGIN_SET; do
         case "$kv" in state.source=*) state=${kv#state.source=} ;; esac
     done
-    mkdir -p "$state"
+    [ -d "$state" ] || mkdir -p -m 700 "$state"
 }
 
 main() {

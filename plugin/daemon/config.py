@@ -20,14 +20,16 @@ from urllib.parse import urlsplit
 
 from pynet.drivers.firewall import FLAVOURS
 from pynet.store.errors import PynetError
+from pynet.store.private import private_dir, write_private
 
 
 class ConfigError(PynetError):
     """A setting with a value pynet cannot run with; `pynet` prints it and exits 2."""
 
 
-def _setting(default: Any, help: str, metavar: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "metavar": metavar})
+def _setting(default: Any, help: str, metavar: str | None = None, *, secret: bool = False) -> Any:
+    # A secret stays out of the repr, so no log line or traceback that prints a Settings shows it.
+    return field(default=default, repr=not secret, metadata={"help": help, "metavar": metavar})
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,12 @@ class Settings:
     etcd_cert: str = _setting("", "client certificate for etcd TLS", "FILE")
     etcd_key: str = _setting("", "client key for etcd TLS", "FILE")
     etcd_user: str = _setting("", "etcd user name")
-    etcd_password: str = _setting("", "etcd password")
+    etcd_password: str = _setting(
+        "", "etcd password; as a flag every user sees it in ps: prefer --etcd-password-file", secret=True
+    )
+    etcd_password_file: str = _setting(
+        "", "file holding the etcd password (one line), read at start; the password then appears nowhere else", "FILE"
+    )
     store_prefix: str = _setting("/pynet/", "key prefix in the store (several labs may share one etcd)")
     store_timeout: float = _setting(3.0, "deadline in seconds for one store operation", "SECONDS")
     lease_ttl: int = _setting(
@@ -90,9 +97,9 @@ class Settings:
     @property
     def store_address(self) -> str:
         """The host part of the first etcd endpoint ("" on the embedded store)."""
-        first = next((e.strip() for e in self.etcd_endpoints.split(",") if e.strip()), "")
-        if not first:
+        if not self.etcd_endpoint_list:
             return ""
+        first = self.etcd_endpoint_list[0]
         return urlsplit(first if "://" in first else "//" + first).hostname or ""
 
     @property
@@ -113,6 +120,24 @@ class Settings:
                 raise ConfigError(f"pynet: --default-pools entry must be CIDR:prefixlen, got {item!r}")
             out.append((net, prefixlen))
         return tuple(out)
+
+    @cached_property
+    def etcd_endpoint_list(self) -> tuple[str, ...]:
+        return tuple(e.strip() for e in self.etcd_endpoints.split(",") if e.strip())
+
+    @cached_property
+    def etcd_secret(self) -> str:
+        """The etcd password: --etcd-password, or the first line of --etcd-password-file (read
+        once, when the Settings is made, so a missing file stops pynet at start)."""
+        if not self.etcd_password_file:
+            return self.etcd_password
+        try:
+            lines = Path(self.etcd_password_file).read_text().splitlines()
+        except OSError as e:
+            raise ConfigError(f"pynet: --etcd-password-file {self.etcd_password_file!r}: {e.strerror}") from None
+        if not lines or not lines[0]:
+            raise ConfigError(f"pynet: --etcd-password-file {self.etcd_password_file!r} is empty")
+        return lines[0]
 
     @cached_property
     def dns_upstreams(self) -> tuple[str, ...]:
@@ -176,10 +201,27 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"pynet: --iptables-backend must be nft or legacy, got {s.iptables_backend!r}")
     s.pool_ranges  # noqa: B018 - parsed (and cached) now, so a bad entry fails here
     s.dns_upstreams  # noqa: B018 - likewise
+    _validate_etcd_credentials(s)
     try:
         ipaddress.ip_address(s.dns_address)
     except ValueError:
         raise ConfigError(f"pynet: --dns-address must be an IP address, got {s.dns_address!r}") from None
+
+
+def _validate_etcd_credentials(s: Settings) -> None:
+    if s.etcd_password and s.etcd_password_file:
+        raise ConfigError("pynet: --etcd-password and --etcd-password-file are both set; keep one")
+    if s.etcd_secret and not s.etcd_user:
+        raise ConfigError("pynet: an etcd password needs --etcd-user")
+    tls = [name for name, value in (("ca", s.etcd_ca), ("cert", s.etcd_cert), ("key", s.etcd_key)) if value]
+    plain = [e for e in s.etcd_endpoint_list if urlsplit(e).scheme == "http"]
+    if tls and plain:
+        # The files would be ignored on that endpoint (TLS is per endpoint, by its scheme), and
+        # the password and every record would cross the network in clear.
+        flags = "/".join(f"--etcd-{name}" for name in tls)
+        raise ConfigError(
+            f"pynet: {flags} set, but etcd endpoint {plain[0]!r} is plain http: use https:// (or drop {flags})"
+        )
 
 
 def resolve_host_id(s: Settings) -> str:
@@ -190,9 +232,7 @@ def resolve_host_id(s: Settings) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         host_id = f"{os.uname().nodename}-{uuid.uuid4().hex[:8]}"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(host_id + "\n")
-        os.replace(tmp, path)
+        write_private(path, host_id + "\n")
         return host_id

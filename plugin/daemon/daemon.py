@@ -26,13 +26,13 @@ def open_store(settings: Settings) -> Store:
     from pynet.store.etcd import EtcdStore  # grpc is slow to import; only etcd users pay for it
 
     return EtcdStore(
-        [e.strip() for e in settings.etcd_endpoints.split(",") if e.strip()],
+        list(settings.etcd_endpoint_list),
         timeout=settings.store_timeout,
         ca=settings.etcd_ca,
         cert=settings.etcd_cert,
         key=settings.etcd_key,
         user=settings.etcd_user,
-        password=settings.etcd_password,
+        password=settings.etcd_secret,
     )
 
 

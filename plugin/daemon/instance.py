@@ -22,6 +22,7 @@ import socket
 from pathlib import Path
 
 from pynet.plugin.daemon.config import ConfigError
+from pynet.store.private import FILE_MODE, private_dir
 
 LOCK_FILE = "pynet.lock"
 
@@ -33,9 +34,7 @@ class AlreadyRunning(ConfigError):
 def lock_state_dir(state_dir: str) -> int:
     """Hold the state directory for this process's lifetime; returns the lock's descriptor
     (kept open: closing it would release the lock)."""
-    path = Path(state_dir)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(private_dir(state_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -22,6 +22,7 @@ from pynet.plugin.daemon.config import Settings
 from pynet.plugin.dns.upstreams import upstreams
 from pynet.plugin.ops.render import Report
 from pynet.store.errors import PynetError
+from pynet.store.private import private_dir, write_private
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 MAX_SERVERS = 3  # Docker's embedded DNS uses the first 3 (moby resolver.go, maxExtDNS)
@@ -80,8 +81,8 @@ def install(daemon_json: Path, state_dir: Path, wanted: list[str]) -> list[str]:
     saved = msgspec.json.decode(saved_path.read_bytes(), type=Saved) if saved_path.exists() else Saved(text, "")
     data["dns"] = wanted
     saved.written = json.dumps(data, indent=2) + "\n"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    _write(saved_path, msgspec.json.encode(saved).decode())  # first: uninstall must always find it
+    private_dir(state_dir)
+    write_private(saved_path, msgspec.json.encode(saved).decode())  # first: uninstall must always find it
     _write(daemon_json, saved.written)
     was = "absent" if before is None else json.dumps(before)
     lines = [f'{daemon_json}: "dns" set to {json.dumps(wanted)} (was {was})']

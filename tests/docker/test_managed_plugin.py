@@ -9,8 +9,11 @@ one to three minutes (the Debian mirror), later ones seconds. Tests run in file 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,11 +33,17 @@ pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
-def plugin_dir() -> Path:
+def plugin_dir() -> Iterator[Path]:
     """The plugin directory, built on the machine (its pip reaches the package index; the lab
-    hosts do not), so `make plugin` inside the host finds it up to date."""
-    run_cmd([str(REPO / "packaging" / "plugin" / "build.sh")], timeout=900)
-    return Path("/var/cache/pynet-plugin/plugin")
+    hosts do not), so `make plugin` inside the host finds it up to date. It is this run's own
+    directory (the base and the wheels stay cached): the shared /var/cache/pynet-plugin/plugin
+    holds whichever checkout built last, and two checkouts testing at once would swap code."""
+    out = Path(tempfile.mkdtemp(prefix="pynet-plugin-"))
+    try:
+        run_cmd([str(REPO / "packaging" / "plugin" / "build.sh"), str(out)], timeout=900)
+        yield out
+    finally:
+        shutil.rmtree(out)
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +151,39 @@ def test_make_plugin_enables_pynet_latest(host: Host, plugin: str, state_dir: Pa
     status, reply = ask_plugin(host, "/NetworkDriver.GetCapabilities")
     assert status == 200 and reply["Scope"] == "local"
     assert (state_dir / "store.sqlite").exists(), "the embedded store lives in the state mount"
+    assert state_dir.stat().st_mode & 0o777 == 0o700, "`make plugin` made it as pynet would"
+    assert {p.name: p.stat().st_mode & 0o777 for p in state_dir.iterdir()} == dict.fromkeys(
+        ("pynet.lock", "host-id", "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"), 0o600
+    )
     # Enabled where /run/xtables.lock does not exist, and nothing had to create it.
     assert host.run("test", "-e", "/run/xtables.lock", check=False).returncode != 0
+
+
+# Bit numbers in /proc/<pid>/status's Cap* masks (linux/capability.h).
+CAPABILITY_BITS = {"CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21}
+
+
+def plugin_pid(host: Host) -> int:
+    """The plugin's `pynet serve`: the process in the plugin's cgroup, named by the plugin's ID
+    (other pynets run on the machine, in other labs and checkouts)."""
+    pid = plugin_id(host)
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and pid in (proc / "cgroup").read_text():
+                if b"serve" in (proc / "cmdline").read_bytes().split(b"\0"):
+                    return int(proc.name)
+        except OSError:  # gone meanwhile
+            continue
+    raise AssertionError(f"no pynet serve runs in the cgroup of plugin {pid}")
+
+
+def test_plugin_has_no_capability_it_does_not_declare(host: Host, plugin: str) -> None:
+    """config.json adds only what pynet needs (docs/design.md, "Least privilege"); the
+    networks below and the etcd tests run with exactly this set."""
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{plugin_pid(host)}/status").read_text().splitlines())
+    effective = int(status["CapEff"], 16)
+    held = {name for name, bit in CAPABILITY_BITS.items() if effective >> bit & 1}
+    assert held == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE"}
 
 
 def test_driver_name_needs_the_tag(docker: Docker) -> None:
@@ -161,6 +201,14 @@ def test_two_containers_reach_each_other(docker: Docker) -> None:
     assert docker.ip(b, net).startswith("10.50.0.")
     assert docker.pings(a, docker.ip(b, net))
     assert docker.pings(a, b), "embedded DNS resolves the container name"
+
+
+def test_macvlan_network(docker: Docker) -> None:
+    """macvlan links on the host's eth0, made with the plugin's capabilities alone."""
+    net = docker.network("mv", *PYNET, "-o", "mode=macvlan", "-o", "parent=eth0", "--subnet", "10.58.0.0/24")
+    a = docker.run("a", "--network", net)
+    b = docker.run("b", "--network", net)
+    assert docker.pings(a, docker.ip(b, net))
 
 
 def test_published_port_without_sysctls(docker: Docker, lab: Lab, host: Host) -> None:
@@ -231,3 +279,51 @@ def test_plugin_set_switches_to_etcd(docker: Docker, host: Host, lab: Lab) -> No
     net_id = docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
     keys = host.run("etcdctl", "--endpoints", lab.etcd_endpoint, "get", "--prefix", "/pynet/", "--keys-only").stdout
     assert f"/pynet/hosts/{host.name}/networks/{net_id}" in keys.split()
+
+
+def test_etcd_password_from_a_file_appears_nowhere_else(
+    docker: Docker, host: Host, lab: Lab, plugin_dir: Path, state_dir: Path, plugin_ids: list[str]
+) -> None:
+    """etcd with auth on; the password is only in a file of the state mount. It must not reach
+    a command line (ps), the plugin's settings or environment, dockerd's log (the plugin's
+    output, at debug since the upgrade test), or what `make plugin` prints when it carries the
+    settings over. Last in the file: the lab's etcd keeps auth on."""
+    password = secrets.token_hex(12)
+    ctl = ("etcdctl", "--endpoints", lab.etcd_endpoint)
+    host.run(*ctl, "user", "add", f"root:{password}")
+    host.run(*ctl, "auth", "enable")
+    secret = state_dir / "etcd-password"
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    set_plugin(
+        host,
+        f"PYNET_ETCD_ENDPOINTS={lab.etcd_endpoint}",
+        "PYNET_ETCD_USER=root",
+        "PYNET_ETCD_PASSWORD_FILE=/var/lib/pynet/etcd-password",
+    )
+    printed = make_plugin(host, plugin_dir, state_dir, "FORCE=1")
+    plugin_ids.append(plugin_id(host))
+    # VXLAN, the mode that needs etcd; with etcd pynet also serves names on 169.254.53.53:53,
+    # a port below 1024 (CAP_NET_BIND_SERVICE).
+    net = docker.network("auth", *PYNET, "-o", "mode=vxlan", "-o", "vni=4257", "--subnet", "10.57.0.0/24")
+    a = docker.run("a", "--network", net)
+    b = docker.run("b", "--network", net)
+    assert docker.pings(a, b)
+    assert "169.254.53.53:53 " in host.run("ss", "-Hlnu").stdout, "the resolver is bound"
+    net_id = docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
+    keys = host.run(*ctl, f"--user=root:{password}", "get", "--prefix", "/pynet/", "--keys-only").stdout
+    assert f"/pynet/hosts/{host.name}/networks/{net_id}" in keys.split(), "pynet logged in to etcd"
+    pid = plugin_pid(host)
+    seen = {
+        "make plugin's output": printed,
+        "the plugin's settings": json.dumps(env_of(host)),
+        "the plugin's environment": Path(f"/proc/{pid}/environ").read_text(errors="replace"),
+        "dockerd's log": (host.root / "dockerd.log").read_text(errors="replace"),
+    }
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                seen[f"the command line of pid {proc.name}"] = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:  # gone meanwhile
+                continue
+    assert [where for where, text in seen.items() if password in text] == []

@@ -5,6 +5,13 @@ own dockerd, no v1 pynet) then sees that DESTDIR's /opt as its /opt, so the inst
 paths are real there: `systemd-analyze verify` checks the unit, and the unit's own ExecStart and
 ExecStartPost command lines run with the environment /etc/default/pynet and Environment= give
 them, as systemd would; the host's dockerd then uses pynet as the plugin `pynet`.
+
+ExecStart runs inside the sandbox the unit's hardening describes, built from the unit's own
+values as systemd builds it: the capability bounding set and no_new_privs (setpriv), every
+mount read-only but /dev, /proc, /sys and ReadWritePaths= (ProtectSystem=strict, in a mount
+namespace of its own), a private /tmp and /var/tmp, and UMask=. The seccomp-based settings
+(SystemCallFilter=, RestrictAddressFamilies=, RestrictNamespaces=) and the Protect* ones
+beyond these are checked by `systemd-analyze verify` and `security` only.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import pytest
 from lab import DockerRelease, Host, Lab
 from lab.cmd import run_cmd
 from tests.dockercli import Docker
-from tests.unit.test_packaging import parse_unit
+from tests.unit.test_packaging import parse_unit, words
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = Path("etc/systemd/system/pynet.service")
@@ -37,7 +44,9 @@ def install_service(destdir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def destdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="pynet-destdir-"))
+    # Not under /tmp: the venv's paths include DESTDIR, and the unit's PrivateTmp= hides /tmp.
+    (REPO / "build").mkdir(exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="destdir-", dir=REPO / "build"))
     try:
         install_service(d)
         yield d
@@ -130,24 +139,62 @@ def test_systemd_analyze_verify(host: Host, destdir: Path) -> None:
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
 
 
+# ProtectSystem=strict as systemd does it, in the new mount namespace: each ReadWritePaths= entry
+# becomes a mount of its own first, then every other mount (but the API file systems and what
+# lies under a writable path) is made read-only; then PrivateTmp= and UMask=.
+SANDBOX = r"""
+set -e
+rw=""
+while [ "$1" != -- ]; do rw="$rw $1"; mount --bind "$1" "$1"; shift; done
+shift
+awk '{print $5}' /proc/self/mountinfo | sort -u | while read -r m; do
+    case "$m" in /dev|/dev/*|/proc|/proc/*|/sys|/sys/*) continue ;; esac
+    for p in $rw; do case "$m" in "$p"|"$p"/*) continue 2 ;; esac; done
+    mount -o remount,bind,ro "$m"
+done
+mount -t tmpfs -o mode=1777 private-tmp /tmp
+mount -t tmpfs -o mode=1777 private-tmp /var/tmp
+umask "$UNIT_UMASK"
+exec "$@"
+"""
+
+
+def sandboxed(argv: list[str], s: dict[str, list[str]], writable: list[str]) -> list[str]:
+    """`argv` under the unit's hardening; `writable` are the ReadWritePaths= of a drop-in."""
+    assert s["ProtectSystem"] == ["strict"] and s["PrivateTmp"] == ["yes"] and s["NoNewPrivileges"] == ["yes"]
+    caps = ",".join("+" + c.removeprefix("CAP_").lower() for c in words(s["CapabilityBoundingSet"]))
+    rw = [*words(s["ReadWritePaths"]), *writable]
+    return [
+        "env", f"UNIT_UMASK={s['UMask'][0]}", "unshare", "--mount", "--propagation", "private",
+        "sh", "-c", SANDBOX, "sandbox", *rw, "--",
+        "setpriv", f"--bounding-set=-all,{caps}", "--inh-caps=-all", "--no-new-privs", *argv,
+    ]
+
+
 def test_exec_lines_serve_docker_as_the_plugin_pynet(host: Host, destdir: Path, docker: Docker) -> None:
     state = host.root / "service-state"
+    state.mkdir()  # a state directory elsewhere than /var/lib/pynet: its ReadWritePaths= drop-in
     settings = destdir / DEFAULTS
     before = settings.read_text()
     settings.write_text(before + f"PYNET_STATE_DIR={state}\nPYNET_LOG_LEVEL=debug\n")
     env = unit_environment(destdir)
     s = service(destdir)
     log = host.root / "service.log"
+    argv = sandboxed(command_line(s["ExecStart"][0]), s, [str(state)])
     with open(log, "ab") as out:
-        proc = host.popen(*command_line(s["ExecStart"][0]), env={**host.env(), **env}, stdout=out, stderr=out)
+        proc = host.popen(*argv, env={**host.env(), **env}, stdout=out, stderr=out)
     try:
         post = host.run("env", *(f"{k}={v}" for k, v in env.items()), *command_line(s["ExecStartPost"][0]), check=False)
         assert post.returncode == 0, f"the socket never appeared:\n{log.read_text()[-2000:]}"
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        assert "\nCapEff:\t0000000000003400\n" in status, "NET_BIND_SERVICE, NET_ADMIN, NET_RAW only"
+        assert "\nNoNewPrivs:\t1\n" in status
         net = docker.network("svc", "-d", "pynet", "--ipam-driver", "pynet", "--subnet", "10.56.0.0/24")
         a = docker.run("a", "--network", net)
         b = docker.run("b", "--network", net)
         assert docker.pings(a, b) and docker.pings(a, docker.ip(b, net))
         assert (state / "store.sqlite").exists(), "PYNET_STATE_DIR from /etc/default/pynet applies"
+        assert (state / "store.sqlite").stat().st_mode & 0o777 == 0o600
         assert "level=debug" in log.read_text(), "PYNET_LOG_LEVEL from /etc/default/pynet applies"
         docker.cleanup()
         stop_like_systemd(proc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,50 @@ def test_cli_prints_a_config_error_and_exits_2(
     assert cli.main(["serve"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["pynet: --iptables-backend must be nft or legacy, got 'nftables'"] * 2
+
+
+def test_password_file_gives_the_password_and_keeps_it_out_of_the_repr(tmp_path: Path) -> None:
+    secret = tmp_path / "etcd-password"
+    secret.write_text("s3cret-pw\n")  # as `echo s3cret-pw > file` writes it
+    s = parsed([], {"PYNET_ETCD_USER": "pynet", "PYNET_ETCD_PASSWORD_FILE": str(secret)})
+    assert s.etcd_secret == "s3cret-pw"
+    assert parsed(["--etcd-user", "u", "--etcd-password", "pw"], {}).etcd_secret == "pw"
+    direct = Settings(etcd_user="u", etcd_password="flag-pw")
+    assert "flag-pw" not in repr(direct) and "s3cret-pw" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"etcd_user": "u", "etcd_password_file": "/nonexistent/pw"}, "--etcd-password-file '/nonexistent/pw': No such"),
+        ({"etcd_user": "u", "etcd_password_file": "EMPTY"}, "--etcd-password-file '.*/empty' is empty"),
+        ({"etcd_user": "u", "etcd_password": "pw", "etcd_password_file": "FILE"}, "--etcd-password and --etcd-pass"),
+        ({"etcd_password_file": "FILE"}, "an etcd password needs --etcd-user"),
+    ],
+)
+def test_password_settings_that_cannot_work_are_refused(tmp_path: Path, values: dict[str, str], message: str) -> None:
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "pw").write_text("pw\n")
+    files = {"EMPTY": str(tmp_path / "empty"), "FILE": str(tmp_path / "pw")}
+    with pytest.raises(ConfigError, match=message):
+        Settings(**{k: files.get(v, v) for k, v in values.items()})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tls", ["etcd_ca", "etcd_cert", "etcd_key"])
+def test_tls_files_with_a_plain_http_endpoint_refuse_to_start(tls: str) -> None:
+    """Else the files are ignored on that endpoint and the password crosses it in clear."""
+    endpoints = "https://10.0.0.1:2379,http://10.0.0.2:2379"
+    flag = "--" + tls.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"{flag} set, but etcd endpoint 'http://10.0.0.2:2379' is plain http"):
+        Settings(etcd_endpoints=endpoints, **{tls: "/etc/pynet/x.pem"})  # type: ignore[arg-type]
+    assert Settings(etcd_endpoints="https://10.0.0.1:2379", **{tls: "/etc/pynet/x.pem"})  # type: ignore[arg-type]
+    assert Settings(etcd_endpoints="http://10.0.0.2:2379")  # plain http without TLS files: a lab's choice
+
+
+def test_serve_refuses_tls_files_with_http_before_anything_starts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYNET_ETCD_ENDPOINTS", "http://127.0.0.1:1")
+    monkeypatch.setenv("PYNET_ETCD_CA", "/etc/pynet/ca.pem")
+    assert cli.main(["serve"]) == 2
+    assert "--etcd-ca set, but etcd endpoint 'http://127.0.0.1:1' is plain http" in capsys.readouterr().err
