@@ -42,7 +42,6 @@ from pynet.store.malformed import Malformed
 
 log = logging.getLogger("pynet.peers")
 
-RETRY_MIN, RETRY_MAX = 0.25, 5.0
 _UNICAST_MAC = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}")
 
 
@@ -95,6 +94,8 @@ class RemoteEndpoint(msgspec.Struct, frozen=True):
         if not _UNICAST_MAC.fullmatch(self.mac) or self.mac == ZERO_MAC:
             raise ValueError(f"mac must be a unicast MAC in lower case, got {self.mac!r}")
         for ip in self.ips:
+            if "%" in ip:  # ipaddress takes a scope (fe80::1%eth0); a neighbour entry has none
+                raise ValueError(f"ips: {ip!r} has a scope")
             ipaddress.ip_address(ip)
 
 
@@ -165,7 +166,11 @@ class Registry:
         async with self._lock:
             if not self._lease:
                 self._lease = await self.store.grant_lease(self.ttl)
-            await self.store.put(key, data, lease=self._lease)
+            try:
+                await self.store.put(key, data, lease=self._lease)
+            except NotFound:  # the lease went (revoked, or expired) before the keep-alive noticed
+                await self._renew()
+                await self.store.put(key, data, lease=self._lease)
             self._mine[key] = data
 
     async def delete(self, key: str) -> None:
@@ -174,23 +179,38 @@ class Registry:
             await self.store.delete(key)
 
     async def keep_alive_forever(self) -> None:
-        """Refresh every ttl/3; when the lease is gone (expired during a long store outage),
-        take a new one and put every key back, so the other hosts see this one again."""
+        """Refresh now, then every ttl/3. A store that is away is waited out here; any other
+        error ends the run, and its supervisor (plugin/serve.py) starts it again with backoff,
+        refreshing at once: were it to end quietly, the lease would expire and this host
+        vanish from every peer's tables."""
         while True:
-            await asyncio.sleep(self.ttl / 3)
             try:
-                async with self._lock:
-                    if not self._lease:
-                        continue
-                    try:
-                        await self.store.refresh_lease(self._lease)
-                    except NotFound:
-                        log.warning("lease lost, registering again", extra={"keys": len(self._mine)})
-                        self._lease = await self.store.grant_lease(self.ttl)
-                        for key, data in self._mine.items():
-                            await self.store.put(key, data, lease=self._lease)
+                await self.keep_alive()
             except StoreUnavailable as e:
                 log.warning("lease not refreshed", extra={"error": str(e)})
+            await asyncio.sleep(self.ttl / 3)
+
+    async def keep_alive(self) -> None:
+        """Refresh the lease; when it is gone (expired during a long store outage, revoked by
+        an operator), take a new one and put every key back, so the other hosts see this one
+        again."""
+        async with self._lock:
+            if not self._lease:
+                return
+            try:
+                await self.store.refresh_lease(self._lease)
+            except NotFound:
+                log.warning("lease lost, registering again", extra={"keys": len(self._mine)})
+                await self._renew()
+
+    async def _renew(self) -> None:
+        """A new lease holding every key. It replaces the old one only once every key is put:
+        a failure half-way leaves the dead lease, so the next refresh renews again (the spare
+        lease expires on its own)."""
+        lease = await self.store.grant_lease(self.ttl)
+        for key, data in self._mine.items():
+            await self.store.put(key, data, lease=lease)
+        self._lease = lease
 
 
 class Sync:
@@ -229,26 +249,18 @@ class Sync:
             self.observer.forget(vni)
 
     async def run_forever(self) -> None:
-        """Snapshot, then watch from the snapshot's revision; on any loss of the watch, take a
-        new snapshot. Failures never touch the kernel's entries: traffic keeps flowing on what
-        was last programmed while the store is away."""
-        delay = RETRY_MIN
+        """Snapshot, then watch from the snapshot's revision; a compacted history means a new
+        snapshot. Any other failure (the store away at a snapshot, a kernel error) ends the run,
+        and its supervisor (plugin/serve.py) starts it again with backoff: the watch itself
+        rides out connection loss (store/etcd.py). Failures never touch the kernel's entries:
+        traffic keeps flowing on what was last programmed while the store is away."""
         while True:
+            revision = await self._snapshot()
             try:
-                revision = await self._snapshot()
-                delay = RETRY_MIN
                 async for event in self.store.watch(self.root, revision + 1):
                     await self._apply(event)
             except RevisionCompacted:
                 log.info("watch history compacted: resyncing")
-            except (StoreUnavailable, ConnectionError, OSError) as e:
-                log.warning("peer watch interrupted", extra={"error": str(e), "retry_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-            except Exception:
-                log.exception("peer watch failed")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
 
     async def _snapshot(self) -> int:
         revision = await self.store.revision()

@@ -129,7 +129,6 @@ class VxlanBackend(SegmentEndpoints):
         self.store_address = store_address
         self.registry = Registry(store, lease_ttl)
         self.sync = Sync(store, prefix, host, netlink, observer)
-        self._tasks: list[asyncio.Task[None]] = []
 
     def parse_options(self, options: Mapping[str, str], net: Draft) -> VxlanConfig:
         cfg = parse_options(self.mode, OPTIONS, options)
@@ -257,8 +256,8 @@ class VxlanBackend(SegmentEndpoints):
     # -- recovery ----------------------------------------------------------------------------
 
     async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
-        """Rebuild devices, register this host's VTEPs and endpoints under a new lease, start
-        watching the others; FDB and neighbour entries are reprogrammed from the store."""
+        """Rebuild devices, register this host's VTEPs and endpoints under a new lease; FDB and
+        neighbour entries are reprogrammed from the store once the peer watch (`sync`) runs."""
         configs = {n.id: config_of(n, VxlanConfig) for n in nets}
         await self.segment.reconcile([(n, vni_mac(configs[n.id].vni)) for n in nets], eps)
         for cfg in configs.values():
@@ -267,17 +266,11 @@ class VxlanBackend(SegmentEndpoints):
             await self._register(cfg)
         for ep in eps:
             await self._register_endpoint(configs[ep.network_id], ep)
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self.registry.keep_alive_forever()),
-                asyncio.create_task(self.sync.run_forever()),
-            ]
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
         return self.segment.expected_links(nets, eps) | {config_of(n, VxlanConfig).device for n in nets}
 
     async def close(self) -> None:
-        """Stop watching; the lease is left to expire, so a quick restart disturbs nothing."""
-        for task in self._tasks:
-            task.cancel()
-        self._tasks = []
+        """Nothing to stop here: the lease keep-alive and the peer watch (`registry`, `sync`)
+        run under serve's supervisor. The lease is left to expire, so a quick restart disturbs
+        nothing."""

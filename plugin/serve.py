@@ -152,6 +152,20 @@ async def bind(app: web.Application, path: Path) -> web.AppRunner:
 
 
 
+# The VXLAN control plane's tasks retry within 5 s (the etcd watch's own resume cap): until
+# they run again, peers' new containers get no FDB entry and this host's lease is not kept.
+VXLAN_MAX_DELAY = 5.0
+
+
+def start_vxlan(d: Daemon) -> None:
+    """The lease keep-alive (`vxlan-lease`) and the peer watch programming the FDB
+    (`vxlan-peers`), supervised: an error nobody expected restarts them, and shows in status."""
+    vxlan = d.backends[VxlanBackend.mode]
+    assert isinstance(vxlan, VxlanBackend)
+    d.supervisor.start("vxlan-lease", lambda _: vxlan.registry.keep_alive_forever(), VXLAN_MAX_DELAY)
+    d.supervisor.start("vxlan-peers", lambda _: vxlan.sync.run_forever(), VXLAN_MAX_DELAY)
+
+
 async def start_names(d: Daemon) -> Engine:
     """Names across hosts (issue 9, etcd only): the resolver on its held address, the table it
     answers from, and this host's names published from Docker's events; each supervised.
@@ -208,6 +222,7 @@ async def serve(settings: Settings) -> None:
         await d.netlink.open()
         await reconcile_until_done(d, stop)
         d.ready.set()
+        start_vxlan(d)
         resync = asyncio.create_task(resync_forever(d))
         if settings.etcd_endpoints:  # cluster networks are shared through etcd; alone, nothing to copy
             agent = ClusterNetworks(d, Engine(settings.docker_host))

@@ -5,6 +5,7 @@ that refuses it for a while. Real etcd members started by pid (tests/etcd_server
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -146,14 +147,15 @@ async def capped(tmp_path: Path) -> AsyncIterator[tuple[EtcdServer, EtcdStore]]:
 
 
 async def fill(store: EtcdStore) -> None:
-    with pytest.raises(StoreUnavailable, match="RESOURCE_EXHAUSTED|space"):
+    with pytest.raises(StoreUnavailable, match=r"RESOURCE_EXHAUSTED|space"):
         for i in range(100):
             await store.put(f"/filler/{i}", b"x" * 200_000)
 
 
-def keys(server: EtcdServer, prefix: str) -> dict[str, str]:
-    out = server.etcdctl("get", "--prefix", prefix, "-w", "json")
-    return {__import__("base64").b64decode(kv["key"]).decode(): kv.get("lease", 0) for kv in json.loads(out).get("kvs", [])}
+def keys(server: EtcdServer, prefix: str) -> dict[str, int]:
+    """Key -> lease of every key under PREFIX."""
+    out = json.loads(server.etcdctl("get", "--prefix", prefix, "-w", "json"))
+    return {base64.b64decode(kv["key"]).decode(): int(kv.get("lease", 0)) for kv in out.get("kvs", [])}
 
 
 async def test_the_host_comes_back_after_etcd_refused_its_new_lease(capped: tuple[EtcdServer, EtcdStore]) -> None:
@@ -181,7 +183,7 @@ async def test_the_host_comes_back_after_etcd_refused_its_new_lease(capped: tupl
             assert time.monotonic() < deadline, "the host never registered again"
             await asyncio.sleep(0.1)
         lease = keys(server, "/h/")["/h/vxlan/42/vteps/h1"]
-        assert lease and int(lease) == registry._lease
+        assert lease and lease == registry._lease
     finally:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)

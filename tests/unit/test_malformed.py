@@ -26,7 +26,10 @@ def test_each_key_warns_once_per_interval_and_counts_the_repeats(
     for _ in range(5):
         warn("VTEP record", "/p/vxlan/1/vteps/a", ValueError("not JSON"))
     warn("VTEP record", "/p/vxlan/1/vteps/b", ValueError("not JSON"))
-    assert messages(caplog) == [("VTEP record skipped", "/p/vxlan/1/vteps/a", 0), ("VTEP record skipped", "/p/vxlan/1/vteps/b", 0)]
+    assert messages(caplog) == [
+        ("VTEP record skipped", "/p/vxlan/1/vteps/a", 0),
+        ("VTEP record skipped", "/p/vxlan/1/vteps/b", 0),
+    ]
     caplog.clear()
     now[0] += 61
     warn("VTEP record", "/p/vxlan/1/vteps/a", ValueError("not JSON"))

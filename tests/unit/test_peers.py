@@ -113,6 +113,7 @@ def test_malformed_records_are_skipped_with_a_warning_per_key(caplog: pytest.Log
         endpoint_key("/pynet/", 7, "e9"): json.dumps({**GOOD_EP, "mac": "01:00:5e:00:00:01"}).encode(),
         endpoint_key("/pynet/", 7, "e10"): json.dumps({**GOOD_EP, "ips": ["10.1.0.300"]}).encode(),
         endpoint_key("/pynet/", 7, "e11"): json.dumps({**GOOD_EP, "vtep": None}).encode(),
+        endpoint_key("/pynet/", 7, "e12"): json.dumps({**GOOD_EP, "ips": ["fe80::1%eth0"]}).encode(),
         "/pynet/vxlan/7/peers/h2": b"{}",
         "/pynet/vxlan/notes": b"hello",
     }
