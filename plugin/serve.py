@@ -152,9 +152,10 @@ async def bind(app: web.Application, path: Path) -> web.AppRunner:
 
 
 
-# The VXLAN control plane's tasks retry within 5 s (the etcd watch's own resume cap): until
-# they run again, peers' new containers get no FDB entry and this host's lease is not kept.
-VXLAN_MAX_DELAY = 5.0
+# Tasks that only talk to the store retry within 5 s (the etcd watch's own resume cap), not
+# Docker's 30 s: until the VXLAN ones run again, peers' new containers get no FDB entry and
+# this host's lease is not kept; until the resolver's do, new names do not resolve.
+STORE_TASK_MAX_DELAY = 5.0
 
 
 def start_vxlan(d: Daemon) -> None:
@@ -162,8 +163,8 @@ def start_vxlan(d: Daemon) -> None:
     (`vxlan-peers`), supervised: an error nobody expected restarts them, and shows in status."""
     vxlan = d.backends[VxlanBackend.mode]
     assert isinstance(vxlan, VxlanBackend)
-    d.supervisor.start("vxlan-lease", lambda _: vxlan.registry.keep_alive_forever(), VXLAN_MAX_DELAY)
-    d.supervisor.start("vxlan-peers", lambda _: vxlan.sync.run_forever(), VXLAN_MAX_DELAY)
+    d.supervisor.start("vxlan-lease", lambda _: vxlan.registry.keep_alive_forever(), STORE_TASK_MAX_DELAY)
+    d.supervisor.start("vxlan-peers", lambda _: vxlan.sync.run_forever(), STORE_TASK_MAX_DELAY)
 
 
 async def start_names(d: Daemon) -> Engine:
@@ -178,8 +179,8 @@ async def start_names(d: Daemon) -> Engine:
     resolver = Resolver(table, [(u, 53) for u in upstreams(s.dns_upstreams)])
     server, watcher = DnsServer(resolver, s.dns_address), Watcher(d.store, table)
     subnet_watcher = Watcher(d.store, subnets)
-    d.supervisor.start("dns-names", lambda _: watcher.run_forever())
-    d.supervisor.start("dns-subnets", lambda _: subnet_watcher.run_forever())
+    d.supervisor.start("dns-names", lambda _: watcher.run_forever(), STORE_TASK_MAX_DELAY)
+    d.supervisor.start("dns-subnets", lambda _: subnet_watcher.run_forever(), STORE_TASK_MAX_DELAY)
     d.supervisor.start("dns-server", lambda _: server.serve_forever())
     vxlan = d.backends[VxlanBackend.mode]
     assert isinstance(vxlan, VxlanBackend)
