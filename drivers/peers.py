@@ -42,7 +42,7 @@ from pynet.store.malformed import Malformed
 
 log = logging.getLogger("pynet.peers")
 
-_UNICAST_MAC = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}")
+_UNICAST_MAC = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}", re.IGNORECASE)
 
 
 class Observer(Protocol):
@@ -92,7 +92,7 @@ class RemoteEndpoint(msgspec.Struct, frozen=True):
     def __post_init__(self) -> None:
         _ipv4(self.vtep)
         if not _UNICAST_MAC.fullmatch(self.mac) or self.mac == ZERO_MAC:
-            raise ValueError(f"mac must be a unicast MAC in lower case, got {self.mac!r}")
+            raise ValueError(f"mac must be a unicast MAC, got {self.mac!r}")
         for ip in self.ips:
             if "%" in ip:  # ipaddress takes a scope (fe80::1%eth0); a neighbour entry has none
                 raise ValueError(f"ips: {ip!r} has a scope")
