@@ -131,14 +131,12 @@ async def remove_orphan_links(d: Daemon, expected: set[str]) -> list[str]:
 
 
 async def resync_forever(d: Daemon) -> None:
-    """Docker re-inserts its own FORWARD jump when it restarts; keep pynet's in place."""
+    """Docker re-inserts its own FORWARD jump when it restarts; keep pynet's in place. Run as
+    the supervised task `firewall-jumps`: a failed iptables run restarts it, logged."""
     while True:
         await asyncio.sleep(d.settings.resync_interval)
-        try:
-            if await d.firewall.ensure_jumps():
-                log.info("firewall jumps restored")
-        except Exception:
-            log.exception("resync failed")
+        if await d.firewall.ensure_jumps():
+            log.info("firewall jumps restored")
 
 
 async def bind(app: web.Application, path: Path) -> web.AppRunner:
@@ -214,7 +212,6 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    resync: asyncio.Task[None] | None = None
     scrape: web.AppRunner | None = None
     agent: ClusterNetworks | None = None
     names: Engine | None = None
@@ -224,7 +221,7 @@ async def serve(settings: Settings) -> None:
         await reconcile_until_done(d, stop)
         d.ready.set()
         start_vxlan(d)
-        resync = asyncio.create_task(resync_forever(d))
+        d.supervisor.start("firewall-jumps", lambda _: resync_forever(d))
         if settings.etcd_endpoints:  # cluster networks are shared through etcd; alone, nothing to copy
             agent = ClusterNetworks(d, Engine(settings.docker_host))
             agent.start()
@@ -232,8 +229,6 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping")
     finally:
-        if resync:
-            resync.cancel()
         await d.supervisor.close()
         if agent:
             await agent.engine.close()
