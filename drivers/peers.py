@@ -25,19 +25,24 @@ event, a resync after a compaction or a restart all converge to the same state.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
+
 from pynet.drivers.netlink import ZERO_MAC, Forwarding, Netlink
 from pynet.store.base import Event, Store
 from pynet.store.errors import NotFound, RevisionCompacted, StoreUnavailable
+from pynet.store.malformed import Malformed
 
 log = logging.getLogger("pynet.peers")
 
-RETRY_MIN, RETRY_MAX = 0.25, 5.0
+_UNICAST_MAC = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}", re.IGNORECASE)
 
 
 class Observer(Protocol):
@@ -59,20 +64,64 @@ def endpoint_key(prefix: str, vni: int, endpoint_id: str) -> str:
     return f"{prefix}vxlan/{vni}/endpoints/{endpoint_id}"
 
 
+def _ipv4(address: str) -> str:
+    """VTEPs are IPv4 (the underlay option's contract); ValueError otherwise."""
+    return str(ipaddress.IPv4Address(address))
+
+
+class Vtep(msgspec.Struct, frozen=True):
+    """The value of `vxlan/<vni>/vteps/<host>`."""
+
+    address: str
+    port: int = 4789
+
+    def __post_init__(self) -> None:
+        _ipv4(self.address)
+
+
+class RemoteEndpoint(msgspec.Struct, frozen=True):
+    """The value of `vxlan/<vni>/endpoints/<endpoint>`. Checked as the kernel will be asked
+    for it: an entry it refuses would fail the programming of the whole VNI."""
+
+    host: str
+    vtep: str
+    mac: str
+    ips: tuple[str, ...]
+    time: float = 0.0
+
+    def __post_init__(self) -> None:
+        _ipv4(self.vtep)
+        if not _UNICAST_MAC.fullmatch(self.mac) or self.mac == ZERO_MAC:
+            raise ValueError(f"mac must be a unicast MAC, got {self.mac!r}")
+        for ip in self.ips:
+            if "%" in ip:  # ipaddress takes a scope (fe80::1%eth0); a neighbour entry has none
+                raise ValueError(f"ips: {ip!r} has a scope")
+            ipaddress.ip_address(ip)
+
+
+_vtep = msgspec.json.Decoder(Vtep)
+_endpoint = msgspec.json.Decoder(RemoteEndpoint)
+
+
+def decode_vtep(value: bytes) -> Vtep:
+    """Raises msgspec.DecodeError (a ValueError) for anything but a VTEP record."""
+    return _vtep.decode(value)
+
+
 @dataclass
 class Remotes:
     """What the other hosts registered for one VNI."""
 
     vteps: dict[str, str] = field(default_factory=dict)  # host -> VTEP address
-    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # endpoint id -> value
+    endpoints: dict[str, RemoteEndpoint] = field(default_factory=dict)  # endpoint id -> value
 
     def wanted(self, static_peers: tuple[str, ...]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """(FDB entries, neighbour entries) this host's VXLAN device should hold."""
         fdb = {(ZERO_MAC, vtep) for vtep in (*self.vteps.values(), *static_peers)}
         neigh: set[tuple[str, str]] = set()
         for ep in self.endpoints.values():
-            fdb.add((ep["mac"], ep["vtep"]))
-            neigh |= {(ip, ep["mac"]) for ip in ep["ips"]}
+            fdb.add((ep.mac, ep.vtep))
+            neigh |= {(ip, ep.mac) for ip in ep.ips}
         return fdb, neigh
 
 
@@ -117,7 +166,11 @@ class Registry:
         async with self._lock:
             if not self._lease:
                 self._lease = await self.store.grant_lease(self.ttl)
-            await self.store.put(key, data, lease=self._lease)
+            try:
+                await self.store.put(key, data, lease=self._lease)
+            except NotFound:  # the lease went (revoked, or expired) before the keep-alive noticed
+                await self._renew()
+                await self.store.put(key, data, lease=self._lease)
             self._mine[key] = data
 
     async def delete(self, key: str) -> None:
@@ -126,23 +179,38 @@ class Registry:
             await self.store.delete(key)
 
     async def keep_alive_forever(self) -> None:
-        """Refresh every ttl/3; when the lease is gone (expired during a long store outage),
-        take a new one and put every key back, so the other hosts see this one again."""
+        """Refresh now, then every ttl/3. A store that is away is waited out here; any other
+        error ends the run, and its supervisor (plugin/serve.py) starts it again with backoff,
+        refreshing at once: were it to end quietly, the lease would expire and this host
+        vanish from every peer's tables."""
         while True:
-            await asyncio.sleep(self.ttl / 3)
             try:
-                async with self._lock:
-                    if not self._lease:
-                        continue
-                    try:
-                        await self.store.refresh_lease(self._lease)
-                    except NotFound:
-                        log.warning("lease lost, registering again", extra={"keys": len(self._mine)})
-                        self._lease = await self.store.grant_lease(self.ttl)
-                        for key, data in self._mine.items():
-                            await self.store.put(key, data, lease=self._lease)
+                await self.keep_alive()
             except StoreUnavailable as e:
                 log.warning("lease not refreshed", extra={"error": str(e)})
+            await asyncio.sleep(self.ttl / 3)
+
+    async def keep_alive(self) -> None:
+        """Refresh the lease; when it is gone (expired during a long store outage, revoked by
+        an operator), take a new one and put every key back, so the other hosts see this one
+        again."""
+        async with self._lock:
+            if not self._lease:
+                return
+            try:
+                await self.store.refresh_lease(self._lease)
+            except NotFound:
+                log.warning("lease lost, registering again", extra={"keys": len(self._mine)})
+                await self._renew()
+
+    async def _renew(self) -> None:
+        """A new lease holding every key. It replaces the old one only once every key is put:
+        a failure half-way leaves the dead lease, so the next refresh renews again (the spare
+        lease expires on its own)."""
+        lease = await self.store.grant_lease(self.ttl)
+        for key, data in self._mine.items():
+            await self.store.put(key, data, lease=lease)
+        self._lease = lease
 
 
 class Sync:
@@ -166,6 +234,7 @@ class Sync:
         self._locks: dict[int, asyncio.Lock] = {}
         self.observer = observer
         self.synced = asyncio.Event()
+        self._malformed = Malformed(log)
 
     async def attach(self, vni: int, device: str, static_peers: tuple[str, ...]) -> None:
         """Program a device from the current view, once there is one: before the first
@@ -180,26 +249,18 @@ class Sync:
             self.observer.forget(vni)
 
     async def run_forever(self) -> None:
-        """Snapshot, then watch from the snapshot's revision; on any loss of the watch, take a
-        new snapshot. Failures never touch the kernel's entries: traffic keeps flowing on what
-        was last programmed while the store is away."""
-        delay = RETRY_MIN
+        """Snapshot, then watch from the snapshot's revision; a compacted history means a new
+        snapshot. Any other failure (the store away at a snapshot, a kernel error) ends the run,
+        and its supervisor (plugin/serve.py) starts it again with backoff: the watch itself
+        rides out connection loss (store/etcd.py). Failures never touch the kernel's entries:
+        traffic keeps flowing on what was last programmed while the store is away."""
         while True:
+            revision = await self._snapshot()
             try:
-                revision = await self._snapshot()
-                delay = RETRY_MIN
                 async for event in self.store.watch(self.root, revision + 1):
                     await self._apply(event)
             except RevisionCompacted:
                 log.info("watch history compacted: resyncing")
-            except (StoreUnavailable, ConnectionError, OSError) as e:
-                log.warning("peer watch interrupted", extra={"error": str(e), "retry_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-            except Exception:
-                log.exception("peer watch failed")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
 
     async def _snapshot(self) -> int:
         revision = await self.store.revision()
@@ -213,26 +274,36 @@ class Sync:
         return revision
 
     def _record(self, segments: dict[int, Remotes], key: str, value: bytes) -> int | None:
-        """Fold one key into `segments`; returns its VNI (None for this host's own keys)."""
+        """Fold one key into `segments` (an empty value is a delete); returns its VNI, None for
+        this host's own keys and for a record that is not one (skipped with a warning)."""
         vni, kind, name = _parse(key[len(self.root) :])
-        if vni is None:
+        if vni is None or kind not in ("vteps", "endpoints"):
+            self._malformed("VXLAN record", key, "key is not vxlan/<vni>/vteps|endpoints/<name>")
             return None
         seg = segments.setdefault(vni, Remotes())
-        doc = json.loads(value) if value else None
         if kind == "vteps":
             if name == self.host:
                 return None
-            if doc is None:
+            if not value:
                 seg.vteps.pop(name, None)
-            else:
-                seg.vteps[name] = doc["address"]
-        elif kind == "endpoints":
-            if doc is None:
-                seg.endpoints.pop(name, None)
-            elif doc["host"] != self.host:
-                seg.endpoints[name] = doc
-            else:
-                return None
+                return vni
+            try:
+                seg.vteps[name] = decode_vtep(value).address
+            except ValueError as e:
+                self._malformed("VTEP record", key, e)
+                return vni if seg.vteps.pop(name, None) else None
+            return vni
+        if not value:
+            seg.endpoints.pop(name, None)
+            return vni
+        try:
+            ep = _endpoint.decode(value)
+        except ValueError as e:
+            self._malformed("VXLAN endpoint record", key, e)
+            return vni if seg.endpoints.pop(name, None) else None
+        if ep.host == self.host:
+            return None
+        seg.endpoints[name] = ep
         return vni
 
     async def _apply(self, event: Event) -> None:
@@ -260,7 +331,7 @@ class Sync:
             for ip, mac in todo.set_neigh:
                 await fwd.set_neighbour(ip, mac)
         if self.observer:
-            newest = max((ep.get("time", 0.0) for ep in seg.endpoints.values()), default=0.0)
+            newest = max((ep.time for ep in seg.endpoints.values()), default=0.0)
             self.observer.on_programmed(vni, len(seg.vteps), time.time() - newest if newest else 0.0)
 
 

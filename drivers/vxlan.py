@@ -139,7 +139,6 @@ class VxlanBackend(SegmentEndpoints):
         self.store_address = store_address
         self.registry = Registry(store, lease_ttl)
         self.sync = Sync(store, prefix, host, netlink, observer)
-        self._tasks: list[asyncio.Task[None]] = []
 
     def parse_options(self, options: Mapping[str, str], net: Draft) -> VxlanConfig:
         cfg = parse_options(self.mode, OPTIONS, options)
@@ -267,19 +266,14 @@ class VxlanBackend(SegmentEndpoints):
     # -- recovery ----------------------------------------------------------------------------
 
     async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> Failures:
-        """Rebuild devices, register this host's VTEPs and endpoints under a new lease, start
-        watching the others; FDB and neighbour entries are reprogrammed from the store. A
+        """Rebuild devices, register this host's VTEPs and endpoints under a new lease; FDB and
+        neighbour entries are reprogrammed from the store once the peer watch (`sync`) runs. A
         network whose bridge or underlay fails is left out, and the others still come up."""
         failed = await self.segment.reconcile(nets, eps, lambda n: vni_mac(config_of(n, VxlanConfig).vni))
         grouped = by_network(eps)
         failed |= await restore_each(
             [n for n in nets if n.id not in failed], lambda n: self._attach(n, grouped.get(n.id, []))
         )
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self.registry.keep_alive_forever()),
-                asyncio.create_task(self.sync.run_forever()),
-            ]
         return failed
 
     async def restore(self, net: Network, eps: list[Endpoint]) -> None:
@@ -303,7 +297,6 @@ class VxlanBackend(SegmentEndpoints):
         return self.segment.expected_links(nets, eps) | {config_of(n, VxlanConfig).device for n in nets}
 
     async def close(self) -> None:
-        """Stop watching; the lease is left to expire, so a quick restart disturbs nothing."""
-        for task in self._tasks:
-            task.cancel()
-        self._tasks = []
+        """Nothing to stop here: the lease keep-alive and the peer watch (`registry`, `sync`)
+        run under serve's supervisor. The lease is left to expire, so a quick restart disturbs
+        nothing."""

@@ -153,14 +153,12 @@ async def sweep_orphan_links(d: Daemon, expected: set[str]) -> list[str]:
 
 
 async def resync_forever(d: Daemon) -> None:
-    """Docker re-inserts its own FORWARD jump when it restarts; keep pynet's in place."""
+    """Docker re-inserts its own FORWARD jump when it restarts; keep pynet's in place. Run as
+    the supervised task `firewall-jumps`: a failed iptables run restarts it, logged."""
     while True:
         await asyncio.sleep(d.settings.resync_interval)
-        try:
-            if await d.firewall.ensure_jumps():
-                log.info("firewall jumps restored")
-        except Exception:
-            log.exception("resync failed")
+        if await d.firewall.ensure_jumps():
+            log.info("firewall jumps restored")
 
 
 async def bind(app: web.Application, path: Path) -> web.AppRunner:
@@ -172,6 +170,21 @@ async def bind(app: web.Application, path: Path) -> web.AppRunner:
     os.chmod(path, 0o660)
     return runner
 
+
+
+# Tasks that only talk to the store retry within 5 s (the etcd watch's own resume cap), not
+# Docker's 30 s: until the VXLAN ones run again, peers' new containers get no FDB entry and
+# this host's lease is not kept; until the resolver's do, new names do not resolve.
+STORE_TASK_MAX_DELAY = 5.0
+
+
+def start_vxlan(d: Daemon) -> None:
+    """The lease keep-alive (`vxlan-lease`) and the peer watch programming the FDB
+    (`vxlan-peers`), supervised: an error nobody expected restarts them, and shows in status."""
+    vxlan = d.backends[VxlanBackend.mode]
+    assert isinstance(vxlan, VxlanBackend)
+    d.supervisor.start("vxlan-lease", lambda _: vxlan.registry.keep_alive_forever(), STORE_TASK_MAX_DELAY)
+    d.supervisor.start("vxlan-peers", lambda _: vxlan.sync.run_forever(), STORE_TASK_MAX_DELAY)
 
 
 async def start_names(d: Daemon) -> Engine:
@@ -186,8 +199,8 @@ async def start_names(d: Daemon) -> Engine:
     resolver = Resolver(table, [(u, 53) for u in upstreams(s.dns_upstreams)])
     server, watcher = DnsServer(resolver, s.dns_address), Watcher(d.store, table)
     subnet_watcher = Watcher(d.store, subnets)
-    d.supervisor.start("dns-names", lambda _: watcher.run_forever())
-    d.supervisor.start("dns-subnets", lambda _: subnet_watcher.run_forever())
+    d.supervisor.start("dns-names", lambda _: watcher.run_forever(), STORE_TASK_MAX_DELAY)
+    d.supervisor.start("dns-subnets", lambda _: subnet_watcher.run_forever(), STORE_TASK_MAX_DELAY)
     d.supervisor.start("dns-server", lambda _: server.serve_forever())
     vxlan = d.backends[VxlanBackend.mode]
     assert isinstance(vxlan, VxlanBackend)
@@ -223,7 +236,6 @@ async def serve(settings: Settings) -> None:
     runner = await bind(application(d, metrics), sock)
     kind = "etcd" if settings.etcd_endpoints else "embedded"  # d.store is wrapped for timing
     log.info("listening", extra={"socket": str(sock), "host": d.host, "store": kind})
-    resync: asyncio.Task[None] | None = None
     scrape: web.AppRunner | None = None
     agent: ClusterNetworks | None = None
     names: Engine | None = None
@@ -234,7 +246,8 @@ async def serve(settings: Settings) -> None:
         d.ready.set()
         if d.failing:
             restore.start(d)
-        resync = asyncio.create_task(resync_forever(d))
+        start_vxlan(d)
+        d.supervisor.start("firewall-jumps", lambda _: resync_forever(d))
         if settings.etcd_endpoints:  # cluster networks are shared through etcd; alone, nothing to copy
             agent = ClusterNetworks(d, Engine(settings.docker_host))
             agent.start()
@@ -242,8 +255,6 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         log.info("stopping")
     finally:
-        if resync:
-            resync.cancel()
         await d.supervisor.close()
         if agent:
             await agent.engine.close()

@@ -19,9 +19,15 @@ Deadlines and failover: every call runs under one deadline (`timeout`) across al
 Endpoints are tried in turn from the last one that worked; one that refuses connections is
 skipped at once, and rounds repeat until the deadline, so a call rides out an etcd restart or
 leader election shorter than `timeout` and otherwise fails at the deadline, naming the
-endpoints and the last error. A write is only retried when gRPC failed before sending it: a
-write cut off in flight may have been applied, and retrying a compare-and-swap would then
-report it as lost.
+endpoints and the last error. Each attempt gets `timeout / len(endpoints)`: a member that
+holds the connection but answers nothing (frozen, partitioned) leaves the others time to
+answer instead of spending the whole deadline. A write is only retried when gRPC failed
+before sending it: a write cut off in flight may have been applied, and retrying a
+compare-and-swap would then report it as lost.
+
+Every failure comes out as `StoreUnavailable`, whatever gRPC status, aetcd class or grpc.aio
+error it was (`_translate`), except NOT_FOUND, a real answer (`NotFound`: the lease is gone):
+the callers, background tasks included, need to know one error for "etcd did not serve it".
 
 One semantic difference from the embedded store: etcd fails a `value` compare on a key that
 does not exist whatever the operator, where `Compare.holds` compares against b"". Use a
@@ -50,7 +56,24 @@ from pynet.store.errors import NotFound, RevisionCompacted, StoreUnavailable
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_RPC_FAILURES = (aetcd.ClientError, grpc.aio.AioRpcError)
+# What a call on one endpoint can fail with: gRPC's status errors, aetcd's classes for them (the
+# gRPC error as `__cause__`), and grpc.aio's own (a call on a channel being closed).
+_RPC_FAILURES = (aetcd.ClientError, grpc.RpcError, grpc.aio.BaseError)
+_Code = grpc.StatusCode
+# One member could not serve the call now (down, restarting, without a leader, overloaded: etcd's
+# "too many requests" is RESOURCE_EXHAUSTED, "leader changed" UNAVAILABLE, a proxy missing a
+# method UNIMPLEMENTED); another member may. A read tries the next endpoint.
+_ENDPOINT_CODES = frozenset({
+    _Code.CANCELLED, _Code.UNKNOWN, _Code.DEADLINE_EXCEEDED, _Code.RESOURCE_EXHAUSTED, _Code.ABORTED,
+    _Code.UNIMPLEMENTED, _Code.INTERNAL, _Code.UNAVAILABLE, _Code.DATA_LOSS,
+})
+# etcd's verdict on the request itself, which every member repeats (a request too large,
+# too many operations in a txn, a compacted revision, a permission): asking the next one only
+# spends the deadline. StoreUnavailable at once, naming the code.
+_VERDICT_CODES = frozenset({
+    _Code.INVALID_ARGUMENT, _Code.ALREADY_EXISTS, _Code.PERMISSION_DENIED, _Code.FAILED_PRECONDITION,
+    _Code.OUT_OF_RANGE, _Code.UNAUTHENTICATED,
+})
 
 _CHANNEL_OPTIONS = [
     # gRPC backs off reconnecting for up to 120 s by default and fails calls at once
@@ -194,7 +217,7 @@ class EtcdStore:
         self._clients = [
             _Client(
                 e,
-                timeout=timeout,
+                timeout=timeout / len(endpoints),
                 tls=(ca, cert, key) if urlsplit(e).scheme == "https" else None,
                 user=user,
                 password=password,
@@ -391,10 +414,7 @@ class EtcdStore:
                 return await op(client)
         except _RPC_FAILURES as e:
             self._raise_for_credentials(client, e)
-            translated = _translate(e)
-            if translated is e:
-                raise
-            raise translated from e
+            raise _translate(e, client.endpoint) from e
 
     def _raise_for_credentials(self, client: _Client, error: BaseException) -> None:
         """Wrong credentials are the same on every member: fail at once, saying so."""
@@ -411,8 +431,9 @@ class EtcdStore:
 
 
 def _rpc_error(error: BaseException) -> grpc.aio.AioRpcError | None:
-    """The gRPC error behind `error`: aetcd re-raises them as its own classes `from` it."""
-    for e in (error, error.__cause__):
+    """The gRPC error behind `error`: aetcd re-raises them as its own classes `from` it (and
+    DuplicateLeaseError inside the handler, without `from`)."""
+    for e in (error, error.__cause__, error.__context__):
         if isinstance(e, grpc.aio.AioRpcError):
             return e
     return None
@@ -423,20 +444,20 @@ def _status(error: BaseException) -> grpc.StatusCode | None:
     return None if rpc_error is None else rpc_error.code()
 
 
-def _translate(error: BaseException) -> BaseException:
+def _translate(error: BaseException, endpoint: str) -> Exception:
+    """Every failure of a call on one endpoint, as `_call` acts on it: NotFound (a real answer:
+    the lease is gone), _EndpointDown (try the next endpoint), or StoreUnavailable."""
     rpc_error = _rpc_error(error)
-    if rpc_error is None:
-        return error
-    details = rpc_error.details() or ""
-    match rpc_error.code():
-        case grpc.StatusCode.UNAVAILABLE:
-            # gRPC words it this way only when no connection could be made for the call.
-            return _EndpointDown(details, never_sent=details.startswith("failed to connect"))
-        case grpc.StatusCode.DEADLINE_EXCEEDED:
-            return TimeoutError(details)
-        case grpc.StatusCode.NOT_FOUND:
-            return NotFound(f"pynet: {details}")
-    return error
+    if rpc_error is None:  # no status: grpc.aio's own error, or aetcd's without a gRPC cause
+        return _EndpointDown(f"{type(error).__name__}: {error}", never_sent=False)
+    code, details = rpc_error.code(), rpc_error.details() or ""
+    if code == _Code.NOT_FOUND:
+        return NotFound(f"pynet: {details}")
+    if code in _VERDICT_CODES:
+        return StoreUnavailable(f"pynet: etcd at {endpoint} refused the request: {code.name}: {details}")
+    # gRPC words UNAVAILABLE this way only when no connection could be made for the call.
+    never_sent = code == _Code.UNAVAILABLE and details.startswith("failed to connect")
+    return _EndpointDown(details if code == _Code.UNAVAILABLE else f"{code.name}: {details}", never_sent)
 
 
 def _span(prefix: str) -> tuple[bytes, bytes]:

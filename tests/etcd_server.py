@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -96,10 +97,19 @@ class EtcdServer:
     client_port: int = field(default_factory=free_port)
     peer_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # more etcd flags (a space quota, ...)
+    # Run inside this network namespace (the test's own), serving on HOST there: etcd and
+    # etcdctl are started through `ip netns exec`.
+    netns: str = ""
+    host: str = "127.0.0.1"
 
     @property
     def endpoint(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
+
+    @property
+    def _inside(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     def start(self, timeout: float = 20.0) -> None:
         """Start and wait until it serves, so a test's first request does not race boot."""
@@ -108,7 +118,7 @@ class EtcdServer:
         with log:
             # cwd: anything etcd writes outside its data dir stays in the test's temp dir.
             self.proc = subprocess.Popen(
-                self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory
+                [*self._inside, *self._argv()], stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.directory
             )
         deadline = time.monotonic() + timeout
         while not self._healthy():
@@ -154,7 +164,7 @@ class EtcdServer:
 
     def etcdctl(self, *args: str, user: str = "") -> str:
         """Run etcdctl against this member only; raises with its output on failure."""
-        argv = ["etcdctl", f"--endpoints={self.endpoint}", "--dial-timeout=2s",
+        argv = [*self._inside, "etcdctl", f"--endpoints={self.endpoint}", "--dial-timeout=2s",
                 "--command-timeout=5s", *self._ctl_tls(), *([f"--user={user}"] if user else []), *args]
         done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"})
         if done.returncode != 0:
@@ -171,7 +181,7 @@ class EtcdServer:
             f"--listen-client-urls={self.endpoint}", f"--advertise-client-urls={self.endpoint}",
             f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=pynet-test={peer}", "--heartbeat-interval=10",
-            "--election-timeout=100", *self._server_tls(),
+            "--election-timeout=100", *self._server_tls(), *self.args,
         ]
 
     def _server_tls(self) -> list[str]:
@@ -187,6 +197,9 @@ class EtcdServer:
 
     def _healthy(self) -> bool:
         """Any answer on /version means the client port serves; /health would need auth later."""
+        if self.netns:  # out of this process's reach: ask from inside
+            probe = f"import urllib.request; urllib.request.urlopen('{self.endpoint}/version', timeout=1)"
+            return subprocess.run([*self._inside, sys.executable, "-c", probe], capture_output=True).returncode == 0
         context = None
         if self.tls is not None:
             context = ssl.create_default_context(cafile=str(self.tls.ca))
@@ -199,11 +212,13 @@ class EtcdServer:
 
 
 @contextlib.contextmanager
-def etcd_server(directory: Path, *, tls: bool = False) -> Iterator[EtcdServer]:
+def etcd_server(
+    directory: Path, *, tls: bool = False, args: tuple[str, ...] = (), netns: str = "", host: str = "127.0.0.1"
+) -> Iterator[EtcdServer]:
     """A running private etcd for the block; stopped by pid afterwards, whatever happens."""
     require_etcd()
     directory.mkdir(parents=True, exist_ok=True)
-    server = EtcdServer(directory, make_tls(directory / "tls") if tls else None)
+    server = EtcdServer(directory, make_tls(directory / "tls") if tls else None, args=args, netns=netns, host=host)
     server.start()
     try:
         yield server

@@ -27,6 +27,7 @@ from pynet.plugin.engine.client import Engine
 from pynet.plugin.engine.errors import EngineError
 from pynet.plugin.engine.models import Container
 from pynet.store.base import Store
+from pynet.store.malformed import Malformed
 
 log = logging.getLogger("pynet.names")
 
@@ -99,6 +100,7 @@ class Publisher:
         self.host = host
         self.eligible = eligible
         self.published: dict[str, Record] = {}
+        self._malformed = Malformed(log)
 
     async def run(self, state: TaskState) -> None:
         """Resync, then follow events; when the stream ends (dockerd restarting), again. A
@@ -124,8 +126,15 @@ class Publisher:
             except EngineError as e:
                 if e.status != 404:  # removed since the list
                     raise
-        stored = {kv.key: json.loads(kv.value) for kv in await self.store.range(self.root) if self._mine(kv.key)}
+        kvs = await self.store.range(self.root)
+        stored = {kv.key: self._stored(kv.key, kv.value) for kv in kvs if self._mine(kv.key)}
         await self._apply(changes(want, stored, self.published))
+
+    def _stored(self, k: str, value: bytes) -> Record:
+        """One of this host's keys as stored; a malformed one reads as {}, which no wanted
+        record equals: it is put right, or deleted."""
+        found = self._malformed.decode("dns record of this host", k, value, json.loads)
+        return found if isinstance(found, dict) else {}
 
     async def refresh(self, container: str) -> None:
         """Make one container's keys what an inspect says (none once it is gone)."""

@@ -42,10 +42,13 @@ from pynet.plugin.daemon.daemon import Daemon
 from pynet.plugin.daemon.supervisor import TaskState
 from pynet.plugin.engine import Engine, EngineError, EngineUnavailable, Network, NetworkExists, NetworkInUse
 from pynet.store.base import Compare, Delete, KeyValue, Put
+from pynet.store.malformed import Malformed
 
 log = logging.getLogger("pynet.cluster")
 
 PERIOD = 10.0
+_spec, _copy = msgspec.json.Decoder(ClusterSpec), msgspec.json.Decoder(Copy)
+_reservation = msgspec.json.Decoder(Reservation)
 
 
 def _vni(record: Record | None) -> int:
@@ -65,6 +68,7 @@ class ClusterNetworks:
         self.dirty = asyncio.Event()
         self.status: dict[str, str] = {}  # name -> what this host's copy is: created, conflict, in-use, error
         self._logged: dict[str, str] = {}  # name -> the last status logged, so a pass repeats nothing
+        self._malformed = Malformed(log)
 
     def start(self) -> None:
         sup = self.d.supervisor
@@ -109,12 +113,16 @@ class ClusterNetworks:
 
     async def reconcile(self) -> None:
         store = self.d.store
-        specs = {kv.key.rpartition("/")[2]: kv for kv in await store.range(f"{self.prefix}cluster/networks/")}
+        root = f"{self.prefix}cluster/networks/"
+        # A malformed spec still holds its name: no network of that name is published over it.
+        specs = {kv.key[len(root) :]: kv for kv in await store.range(root)}
         copies: defaultdict[str, dict[str, Copy]] = defaultdict(dict)
         root = f"{self.prefix}cluster/copies/"
         for kv in await store.range(root):
             name, _, host = kv.key[len(root) :].partition("/")
-            copies[name][host] = msgspec.json.decode(kv.value, type=Copy)
+            copy = self._malformed.decode("cluster network copy record", kv.key, kv.value, _copy.decode)
+            if copy is not None and name and host and "/" not in host:
+                copies[name][host] = copy
         local = {n.Name: n for n in await self.engine.networks()}
         records = {r.id: r for r in await self.d.state.networks()}
         for net in local.values():
@@ -126,7 +134,11 @@ class ClusterNetworks:
         for name in set(self.status) - set(specs):
             self.status.pop(name)
         for name, kv in specs.items():
-            spec = msgspec.json.decode(kv.value, type=ClusterSpec)
+            spec = self._malformed.decode("cluster network spec", kv.key, kv.value, _spec.decode)
+            if spec is None or spec.network.Name != name:
+                if spec is not None:
+                    self._malformed("cluster network spec", kv.key, f"it names network {spec.network.Name!r}")
+                continue
             here = local.get(name)
             record = records.get(here.Id) if here is not None else None
             same = here is not None and is_copy(spec, here, self.driver, _vni(record))
@@ -146,7 +158,8 @@ class ClusterNetworks:
         if not vni:
             return True
         kv = await self.d.store.get(vni_key(self.prefix, vni))
-        return kv is not None and msgspec.json.decode(kv.value, type=Reservation).network_id == net.Id
+        found = None if kv is None else self._malformed.decode("VNI reservation", kv.key, kv.value, _reservation.decode)
+        return found is not None and found.network_id == net.Id
 
     async def _publish(self, net: Network, vni: int) -> KeyValue | None:
         spec = spec_from_inspect(net, vni, self.d.host)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from pynet.store.errors import PynetError
+
 log = logging.getLogger("pynet.supervisor")
 
 FIRST_DELAY = 0.5
@@ -34,10 +36,10 @@ class TaskState:
     detail: dict[str, str] = field(default_factory=dict)  # what the task says of itself
 
 
-def backoff(previous: float) -> float:
+def backoff(previous: float, cap: float = MAX_DELAY) -> float:
     """The next delay: doubled, capped, with ±20 % jitter so that hosts restarted together
     do not retry together."""
-    nxt = min(MAX_DELAY, previous * 2) if previous else FIRST_DELAY
+    nxt = min(cap, previous * 2) if previous else min(cap, FIRST_DELAY)
     return nxt * random.uniform(0.8, 1.2)
 
 
@@ -46,15 +48,18 @@ class Supervisor:
         self.tasks: dict[str, TaskState] = {}
         self._running: list[asyncio.Task[None]] = []
 
-    def start(self, name: str, run: Callable[[TaskState], Awaitable[None]]) -> TaskState:
+    def start(
+        self, name: str, run: Callable[[TaskState], Awaitable[None]], max_delay: float = MAX_DELAY
+    ) -> TaskState:
         """Run `run(state)` until the supervisor closes; `run` may update `state.detail`. A
-        `run` that returns is started again too: a task is meant to run forever."""
+        `run` that returns is started again too: a task is meant to run forever. MAX_DELAY
+        caps its backoff (the data plane's tasks retry sooner than Docker's)."""
         state = TaskState(name)
         self.tasks[name] = state
-        self._running.append(asyncio.create_task(self._keep(run, state), name=f"pynet-{name}"))
+        self._running.append(asyncio.create_task(self._keep(run, state, max_delay), name=f"pynet-{name}"))
         return state
 
-    async def _keep(self, run: Callable[[TaskState], Awaitable[None]], state: TaskState) -> None:
+    async def _keep(self, run: Callable[[TaskState], Awaitable[None]], state: TaskState, max_delay: float) -> None:
         delay = 0.0
         while True:
             started = time.monotonic()
@@ -68,14 +73,16 @@ class Supervisor:
                 raise
             except Exception as e:
                 state.last_error = f"{type(e).__name__}: {e}"
+                # pynet's own errors say what happened (etcd or Docker away); anything else
+                # is a bug or a fault nobody mapped, and its traceback is what finds it.
                 log.warning(
                     "task failed, restarting",
                     extra={"task": state.name, "error": state.last_error},
-                    exc_info=log.isEnabledFor(logging.DEBUG),
+                    exc_info=not isinstance(e, PynetError) or log.isEnabledFor(logging.DEBUG),
                 )
             if time.monotonic() - started > HEALTHY_AFTER:
                 delay = 0.0
-            delay = backoff(delay)
+            delay = backoff(delay, max_delay)
             state.state, state.since = "retrying", time.time()
             state.restarts += 1
             await asyncio.sleep(delay)

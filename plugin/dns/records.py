@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
 import msgspec
+
+from pynet.store.malformed import Malformed
 
 log = logging.getLogger("pynet.dns")
 
@@ -44,25 +45,6 @@ class Entry:
 
     def address(self, family: Family) -> str:
         return self.ipv4 if family == 4 else self.ipv6
-
-
-class RateLimitedWarning:
-    """At most one warning per `interval` seconds; the ones held back are counted in the next.
-    A peer writing a bad record on every container start must not flood the log."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._last = -interval
-        self._held = 0
-
-    def __call__(self, message: str, **fields: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._held += 1
-            return
-        self.logger.warning(message, extra={**fields, "suppressed": self._held})
-        self._last, self._held = now, 0
 
 
 def normalize(name: str) -> str:
@@ -93,7 +75,7 @@ class NameTable:
         `subnets` places an asker that has no record yet (plugin/dns/subnets.py says when)."""
         self.root = root
         self.subnets = subnets
-        self._warn = RateLimitedWarning(log)
+        self._warn = Malformed(log)
         self._entries: dict[str, Entry] = {}
         self._by_address: dict[str, set[str]] = {}
         self._by_member: dict[tuple[str, str], set[str]] = {}
@@ -169,7 +151,7 @@ class NameTable:
             if not (ipv4 or ipv6):
                 raise ValueError("no address")
         except (ValueError, msgspec.DecodeError) as e:
-            self._warn("dns record skipped", key=key, error=str(e))
+            self._warn("dns record", key, e)
             return None
         qualified = {f"{n}.{normalize(network)}" for n in names}
         return Entry(network, (host, container), frozenset(names | qualified), ipv4, ipv6)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from pynet.plugin.dns.records import RateLimitedWarning
+from pynet.store.malformed import Malformed
 
 log = logging.getLogger("pynet.dns")
 
@@ -51,7 +51,7 @@ class SubnetTable:
     def __init__(self, root: str) -> None:
         """`root` is the store prefix plus `cluster/networks/`: keys are `<root><name>`."""
         self.root = root
-        self._warn = RateLimitedWarning(log)
+        self._warn = Malformed(log)
         self._subnets: dict[str, tuple[Subnet, ...]] = {}  # network name -> its pools
 
     def __len__(self) -> int:
@@ -71,7 +71,7 @@ class SubnetTable:
             config = _decoder.decode(value).network.IPAM.Config
             pools = tuple(ipaddress.ip_network(p.Subnet) for p in config if p.Subnet)
         except (ValueError, msgspec.DecodeError) as e:
-            self._warn("cluster network spec skipped by the resolver", key=key, error=str(e))
+            self._warn("cluster network spec", key, e)
             return
         self._subnets[name] = pools
 

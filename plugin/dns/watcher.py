@@ -11,11 +11,9 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from pynet.store.base import Store
-from pynet.store.errors import RevisionCompacted, StoreUnavailable
+from pynet.store.errors import RevisionCompacted
 
 log = logging.getLogger("pynet.dns")
-
-RETRY_MIN, RETRY_MAX = 0.25, 5.0
 
 
 class Table(Protocol):
@@ -36,11 +34,13 @@ class Watcher:
         self.synced = asyncio.Event()  # set after the first snapshot
 
     async def run_forever(self) -> None:
-        delay = RETRY_MIN
+        """Snapshot, then watch from its revision; a compacted history, or a watch that ends,
+        means a new snapshot. Any other failure (the store away at a snapshot) ends the run,
+        and its supervisor (plugin/serve.py) starts it again with backoff, its state and last
+        error in `pynet status`; the table keeps what it has meanwhile."""
         while True:
+            revision = await self.snapshot()
             try:
-                revision = await self.snapshot()
-                delay = RETRY_MIN
                 async for event in self.store.watch(self.table.root, revision + 1):
                     if event.kind == "put":
                         self.table.put(event.key, event.value)
@@ -49,14 +49,6 @@ class Watcher:
                 log.info("dns watch ended: resyncing", extra={"prefix": self.table.root})
             except RevisionCompacted:
                 log.info("dns watch history compacted: resyncing", extra={"prefix": self.table.root})
-                continue
-            except (StoreUnavailable, ConnectionError, OSError) as e:
-                fields = {"prefix": self.table.root, "error": str(e), "retry_s": delay}
-                log.warning("dns watch interrupted", extra=fields)
-            except Exception:
-                log.exception("dns watch failed")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
 
     async def snapshot(self) -> int:
         """Reload the table; returns the revision to watch after. The revision is read first:

@@ -23,6 +23,7 @@ from aiohttp import web
 from pynet.drivers.base import Network
 from pynet.drivers.config import Config, VxlanConfig
 from pynet.drivers.firewall import DOCKER_BRIDGES
+from pynet.drivers.peers import decode_vtep
 from pynet.ipam import Ipam
 from pynet.ipam.layout import GATEWAY, decode_poolset
 from pynet.ipam.netmath import reserved
@@ -119,10 +120,6 @@ class SweepRequest(msgspec.Struct):
     min_age: float = gc.DEFAULT_MIN_AGE
 
 
-class _Vtep(msgspec.Struct):
-    address: str = ""
-
-
 # -- reports (shared with the CLI's store fallback) ------------------------------------------
 
 
@@ -160,7 +157,10 @@ async def vxlan_peers(store: Store, prefix: str, host: str, nets: list[Network])
     for kv in await store.range(root):
         vni, kind, name = [*kv.key[len(root) :].split("/"), "", ""][:3]
         if kind == "vteps" and vni.isdigit() and int(vni) in vnis and name != host:
-            peers.append(Peer(int(vni), name, msgspec.json.decode(kv.value, type=_Vtep).address))
+            try:
+                peers.append(Peer(int(vni), name, decode_vtep(kv.value).address))
+            except ValueError:
+                continue  # not a VTEP record: the daemon's peer sync skips it too, and logs it
     peers += [Peer(vni, "", vtep) for vni, cfg in vnis.items() for vtep in cfg.peers]
     return peers
 

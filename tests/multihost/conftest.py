@@ -30,6 +30,25 @@ def etcd_lab(prefix: str, docker: DockerRelease, hosts: int = 3, lease_ttl: int 
     return Lab(name=name, hosts=hosts, etcd=True, pynet_args=("--lease-ttl", str(lease_ttl)), docker=docker)
 
 
+def put_garbage(lab: Lab) -> None:
+    """What another program, a hand with etcdctl or a newer pynet could leave under pynet's
+    prefix, for every reader: the agent (specs, copies), the name publisher (this host's own
+    dns/ keys), the resolver's tables and the VXLAN peer watch. A module whose lab holds it
+    proves that each reader skips it and goes on."""
+    garbage = {
+        "/pynet/cluster/networks/junk": "{not json",
+        "/pynet/cluster/networks/shape": '{"network": 5}',
+        "/pynet/cluster/networks/deep/er": "{}",
+        "/pynet/cluster/copies/junk/h9": "nope",
+        "/pynet/cluster/copies/flat": "x",
+        "/pynet/dns/x": "y",
+        "/pynet/vxlan/7/vteps/h9": '{"address": 5}',
+        **{f"/pynet/dns/junk/{host.name}/c0": "nope" for host in lab.hosts},
+    }
+    for key, value in garbage.items():
+        lab.hosts[0].run("etcdctl", f"--endpoints={lab.etcd_endpoint}", "put", key, "--", value)
+
+
 @pytest.fixture
 def dockers(lab: Lab) -> Iterator[list[Docker]]:
     """One `Docker` per host, sharing a tag, so a network made on every host has one name."""

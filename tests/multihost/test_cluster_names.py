@@ -21,7 +21,7 @@ import pytest
 from lab import DockerRelease, Lab
 from lab.upstream import NAME as OUTSIDE_NAME
 from tests.dockercli import Docker, wait_for
-from tests.multihost.conftest import etcd_lab
+from tests.multihost.conftest import etcd_lab, put_garbage
 
 PROPAGATION = 10.0  # the poll's bound; the target is 2 s, the times seen are printed
 
@@ -29,6 +29,7 @@ PROPAGATION = 10.0  # the poll's bound; the target is 2 s, the times seen are pr
 @pytest.fixture(scope="module")
 def lab(docker_release: DockerRelease) -> Iterator[Lab]:
     with etcd_lab("pnn", docker_release) as lab:
+        put_garbage(lab)  # every test here also proves the publisher and resolver read on past it
         yield lab
 
 

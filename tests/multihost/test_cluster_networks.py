@@ -16,6 +16,7 @@ import pytest
 
 from lab import DockerRelease, Lab
 from tests.dockercli import Docker, wait_for
+from tests.multihost.conftest import put_garbage
 
 PROPAGATION = 10.0  # the bound for a copy to appear
 VXLAN = ("-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=vxlan")
@@ -24,6 +25,7 @@ VXLAN = ("-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=vxlan")
 @pytest.fixture(scope="module")
 def lab(docker_release: DockerRelease) -> Iterator[Lab]:
     with Lab(name="pnc" + secrets.token_hex(2), hosts=3, etcd=True, docker=docker_release) as lab:
+        put_garbage(lab)  # every test here also proves the agent reads on past it
         yield lab
 
 

@@ -7,6 +7,10 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import pytest
+
+from pynet.plugin.daemon import supervisor
+from pynet.plugin.daemon.supervisor import Supervisor
 from pynet.plugin.dns.records import NameTable
 from pynet.plugin.dns.watcher import Watcher
 from pynet.store.base import Event, KeyValue
@@ -46,13 +50,17 @@ class Script:
         raise self.failures.pop(0)
 
 
-async def test_compaction_resyncs_and_an_outage_keeps_the_table() -> None:
+async def test_compaction_resyncs_and_an_outage_keeps_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under its supervisor, as serve runs it: the outage ends a run, the next one finds the
+    store still away."""
+    monkeypatch.setattr(supervisor, "FIRST_DELAY", 0.01)
     store = Script()
     table = NameTable(ROOT)
-    task = asyncio.create_task(Watcher(store, table).run_forever())  # type: ignore[arg-type]
+    sup = Supervisor()
+    state = sup.start("dns-names", lambda _: Watcher(store, table).run_forever())  # type: ignore[arg-type]
     await asyncio.wait_for(store.down.wait(), 10)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await sup.close()
+    assert state.restarts >= 1 and state.last_error == "StoreUnavailable: etcd down"
     # Snapshot 1, a put, compaction, snapshot 2 (web and api), a delete of web, then etcd is
     # down: the table is what the last event left, api alone.
     assert store.ranges == 2

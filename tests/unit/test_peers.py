@@ -4,9 +4,12 @@ and how keys fold into the per-VNI view."""
 from __future__ import annotations
 
 import json
+import logging
+
+import pytest
 
 from pynet.drivers.netlink import ZERO_MAC
-from pynet.drivers.peers import Changes, Remotes, Sync, changes, endpoint_key, vtep_key
+from pynet.drivers.peers import Changes, RemoteEndpoint, Remotes, Sync, changes, endpoint_key, vtep_key
 
 MAC_A, MAC_B = "02:42:0a:01:00:02", "02:42:0a:01:00:03"
 
@@ -15,8 +18,8 @@ def remotes() -> Remotes:
     return Remotes(
         vteps={"h2": "192.0.2.2", "h3": "192.0.2.3"},
         endpoints={
-            "e1": {"host": "h2", "vtep": "192.0.2.2", "mac": MAC_A, "ips": ["10.1.0.2", "fd00::2"]},
-            "e2": {"host": "h3", "vtep": "192.0.2.3", "mac": MAC_B, "ips": ["10.1.0.3"]},
+            "e1": RemoteEndpoint(host="h2", vtep="192.0.2.2", mac=MAC_A, ips=("10.1.0.2", "fd00::2")),
+            "e2": RemoteEndpoint(host="h3", vtep="192.0.2.3", mac=MAC_B, ips=("10.1.0.3",)),
         },
     )
 
@@ -90,3 +93,41 @@ def test_deletes_remove_and_foreign_keys_are_ignored() -> None:
     assert s.segments[7] == Remotes()
     assert put(s, "/pynet/vxlan/notavni/vteps/h2", {"address": "x"}) is None
     assert put(s, "/pynet/vxlan/7/extra/deep/key", {"address": "x"}) is None
+
+
+GOOD_EP = {"host": "h2", "vtep": "192.0.2.2", "mac": MAC_A, "ips": ["10.1.0.2"], "time": 0.0}
+
+
+def raw(s: Sync, key: str, value: bytes) -> int | None:
+    return s._record(s.segments, key, value)
+
+
+def test_malformed_records_are_skipped_with_a_warning_per_key(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "pynet.peers")
+    s = sync()
+    bad = {
+        vtep_key("/pynet/", 7, "h8"): b"\xff\x00 not json",
+        vtep_key("/pynet/", 7, "h9"): b'{"address": 5}',
+        vtep_key("/pynet/", 7, "h10"): b'{"address": "fd00::1"}',  # VTEPs are IPv4
+        endpoint_key("/pynet/", 7, "e8"): b"[1, 2]",
+        endpoint_key("/pynet/", 7, "e9"): json.dumps({**GOOD_EP, "mac": "01:00:5e:00:00:01"}).encode(),
+        endpoint_key("/pynet/", 7, "e10"): json.dumps({**GOOD_EP, "ips": ["10.1.0.300"]}).encode(),
+        endpoint_key("/pynet/", 7, "e11"): json.dumps({**GOOD_EP, "vtep": None}).encode(),
+        endpoint_key("/pynet/", 7, "e12"): json.dumps({**GOOD_EP, "ips": ["fe80::1%eth0"]}).encode(),
+        "/pynet/vxlan/7/peers/h2": b"{}",
+        "/pynet/vxlan/notes": b"hello",
+    }
+    for _ in range(3):  # warned once per key, however often it is seen
+        for key, value in bad.items():
+            assert raw(s, key, value) is None
+    assert raw(s, vtep_key("/pynet/", 7, "h2"), b'{"address": "192.0.2.2"}') == 7
+    assert raw(s, endpoint_key("/pynet/", 7, "e1"), json.dumps(GOOD_EP).encode()) == 7
+    assert s.segments[7].wanted(()) == ({(ZERO_MAC, "192.0.2.2"), (MAC_A, "192.0.2.2")}, {("10.1.0.2", MAC_A)})
+    assert sorted(r.key for r in caplog.records) == sorted(bad)  # type: ignore[attr-defined]
+
+
+def test_garbage_over_a_good_record_drops_it() -> None:
+    s = sync()
+    raw(s, endpoint_key("/pynet/", 7, "e1"), json.dumps(GOOD_EP).encode())
+    assert raw(s, endpoint_key("/pynet/", 7, "e1"), b"garbage") == 7, "the VNI is reprogrammed"
+    assert s.segments[7].endpoints == {}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from pynet.plugin.daemon import supervisor
 from pynet.plugin.daemon.supervisor import Supervisor, TaskState, backoff
+from pynet.store.errors import StoreUnavailable
 
 
 async def test_a_failing_task_is_restarted_and_its_error_kept(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,3 +60,37 @@ def test_backoff_doubles_to_a_cap_with_jitter() -> None:
     assert supervisor.FIRST_DELAY * 0.8 <= delays[1] <= supervisor.FIRST_DELAY * 1.2
     assert all(d <= supervisor.MAX_DELAY * 1.2 for d in delays)
     assert delays[-1] >= supervisor.MAX_DELAY * 0.8
+
+
+async def test_an_unexpected_error_is_logged_with_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pynet's own errors say what happened; anything else (a fault nobody mapped) needs the
+    traceback to be found."""
+    monkeypatch.setattr(supervisor, "FIRST_DELAY", 0.01)
+    caplog.set_level(logging.WARNING, "pynet.supervisor")
+    errors: list[Exception] = [StoreUnavailable("etcd away"), KeyError("address")]
+    done = asyncio.Event()
+
+    async def run(_: TaskState) -> None:
+        if errors:
+            raise errors.pop(0)
+        done.set()
+        await asyncio.Event().wait()
+
+    sup = Supervisor()
+    state = sup.start("vxlan-peers", run)
+    await asyncio.wait_for(done.wait(), 10)
+    await sup.close()
+    assert [(r.error, bool(r.exc_info)) for r in caplog.records] == [  # type: ignore[attr-defined]
+        ("StoreUnavailable: etcd away", False),
+        ("KeyError: 'address'", True),
+    ]
+    assert state.restarts == 2
+
+
+def test_a_tasks_backoff_can_be_capped_lower() -> None:
+    delays = [0.0]
+    for _ in range(12):
+        delays.append(backoff(delays[-1], cap=5.0))
+    assert max(delays) <= 5.0 * 1.2 and delays[-1] >= 5.0 * 0.8
