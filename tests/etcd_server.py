@@ -93,6 +93,7 @@ class EtcdServer:
 
     directory: Path
     tls: TlsFiles | None = None
+    netns: str = ""  # run inside this network namespace (the test's), on its loopback
     client_port: int = field(default_factory=free_port)
     peer_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -163,11 +164,12 @@ class EtcdServer:
 
     def _argv(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer_port}"
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
         # Short raft timings keep start-up fast and lower etcd's minimum lease TTL (1.5
         # election timeouts, rounded up to whole seconds) from 2 s to 1 s, which the store
         # contract's lease tests rely on.
         return [
-            "etcd", "--name=pynet-test", f"--data-dir={self.directory / 'data'}",
+            *inside, "etcd", "--name=pynet-test", f"--data-dir={self.directory / 'data'}",
             f"--listen-client-urls={self.endpoint}", f"--advertise-client-urls={self.endpoint}",
             f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=pynet-test={peer}", "--heartbeat-interval=10",
@@ -187,6 +189,10 @@ class EtcdServer:
 
     def _healthy(self) -> bool:
         """Any answer on /version means the client port serves; /health would need auth later."""
+        if self.netns:
+            probe = ["ip", "netns", "exec", self.netns, "etcdctl", f"--endpoints={self.endpoint}",
+                     "--dial-timeout=1s", "endpoint", "status"]
+            return subprocess.run(probe, capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}).returncode == 0
         context = None
         if self.tls is not None:
             context = ssl.create_default_context(cafile=str(self.tls.ca))
@@ -199,11 +205,11 @@ class EtcdServer:
 
 
 @contextlib.contextmanager
-def etcd_server(directory: Path, *, tls: bool = False) -> Iterator[EtcdServer]:
+def etcd_server(directory: Path, *, tls: bool = False, netns: str = "") -> Iterator[EtcdServer]:
     """A running private etcd for the block; stopped by pid afterwards, whatever happens."""
     require_etcd()
     directory.mkdir(parents=True, exist_ok=True)
-    server = EtcdServer(directory, make_tls(directory / "tls") if tls else None)
+    server = EtcdServer(directory, make_tls(directory / "tls") if tls else None, netns)
     server.start()
     try:
         yield server
