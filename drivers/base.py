@@ -82,6 +82,9 @@ class Network(msgspec.Struct):
     ipv6: list[Subnet] = []
     internal: bool = False
     enable_ipv6: bool = False
+    # Unix time of CreateNetwork (0: a record older than the field), so gc leaves a network that
+    # Docker is still creating alone (plugin/ops/gc.py).
+    created: float = 0.0
 
 
 class Draft(Protocol):

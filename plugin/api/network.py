@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 import msgspec
@@ -117,6 +118,7 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
                 ipv6=draft.ipv6,
                 internal=draft.internal,
                 enable_ipv6=opts.get("com.docker.network.enable_ipv6") is True,
+                created=time.time(),
             )
             claims = net.config.claims()
             await _claims(d).reserve(net.id, claims, lambda owner: _vanished(d, owner))
