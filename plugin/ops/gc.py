@@ -282,8 +282,8 @@ def refusal(inv: Inventory, view: DockerView) -> str:
     network removed while pynet was down looks like; containers on them tell the two apart."""
     if not inv.networks or {n.id for n in inv.networks} & set(view.networks):
         return ""
-    links = set(inv.links)
-    held = [ep for ep in inv.endpoints if ep.id not in set(view.endpoints) and _held(ep, links)]
+    links, known = set(inv.links), set(view.endpoints)
+    held = [ep for ep in inv.endpoints if ep.id not in known and _held(ep, links)]
     if not held:
         return ""
     return (
