@@ -6,6 +6,7 @@ restarted pynet rebuilds the kernel from them (Docker never replays CreateNetwor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,17 +21,39 @@ from pynet.store.errors import PynetError, StoreUnavailable
 C = TypeVar("C")
 # Networks reconcile could not restore: network ID -> why, as the error said it.
 Failures = dict[str, str]
+log = logging.getLogger("pynet.drivers")
+
+
+class Undo:
+    """The steps that undo what a block did so far; `push` the undo of each step once it is
+    done. They run last pushed first, so later work (the kernel) goes before earlier (the store)."""
+
+    def __init__(self, steps: tuple[Callable[[], Awaitable[object]], ...]) -> None:
+        self._steps = list(steps)
+
+    def push(self, step: Callable[[], Awaitable[object]]) -> None:
+        self._steps.insert(0, step)
+
+    async def run(self) -> None:
+        for step in self._steps:
+            try:
+                await step()
+            except Exception:
+                # Best effort: the next step still runs, and the block's own error is what the
+                # caller sees; what stays behind is gc's to find.
+                log.exception("undo of a failed request failed")
 
 
 @asynccontextmanager
-async def undo_on_failure(undo: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
-    """Runs `undo` when the block fails, cancellation included, then lets the error go on:
-    a request that fails leaves nothing half-created. `undo` is called at failure time, so a
-    lambda sees the block's latest values."""
+async def undo_on_failure(*undo: Callable[[], Awaitable[object]]) -> AsyncIterator[Undo]:
+    """Runs the undo steps (these, in order, after any pushed later) when the block fails,
+    cancellation included, then lets the error go on: a request that fails leaves nothing
+    half-created. A step is called at failure time, so a lambda sees the block's latest values."""
+    steps = Undo(undo)
     try:
-        yield
+        yield steps
     except BaseException:
-        await undo()
+        await steps.run()
         raise
 
 
@@ -83,6 +106,9 @@ class Network(msgspec.Struct):
     ipv6: list[Subnet] = []
     internal: bool = False
     enable_ipv6: bool = False
+    # Unix time of CreateNetwork (0: a record older than the field), so gc leaves a network that
+    # Docker is still creating alone (plugin/ops/gc.py).
+    created: float = 0.0
 
 
 class Draft(Protocol):

@@ -26,7 +26,7 @@ class BridgedConfig(msgspec.Struct, frozen=True, kw_only=True):
     owns_bridge: bool | None = None
 
     def claims(self) -> dict[str, str | int]:
-        """What no two networks of one host may share."""
+        """What no two networks of one host may share (drivers/claims.py reserves them)."""
         return {"bridge": self.bridge}
 
     def links(self) -> tuple[str, ...]:
@@ -52,7 +52,8 @@ class VxlanConfig(BridgedConfig, frozen=True, kw_only=True, tag="vxlan", tag_fie
     cluster: bool = False
 
     def claims(self) -> dict[str, str | int]:
-        return {"bridge": self.bridge, "vni": self.vni}
+        # The VNI first: its bridge and device are named after it, so a clash is the VNI's.
+        return {"vni": self.vni, "bridge": self.bridge}
 
     def links(self) -> tuple[str, ...]:
         return (self.bridge, self.device)

@@ -17,17 +17,21 @@ parsed:
   another host); that copy is a cluster network too, unless `-o cluster=false`.
 - `-o vni=N` not reserved: a per-host network as before issue 9, unless `-o cluster=true`,
   which reserves N.
+
+A reservation made for a create that then fails is released (`release`), so a VNI is retired
+only by a network that existed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 import msgspec
 
 from pynet.drivers.base import Draft
 from pynet.drivers.options import int_in, parse_bool
-from pynet.store.base import Compare, Put, Store
+from pynet.store.base import Compare, Delete, Put, Store
 from pynet.store.errors import Conflict
 
 # Hand-picked VNIs are usually small (the README's examples use 42 and 100); automatic ones
@@ -41,6 +45,12 @@ class Reservation(msgspec.Struct):
     network_id: str
     host: str
     pools: list[str] = []
+
+
+@dataclass(frozen=True)
+class Resolved:
+    options: dict[str, str]  # `vni` and `cluster` filled in
+    reserved: int | None = None  # the VNI this create reserved, to release if it fails
 
 
 def vni_key(prefix: str, vni: int) -> str:
@@ -76,18 +86,19 @@ async def taken_vnis(store: Store, prefix: str) -> set[int]:
     return taken
 
 
-async def resolve(store: Store, prefix: str, host: str, options: Mapping[str, str], net: Draft) -> dict[str, str]:
-    """A VXLAN network's options as its backend should parse them: `vni` and `cluster` filled
-    in; raises Conflict naming a VNI another network reserved."""
+async def resolve(store: Store, prefix: str, host: str, options: Mapping[str, str], net: Draft) -> Resolved:
+    """A VXLAN network's options as its backend should parse them, and the VNI reserved for
+    it if this call reserved one; raises Conflict naming a VNI another network reserved."""
     out = dict(options)
     given = out.get("cluster")
     cluster = parse_bool("cluster", given) if given is not None else None
     pools = pools_of(net)
     mine = Reservation(net.id, host, pools)
     if "vni" not in out:
-        out["vni"] = str(await _reserve_free(store, prefix, mine))
+        reserved = await _reserve_free(store, prefix, mine)
+        out["vni"] = str(reserved)
         out["cluster"] = "false" if cluster is False else "true"
-        return out
+        return Resolved(out, reserved)
     vni = int_in(1, VNI_MAX)("vni", out["vni"])
     kv = await store.get(vni_key(prefix, vni))
     if kv is not None:
@@ -101,7 +112,16 @@ async def resolve(store: Store, prefix: str, host: str, options: Mapping[str, st
     elif cluster:
         if not await _reserve(store, prefix, vni, mine):
             raise Conflict(f"pynet: VNI {vni} was just reserved by another network; choose another -o vni")
-    return out
+        return Resolved(out, vni)
+    return Resolved(out)
+
+
+async def release(store: Store, prefix: str, vni: int, network_id: str) -> None:
+    """Undo a reservation `network_id` made; one another network made meanwhile stays."""
+    key = vni_key(prefix, vni)
+    kv = await store.get(key)
+    if kv is not None and msgspec.json.decode(kv.value, type=Reservation).network_id == network_id:
+        await store.txn([Compare.unchanged(kv)], [Delete(key)])
 
 
 async def _reserve(store: Store, prefix: str, vni: int, r: Reservation) -> bool:

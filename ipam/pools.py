@@ -96,6 +96,15 @@ class Allocation:
     time: float  # Unix time of the allocation
 
 
+@dataclass(frozen=True, slots=True)
+class PoolRef:
+    """A pool this host requested and has not released, as the leak finder needs it."""
+
+    pool_id: str  # as Docker holds it (RequestPool's reply), for release_pool
+    subnet: str
+    time: float  # Unix time of the request
+
+
 @dataclass(slots=True)
 class _PoolState:
     """A pool as one range read saw it."""
@@ -246,6 +255,19 @@ class Ipam:
             pool = parts[0].replace("_", "/")
             owners = rec.hosts if rec.owner == GATEWAY and rec.hosts else (rec.host,)
             result.extend(Allocation(pool, parts[2], h, rec.owner, rec.time) for h in owners)
+        return result
+
+    async def references(self) -> list[PoolRef]:
+        """The pools this host holds (its `hosts/<host>` key in each)."""
+        poolset = await self.store.get(self.keys.poolset)
+        result: list[PoolRef] = []
+        for subnet in decode_poolset(poolset.value if poolset else None):
+            mine = await self.store.get(self.keys.host(subnet, self.host))
+            if mine is not None:
+                rec = decode(mine.value, f"pool {subnet} host record")
+                sub = f":{rec['sub_pool']}" if rec.get("sub_pool") else ""
+                pool_id = f"{rec.get('space', LOCAL_SPACE)}:{subnet}{sub}"  # PoolId's form
+                result.append(PoolRef(pool_id, str(subnet), float(rec.get("time", 0.0))))
         return result
 
     # -- pool internals --------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 import msgspec
@@ -17,6 +18,7 @@ from msgspec.structs import replace
 
 from pynet.drivers import vnis
 from pynet.drivers.base import Endpoint, Network, PortMap, Subnet, undo_on_failure
+from pynet.drivers.claims import Claims
 from pynet.drivers.config import BridgedConfig
 from pynet.plugin.api import wire
 from pynet.plugin.api.routes import Routes
@@ -98,23 +100,32 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
             # A retry: make sure the kernel has it, change nothing else.
             await d.backend(existing.mode).create_network(existing)
             return wire.Empty()
-        # A VXLAN network's VNI is reserved cluster-wide first (store-only, like every handler).
-        parsed = user_opts
-        if mode == "vxlan":
-            parsed = await vnis.resolve(d.store, d.settings.store_prefix, d.host, user_opts, draft)
-        net = Network(
-            id=draft.id,
-            mode=mode,
-            options=user_opts,
-            config=backend.parse_options(parsed, draft),
-            ipv4=draft.ipv4,
-            ipv6=draft.ipv6,
-            internal=draft.internal,
-            enable_ipv6=opts.get("com.docker.network.enable_ipv6") is True,
-        )
-        await _check_unique(d, net)
-        net = replace(net, config=await backend.create_network(net))
-        async with undo_on_failure(lambda: backend.delete_network(net)):
+        # Every reservation is undone if the create fails, the kernel first, the store last.
+        async with undo_on_failure() as undo:
+            # A VXLAN network's VNI is reserved cluster-wide first (store-only, like every handler).
+            resolved = vnis.Resolved(user_opts)
+            if mode == "vxlan":
+                resolved = await vnis.resolve(d.store, d.settings.store_prefix, d.host, user_opts, draft)
+            if resolved.reserved is not None:
+                vni = resolved.reserved
+                undo.push(lambda: vnis.release(d.store, d.settings.store_prefix, vni, draft.id))
+            net = Network(
+                id=draft.id,
+                mode=mode,
+                options=user_opts,
+                config=backend.parse_options(resolved.options, draft),
+                ipv4=draft.ipv4,
+                ipv6=draft.ipv6,
+                internal=draft.internal,
+                enable_ipv6=opts.get("com.docker.network.enable_ipv6") is True,
+                created=time.time(),
+            )
+            claims = net.config.claims()
+            await _claims(d).reserve(net.id, claims, lambda owner: _vanished(d, owner))
+            undo.push(lambda: _claims(d).release(net.id, claims))
+            await _check_unique(d, net)
+            net = replace(net, config=await backend.create_network(net))
+            undo.push(lambda: backend.delete_network(net))
             await d.state.save_network(net)
     log.info(
         "network created",
@@ -123,8 +134,18 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
     return wire.Empty()
 
 
+def _claims(d: Daemon) -> Claims:
+    return Claims(d.store, d.settings.store_prefix, d.host)
+
+
+async def _vanished(d: Daemon, network_id: str) -> bool:
+    """Whether a claim's network is gone: no record, and no create of it under way (which holds
+    its lock). Only a crash between a create's claim and its undo leaves such a claim."""
+    return not d.lock(network_id).locked() and await d.state.network(network_id) is None
+
+
 async def _check_unique(d: Daemon, net: Network) -> None:
-    """Two networks must not share a bridge or a VXLAN identity on one host."""
+    """Records saved before claims existed (drivers/claims.py) hold no claim keys: read them."""
     others = [n for n in await d.state.networks() if n.id != net.id]
     for key, value in net.config.claims().items():
         for other in others:
@@ -135,18 +156,26 @@ async def _check_unique(d: Daemon, net: Network) -> None:
 @route("DeleteNetwork")
 async def delete_network(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.NetworkRequest = decode(body, wire.NetworkRequest)
-    async with d.lock(req.NetworkID):
-        net = await d.state.network(req.NetworkID)
+    await remove_network(d, req.NetworkID)
+    return wire.Empty()
+
+
+async def remove_network(d: Daemon, network_id: str) -> None:
+    """Under the network's lock: endpoints left behind, the kernel, then the claims and last the
+    record, so a failure part way leaves the record for Docker's retry or gc to finish. A
+    network already gone is no error. Docker's DeleteNetwork and gc's removal of a leak end here."""
+    async with d.lock(network_id):
+        net = await d.state.network(network_id)
         if net is None:
-            return wire.Empty()
+            return
         backend = d.backend(net.mode)
         for ep in await d.state.endpoints(net.id):
             await backend.delete_endpoint(net, ep)
             await d.state.delete_endpoint(ep.id)
         await backend.delete_network(net)
+        await _claims(d).release(net.id, net.config.claims())
         await d.state.delete_network(net.id)
     log.info("network deleted", extra={"network": net.id})
-    return wire.Empty()
 
 
 # -- endpoints ---------------------------------------------------------------------------------

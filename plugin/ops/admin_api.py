@@ -264,7 +264,11 @@ async def _sweep(d: Daemon, admin: Admin, body: bytes) -> list[gc.Outcome]:
     async def remove_endpoint(leak: gc.Leak) -> None:
         await network.remove_endpoint(d, leak.network, leak.name)  # as Docker's DeleteEndpoint would
 
-    return await gc.sweep(req.leaks, req.docker, sources(d, admin), remove_endpoint, time.time(), req.min_age)
+    async def remove_network(leak: gc.Leak) -> None:
+        await network.remove_network(d, leak.name)  # as Docker's DeleteNetwork would
+
+    removers = gc.Removers(endpoint=remove_endpoint, network=remove_network)
+    return await gc.sweep(req.leaks, req.docker, sources(d, admin), removers, time.time(), req.min_age)
 
 
 ROUTES: dict[str, Route] = {

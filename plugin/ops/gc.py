@@ -2,19 +2,26 @@
 
 Leaks come from paths Docker only logs: a container removed while pynet is down leaves its
 endpoint record, veth and address behind (DeleteEndpoint and ReleaseAddress fail, Docker
-moves on). Four kinds:
+moves on), and so does a network (Docker forgets it although DeleteNetwork and ReleasePool
+failed). Six kinds:
 
+- network: a record of a network Docker does not know, older than `min_age` (Docker calls
+  CreateNetwork before it lists the network), with no endpoint a container may hold. Its
+  links, rules, pool and addresses are then judged as if the record were gone.
 - endpoint: a record Docker does not know and no container holds: its container-side link is
   back in the host namespace (Docker returns it when the sandbox goes) or its host-side link is
   gone. The second condition keeps a wrong `--docker-host` from condemning live containers.
 - link: a pynet-named link (drivers/registry.py `LINK_PREFIXES`) that no live record references, by name or by the ID
   its name is derived from, and whose ID is no endpoint's or network's Docker has.
+- pool: a pool this host requested that no live network record and no Docker network (with
+  pynet's driver or IPAM) has, older than `min_age` (RequestPool comes before CreateNetwork).
+  Releasing it frees this host's addresses in it too.
 - allocation: an address this host allocated that no live record, no network and no Docker
   container accounts for, and older than `min_age` (Docker allocates before it creates the
   endpoint, so a young allocation may be a container starting right now).
 - rule: a rule in a PYNET-* chain naming a bridge (or, in its comment, a network) no network has.
 
-Endpoint and allocation leaks need Docker's word; without it only links and rules are found.
+Network, endpoint, pool and allocation leaks need Docker's word; without it only links and rules are found.
 
 The daemon and the CLI (when the daemon is down) run the same code over the same sources.
 Finding and removing are split so that the Docker view is taken *after* the inventory: a record
@@ -41,7 +48,7 @@ from pynet.drivers.netlink import Netlink
 from pynet.drivers.registry import LINK_PREFIXES
 from pynet.ipam import Ipam
 from pynet.ipam.layout import AUX, GATEWAY, LOCAL_SPACE
-from pynet.ipam.pools import Allocation
+from pynet.ipam.pools import Allocation, PoolRef
 from pynet.plugin.daemon.state import State
 from pynet.plugin.ops.iptables import Iptables, Rule
 from pynet.store.errors import PynetError
@@ -50,8 +57,10 @@ log = logging.getLogger("pynet.gc")
 
 DEFAULT_MIN_AGE = 60.0
 
-Kind = Literal["endpoint", "link", "allocation", "rule"]
-ORDER: dict[str, int] = {"endpoint": 0, "link": 1, "allocation": 2, "rule": 3}
+Kind = Literal["network", "endpoint", "link", "pool", "allocation", "rule"]
+# Removal order: a network's removal takes its endpoints and links, a pool's its addresses.
+RECORDS = ("network", "endpoint")
+ORDER: dict[str, int] = {"network": 0, "endpoint": 1, "link": 2, "pool": 3, "allocation": 4, "rule": 5}
 
 
 class Inventory(msgspec.Struct):
@@ -66,6 +75,7 @@ class Inventory(msgspec.Struct):
     rules: list[Rule]
     outsiders: list[str]  # non-pynet bridges the firewall isolates pynet's from
     rules_error: str = ""  # why the firewall could not be read, if it could not
+    pools: list[PoolRef] = []  # this host's pool references
 
 
 class DockerView(msgspec.Struct):
@@ -79,10 +89,10 @@ class DockerView(msgspec.Struct):
 
 class Leak(msgspec.Struct, frozen=True):
     kind: Kind
-    name: str  # endpoint ID, link name, address, or rule line
+    name: str  # network or endpoint ID, link name, pool ID, address, or rule line
     reason: str
     network: str = ""  # endpoint leaks: its network
-    pool: str = ""  # allocation leaks
+    pool: str = ""  # allocation and pool leaks: the subnet
     family: int = 0  # rule leaks
     table: str = ""
 
@@ -129,6 +139,7 @@ async def gather(src: Sources) -> Inventory:
         endpoints=await src.state.endpoints(),
         allocations=await src.ipam.allocations(),
         rules=rules,
+        pools=await src.ipam.references(),
         outsiders=list(src.outsiders),
         rules_error=rules_error,
     )
@@ -230,68 +241,111 @@ def _rule_leaks(inv: Inventory) -> list[Leak]:
     return out
 
 
+def _network_leaks(inv: Inventory, view: DockerView, live: list[Endpoint], now: float, min_age: float) -> list[Network]:
+    known = set(view.networks)
+    held = {ep.network_id for ep in live}
+    return [n for n in inv.networks if n.id not in known and n.id not in held and now - n.created >= min_age]
+
+
+def _pool_leaks(inv: Inventory, view: DockerView, now: float, min_age: float) -> list[Leak]:
+    used = {s.pool for n in inv.networks for s in (*n.ipv4, *n.ipv6)} | set(view.subnets)
+    return [
+        Leak("pool", ref.pool_id, "no network of pynet's or Docker's uses it", pool=ref.subnet)
+        for ref in inv.pools
+        if ref.subnet not in used and now - ref.time >= min_age
+    ]
+
+
 def find(inv: Inventory, view: DockerView | None, now: float, min_age: float = DEFAULT_MIN_AGE) -> list[Leak]:
     """Without a Docker view (Docker unreachable) only links and rules can be judged."""
     leaked = _endpoint_leaks(inv, view) if view is not None else []
     gone = {ep.id for ep in leaked}
     live = [ep for ep in inv.endpoints if ep.id not in gone]
-    leaks = [
+    dropped = _network_leaks(inv, view, live, now, min_age) if view is not None else []
+    leaks = [Leak("network", n.id, "Docker does not know it and no container is on it") for n in dropped]
+    leaks += [
         Leak("endpoint", ep.id, "Docker does not know it and no container holds its link", network=ep.network_id)
         for ep in leaked
     ]
+    # What the leaked networks held is judged as if their records were gone already.
+    ids = {n.id for n in dropped}
+    inv = msgspec.structs.replace(inv, networks=[n for n in inv.networks if n.id not in ids])
     # A link named after an endpoint or network Docker has is in use, record or not: after a
     # changed --state-dir or store, running containers' links have no record here.
     in_use = {i[:ID_CHARS] for i in (*view.endpoints, *view.networks)} if view is not None else set()
     leaks += _link_leaks(inv, live, leaked, in_use)
     if view is not None:
+        leaks += _pool_leaks(inv, view, now, min_age)
         leaks += _allocation_leaks(inv, live, view, now, min_age)
     return leaks + _rule_leaks(inv)
 
 
 def refusal(inv: Inventory, view: DockerView) -> str:
-    """Why removing would be unsafe though Docker answered; "" when it is safe."""
-    if inv.networks and not {n.id for n in inv.networks} & set(view.networks):
-        return (
-            f"Docker knows none of pynet's {len(inv.networks)} networks: is --docker-host the Docker"
-            " daemon this pynet serves?"
-        )
-    return ""
+    """Why removing would be unsafe though Docker answered; "" when it is safe. Docker knowing
+    none of pynet's networks is what a wrong --docker-host looks like, and also what every
+    network removed while pynet was down looks like; containers on them tell the two apart."""
+    if not inv.networks or {n.id for n in inv.networks} & set(view.networks):
+        return ""
+    links, known = set(inv.links), set(view.endpoints)
+    held = [ep for ep in inv.endpoints if ep.id not in known and _held(ep, links)]
+    if not held:
+        return ""
+    return (
+        f"Docker knows none of pynet's {len(inv.networks)} networks, though containers hold {len(held)} of their"
+        " endpoints: is --docker-host the Docker daemon this pynet serves?"
+    )
 
 
 # -- removing ---------------------------------------------------------------------------------
 
-EndpointRemover = Callable[[Leak], Awaitable[None]]
+Remover = Callable[[Leak], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Removers:
+    """How the caller removes records: the daemon as Docker's Delete* would (kernel included),
+    the CLI on the store alone (the links and rules left are leaks of their own)."""
+
+    endpoint: Remover
+    network: Remover
 
 
 async def sweep(
     requested: Iterable[Leak],
     view: DockerView,
     src: Sources,
-    remove_endpoint: EndpointRemover,
+    removers: Removers,
     now: float,
     min_age: float = DEFAULT_MIN_AGE,
 ) -> list[Outcome]:
-    """Remove what was found earlier and is still a leak now; endpoints first, since removing
-    one also removes its links."""
-    inv = await gather(src)
-    why_not = refusal(inv, view)
-    current = {leak.key for leak in find(inv, view, now, min_age)}
-    outcomes = []
-    for leak in sorted(requested, key=lambda x: ORDER[x.kind]):
-        if why_not:
-            outcomes.append(Outcome(leak, "refused", why_not))
-        elif leak.key not in current:
-            outcomes.append(Outcome(leak, "vanished"))
-        else:
-            outcomes.append(await _remove(leak, src, remove_endpoint))
+    """Remove what was found earlier and is still a leak now, in ORDER. Records go first, and
+    the rest is judged again after them: removing a network through the daemon removes its
+    links and rules too, and deleting one of those twice would fail."""
+    ordered = sorted(requested, key=lambda x: ORDER[x.kind])
+    outcomes: list[Outcome] = []
+    for group in ([x for x in ordered if x.kind in RECORDS], [x for x in ordered if x.kind not in RECORDS]):
+        inv = await gather(src)
+        why_not = refusal(inv, view)
+        current = {leak.key for leak in find(inv, view, now, min_age)}
+        for leak in group:
+            if why_not:
+                outcomes.append(Outcome(leak, "refused", why_not))
+            elif leak.key not in current:
+                outcomes.append(Outcome(leak, "vanished"))
+            else:
+                outcomes.append(await _remove(leak, src, removers))
     return outcomes
 
 
-async def _remove(leak: Leak, src: Sources, remove_endpoint: EndpointRemover) -> Outcome:
+async def _remove(leak: Leak, src: Sources, removers: Removers) -> Outcome:
     try:
         match leak.kind:
+            case "network":
+                await removers.network(leak)
             case "endpoint":
-                await remove_endpoint(leak)
+                await removers.endpoint(leak)
+            case "pool":
+                await src.ipam.release_pool(leak.name)
             case "link":
                 await src.netlink.delete_link(leak.name)
             case "allocation":

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from pynet.drivers.claims import Claims
 from pynet.drivers.netlink import Netlink
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.engine import EngineError
@@ -64,18 +65,27 @@ class DaemonGc:
 class LocalGc:
     source: Literal["daemon", "store"] = "store"
 
-    def __init__(self, loc: Local, netlink: Netlink, iptables: Iptables) -> None:
+    def __init__(self, loc: Local, netlink: Netlink, iptables: Iptables, prefix: str) -> None:
         self.loc = loc
         self.sources = gc.Sources(loc.host, loc.state, loc.ipam, netlink, iptables)
+        self.claims = Claims(loc.store, prefix, loc.host)
 
     async def inventory(self) -> gc.Inventory:
         return await gc.gather(self.sources)
 
     async def sweep(self, leaks: list[gc.Leak], view: gc.DockerView, min_age: float) -> list[gc.Outcome]:
+        # Records only: the links and rules they held are leaks of their own, in the same sweep.
         async def remove_endpoint(leak: gc.Leak) -> None:
-            await self.loc.state.delete_endpoint(leak.name)  # its links are leaks of their own
+            await self.loc.state.delete_endpoint(leak.name)
 
-        return await gc.sweep(leaks, view, self.sources, remove_endpoint, time.time(), min_age)
+        async def remove_network(leak: gc.Leak) -> None:
+            net = await self.loc.state.network(leak.name)
+            if net is not None:
+                await self.claims.release(net.id, net.config.claims())
+                await self.loc.state.delete_network(net.id)
+
+        removers = gc.Removers(endpoint=remove_endpoint, network=remove_network)
+        return await gc.sweep(leaks, view, self.sources, removers, time.time(), min_age)
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +95,7 @@ async def gc_source(settings: Settings) -> AsyncIterator[GcSource]:
     except Unreachable as e:
         note(f"pynet: {e}; working on the store and the kernel directly")
         async with local(settings) as loc, closing(await opened_netlink()) as nl:
-            yield LocalGc(loc, nl, configured(settings))
+            yield LocalGc(loc, nl, configured(settings), settings.store_prefix)
         return
     yield DaemonGc(settings)
 
@@ -144,7 +154,7 @@ def _gc_text(r: GcReport) -> str:
 
 def _leak_name(leak: gc.Leak) -> str:
     match leak.kind:
-        case "endpoint":
+        case "network" | "endpoint":
             return short(leak.name)
         case "allocation":
             return f"{leak.name} in {leak.pool}"

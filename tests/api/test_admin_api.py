@@ -31,7 +31,9 @@ from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import Daemon
 from pynet.plugin.metrics import Metrics
 from pynet.plugin.ops import gc
+from pynet.plugin.ops.access import Local
 from pynet.plugin.ops.admin_api import ADMIN, Admin, SweepRequest
+from pynet.plugin.ops.gc_command import LocalGc
 from pynet.plugin.ops.iptables import Iptables, Rule
 from pynet.plugin.serve import application, bind, build
 from tests.api.test_app import RecordingBackend
@@ -347,3 +349,28 @@ async def test_cli_gc_works_on_the_store_when_the_daemon_is_down(
     found = {(x["kind"], x["name"]) for x in report["leaks"] if x["kind"] != "rule"}
     assert {("endpoint", DEAD), ("allocation", "10.1.0.3")} <= found
     assert not {name for kind, name in found if kind == "endpoint"} - {DEAD}
+
+
+async def test_gc_with_the_daemon_down_forgets_a_network_docker_removed(plugin: Plugin) -> None:
+    """`pynet gc` on the store and the kernel alone (LocalGc): the record, its claims, its pool
+    and gateway address go, and the bridge, now referenced by nothing, in the same sweep."""
+    d = plugin.daemon
+    request = {"AddressSpace": "pynet-local", "Pool": "10.1.0.0/24", "V6": False}
+    pool = await plugin.ok("/IpamDriver.RequestPool", request)
+    gateway = {"RequestAddressType": "com.docker.network.gateway"}
+    await plugin.ok("/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": gateway})
+    ipv4 = [{"AddressSpace": "pynet-local", "Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24"}]
+    await plugin.ok("/NetworkDriver.CreateNetwork", {"NetworkID": NET, "Options": {}, "IPv4Data": ipv4, "IPv6Data": []})
+    plugin.netlink.names.add("pnb-" + NET[:11])
+    source = LocalGc(Local("h1", d.store, d.state, d.ipam), plugin.netlink, plugin.iptables, "/pynet/")  # type: ignore[arg-type]
+    docker_forgot_it = gc.DockerView(networks=[], endpoints=[], addresses=[], subnets=[])
+    leaks = gc.find(await source.inventory(), docker_forgot_it, time.time(), min_age=0)
+    assert {x.key for x in leaks} == {
+        ("network", NET), ("link", "pnb-" + NET[:11]), ("pool", "pynet-local:10.1.0.0/24"), ("allocation", "10.1.0.1"),
+    }
+    outcomes = {o.leak.key: o.result for o in await source.sweep(leaks, docker_forgot_it, 0)}
+    assert set(outcomes.values()) <= {"removed", "vanished"}, outcomes
+    assert await d.state.network(NET) is None and await d.store.range("/pynet/hosts/h1/claims/") == []
+    assert await d.ipam.references() == [] and await d.ipam.allocations() == []
+    assert "pnb-" + NET[:11] not in plugin.netlink.names
+    assert gc.find(await source.inventory(), docker_forgot_it, time.time(), min_age=0) == []

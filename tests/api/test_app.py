@@ -270,10 +270,22 @@ async def test_bad_pool_and_gateway_are_named(client: Client) -> None:
     assert "IPv4Data[0].Gateway" in msg and "10.9.0.1/24" in msg
 
 
+async def claim_keys(client: Client) -> list[str]:
+    return [kv.key for kv in await client.daemon.store.range("/pynet/hosts/h1/claims/")]
+
+
 async def test_failed_create_leaves_nothing(client: Client) -> None:
     await client.err("NetworkDriver.CreateNetwork", create_network_body(fail="true"))
     assert await client.daemon.state.network(NET) is None
     assert client.backend.kernel == set()
+    assert await claim_keys(client) == [], "the bridge name it claimed is free again"
+
+
+async def test_a_network_holds_its_bridge_name_until_deleted(client: Client) -> None:
+    await client.ok("NetworkDriver.CreateNetwork", create_network_body())
+    assert await claim_keys(client) == [f"/pynet/hosts/h1/claims/bridge/{bridge_name(NET)}"]
+    await client.ok("NetworkDriver.DeleteNetwork", {"NetworkID": NET})
+    assert await claim_keys(client) == []
 
 
 # -- endpoints ---------------------------------------------------------------------------------

@@ -75,19 +75,24 @@ def iptables(host: Host) -> str:
     return "iptables-nft" if "PYNET-FORWARD" in host.run("iptables-nft-save").stdout else "iptables-legacy"
 
 
+def with_pynet_down(docker: Docker, host: Host, *args: str) -> None:
+    """`docker ARGS` with pynet killed: Docker retries each plugin call for a while, then only
+    logs the failures (docs/protocol.md §4.2). Returns once the restarted pynet is ready."""
+    host.stop_pynet(kill=True)
+    try:
+        docker(*args, timeout=240)
+    finally:
+        host.start_pynet()
+    assert wait_for(lambda: cli_json(host, "status")[1]["daemon"]["ready"])
+
+
 def test_gc_collects_what_a_crash_left_and_nothing_else(docker: Docker, host: Host) -> None:
     net = docker.network("leak", *PYNET, "--subnet", "10.51.0.0/24")
     keep = docker.run("keep", "--network", net)
     gone = docker.run("gone", "--network", net)
     endpoint, address = docker.ip(gone, net, "EndpointID"), docker.ip(gone, net)
-    host.stop_pynet(kill=True)
-    try:
-        # Docker retries each plugin call for a while, then only logs the failures.
-        docker("rm", "-f", gone, timeout=240)
-    finally:
-        host.start_pynet()
+    with_pynet_down(docker, host, "rm", "-f", gone)
     # Start-up rewrites pynet's chains: the made-up rule goes in after it.
-    assert wait_for(lambda: cli_json(host, "status")[1]["daemon"]["ready"])
     stale_rule = ("PYNET-FORWARD", "-i", "pnb-deadbeef000", "-o", "pnb-deadbeef000", "-j", "DROP")
     host.run(iptables(host), "-w", "-A", *stale_rule)
 
@@ -113,6 +118,32 @@ def test_gc_collects_what_a_crash_left_and_nothing_else(docker: Docker, host: Ho
     assert docker.pings(keep, "10.51.0.1")
     code, pools = cli_json(host, "ipam")
     assert [p["allocated"] for p in pools if p["subnet"] == "10.51.0.0/24"] == [2]
+
+
+def test_gc_forgets_a_network_docker_removed_while_pynet_was_down(docker: Docker, host: Host) -> None:
+    net = docker.network("gone-net", *PYNET, "--subnet", "10.52.0.0/24")
+    net_id = docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
+    bridge = "pnb-" + net_id[:11]
+    # ReleaseAddress, ReleasePool and DeleteNetwork fail too: Docker forgets the network anyway.
+    with_pynet_down(docker, host, "network", "rm", net)
+    assert net_id not in docker("network", "ls", "-q", "--no-trunc").stdout
+
+    code, found = cli_json(host, "gc", "--dry-run", "--min-age", "0")
+    assert code == 1 and found["refused"] == "", found
+    leaks = {(x["kind"], x["name"]) for x in found["leaks"]}
+    pool = ("pool", "pynet-local:10.52.0.0/24")
+    assert {("network", net_id), ("link", bridge), pool, ("allocation", "10.52.0.1")} <= leaks
+    assert {kind for kind, _ in leaks} == {"network", "link", "pool", "allocation", "rule"}
+    assert bridge in pynet_links(host), "a dry run removes nothing"
+
+    code, swept = cli_json(host, "gc", "--min-age", "0")
+    assert code == 0 and {o["result"] for o in swept["outcomes"]} <= {"removed", "vanished"}, swept["outcomes"]
+    code, again = cli_json(host, "gc", "--dry-run", "--min-age", "0")
+    assert code == 0 and again["leaks"] == []
+    assert bridge not in pynet_links(host) and bridge not in host.run(iptables(host) + "-save").stdout
+    assert not [p for p in cli_json(host, "ipam")[1] if p["subnet"] == "10.52.0.0/24"]
+    # The pool is free again: an overlapping subnet is no longer refused.
+    docker("network", "rm", docker.network("again", *PYNET, "--subnet", "10.52.0.0/23"))
 
 
 def verdicts(host: Host) -> tuple[int, dict[str, str]]:

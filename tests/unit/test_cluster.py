@@ -49,9 +49,9 @@ def test_lowest_free_skips_taken_and_starts_above_hand_picked_ones() -> None:
 async def test_automatic_vnis_are_reserved_and_never_reused(store: EmbeddedStore) -> None:
     await store.put(f"{P}vxlan/10000/vteps/h9", b"{}")  # a per-host network on another host uses it
     a = await vnis.resolve(store, P, "h1", {"mode": "vxlan"}, Draft("a", [Subnet("10.1.0.0/24")]))
-    assert a == {"mode": "vxlan", "vni": "10001", "cluster": "true"}
+    assert a == vnis.Resolved({"mode": "vxlan", "vni": "10001", "cluster": "true"}, 10001)
     b = await vnis.resolve(store, P, "h2", {"cluster": "false"}, Draft("b", [Subnet("10.2.0.0/24")]))
-    assert b == {"cluster": "false", "vni": "10002"}, "a local network still gets a unique VNI"
+    assert b == vnis.Resolved({"cluster": "false", "vni": "10002"}, 10002), "a local network still gets a unique VNI"
     kv = await store.get(vnis.vni_key(P, 10001))
     assert kv is not None and msgspec.json.decode(kv.value, type=vnis.Reservation) == vnis.Reservation(
         "a", "h1", ["10.1.0.0/24"]
@@ -60,7 +60,7 @@ async def test_automatic_vnis_are_reserved_and_never_reused(store: EmbeddedStore
 
 async def test_concurrent_automatic_vnis_differ(store: EmbeddedStore) -> None:
     got = await asyncio.gather(*(vnis.resolve(store, P, f"h{i}", {}, Draft(f"n{i}")) for i in range(5)))
-    assert len({o["vni"] for o in got}) == 5
+    assert len({o.options["vni"] for o in got}) == 5
 
 
 async def test_a_reserved_vni_is_refused_naming_it_unless_same_network(store: EmbeddedStore) -> None:
@@ -68,17 +68,29 @@ async def test_a_reserved_vni_is_refused_naming_it_unless_same_network(store: Em
     with pytest.raises(Conflict, match="VNI 77 is reserved"):
         await vnis.resolve(store, P, "h2", {"vni": "77"}, Draft("other", [Subnet("10.8.0.0/24")]))
     copy = await vnis.resolve(store, P, "h2", {"vni": "77"}, Draft("copy", [Subnet("10.7.0.0/24")]))
-    assert copy["cluster"] == "true", "the same subnet on another host is that cluster network"
-    assert (await vnis.resolve(store, P, "h3", {"vni": "77", "cluster": "false"}, Draft("x", [Subnet("10.7.0.0/24")])))[
+    assert copy.options["cluster"] == "true" and copy.reserved is None, "the same subnet on another host is that cluster network"
+    assert (await vnis.resolve(store, P, "h3", {"vni": "77", "cluster": "false"}, Draft("x", [Subnet("10.7.0.0/24")]))).options[
         "cluster"
     ] == "false"
 
 
 async def test_an_explicit_vni_without_opt_in_stays_per_host(store: EmbeddedStore) -> None:
     out = await vnis.resolve(store, P, "h1", {"vni": "42"}, Draft("n", [Subnet("10.4.0.0/24")]))
-    assert out == {"vni": "42"} and await store.get(vnis.vni_key(P, 42)) is None
+    assert out == vnis.Resolved({"vni": "42"}) and await store.get(vnis.vni_key(P, 42)) is None
     again = await vnis.resolve(store, P, "h2", {"vni": "42"}, Draft("m", [Subnet("10.5.0.0/24")]))
-    assert again == {"vni": "42"}, "today's per-host networks may share a hand-picked VNI"
+    assert again == vnis.Resolved({"vni": "42"}), "today's per-host networks may share a hand-picked VNI"
+
+
+async def test_release_undoes_only_the_releasers_reservation(store: EmbeddedStore) -> None:
+    """A create that fails gives its VNI back; a reservation another network holds stays."""
+    a = await vnis.resolve(store, P, "h1", {}, Draft("a", [Subnet("10.1.0.0/24")]))
+    assert a.reserved == vnis.AUTO_FIRST
+    await vnis.release(store, P, vnis.AUTO_FIRST, "someone-else")
+    assert await store.get(vnis.vni_key(P, vnis.AUTO_FIRST)) is not None
+    await vnis.release(store, P, vnis.AUTO_FIRST, "a")
+    assert await store.get(vnis.vni_key(P, vnis.AUTO_FIRST)) is None
+    again = await vnis.resolve(store, P, "h1", {}, Draft("b", [Subnet("10.2.0.0/24")]))
+    assert again.reserved == vnis.AUTO_FIRST, "the released VNI is free again"
 
 
 async def test_automatic_subnets_are_unique_across_hosts(store: EmbeddedStore) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from pynet.drivers.base import Endpoint, Network, Subnet
 from pynet.drivers.config import BridgeConfig
-from pynet.ipam.pools import Allocation
+from pynet.ipam.pools import Allocation, PoolRef
 from pynet.plugin.ops import gc
 from pynet.plugin.ops.iptables import Rule
 
@@ -117,8 +119,9 @@ def test_links_are_referenced_by_config_names_and_by_id_stems() -> None:
         endpoints=[],
         allocations=[],
     )
+    both = gc.DockerView(networks=[NET, custom.id], endpoints=[], addresses=[], subnets=["10.1.0.0/24"])
     # pns-<network stem> is a macvlan shim of a known network; pnx-42 and pnb-eee... are not.
-    assert keys(gc.find(inv, view(), NOW)) == {("link", "pnx-42"), ("link", "pnb-" + "e" * 11)}
+    assert keys(gc.find(inv, both, NOW)) == {("link", "pnx-42"), ("link", "pnb-" + "e" * 11)}
 
 
 def test_young_allocations_are_left_alone() -> None:
@@ -162,9 +165,58 @@ def test_rules_naming_unknown_bridges_or_networks_are_leaks() -> None:
     assert "pnb-" + gone[:11] in rule_leaks[0].reason and gone[:12] in rule_leaks[1].reason
 
 
-def test_removal_is_refused_when_docker_knows_none_of_pynets_networks() -> None:
+def test_removal_is_refused_when_docker_knows_none_of_pynets_networks_that_containers_use() -> None:
     inv = inventory()
     elsewhere = gc.DockerView(networks=["x" * 64], endpoints=[], addresses=[], subnets=[])
-    assert "--docker-host" in gc.refusal(inv, elsewhere)
+    assert "--docker-host" in gc.refusal(inv, elsewhere), "LIVE's veth peer is in a container"
     assert gc.refusal(inv, view()) == ""
     assert gc.refusal(inventory(networks=[]), gc.DockerView([], [], [], [])) == ""
+    # Every network removed while pynet was down, no container left on them: a leak, not a refusal.
+    assert gc.refusal(inventory(endpoints=[endpoint(DEAD, "10.1.0.3/24")]), elsewhere) == ""
+
+
+POOL = PoolRef("pynet-local:10.1.0.0/24", "10.1.0.0/24", NOW - 3600)
+
+
+def test_a_network_docker_removed_while_pynet_was_down_leaks_with_all_it_held() -> None:
+    base = inventory()
+    inv = inventory(
+        links=[x for x in base.links if LIVE[:11] not in x],
+        endpoints=[endpoint(DEAD, "10.1.0.3/24")],
+        allocations=[a for a in base.allocations if a.owner != LIVE],
+        pools=[POOL],
+    )
+    leaks = gc.find(inv, gc.DockerView(networks=[], endpoints=[], addresses=[], subnets=[]), NOW)
+    assert keys(leaks) == {
+        ("network", NET),
+        ("endpoint", DEAD),
+        ("link", "pnb-" + NET[:11]),
+        ("link", "pnh-" + DEAD[:11]),
+        ("link", "pnc-" + DEAD[:11]),
+        ("pool", "pynet-local:10.1.0.0/24"),
+        ("allocation", "10.1.0.1"),
+        ("allocation", "10.1.0.200"),
+        ("allocation", "10.1.0.3"),
+        ("rule", f"-A PYNET-FORWARD -i pnb-{NET[:11]} -o docker0 -j DROP"),
+    }
+    assert sorted(leaks, key=lambda x: gc.ORDER[x.kind])[0].kind == "network", "removed first"
+
+
+def test_a_network_is_kept_while_docker_knows_it_a_container_holds_it_or_it_is_young() -> None:
+    gone = gc.DockerView(networks=[], endpoints=[LIVE], addresses=[], subnets=[])
+    assert ("network", NET) not in keys(gc.find(inventory(pools=[POOL]), gone, NOW)), "LIVE is on it"
+    young = msgspec.structs.replace(network(), created=NOW - 5)
+    inv = inventory(networks=[young], endpoints=[], pools=[POOL])
+    leaks = keys(gc.find(inv, gc.DockerView([], [], [], []), NOW))
+    assert ("network", NET) not in leaks and ("pool", POOL.pool_id) not in leaks, "Docker may be creating it"
+    assert not [k for k in keys(gc.find(inventory(pools=[POOL]), view(), NOW)) if k[0] in ("network", "pool")]
+
+
+def test_a_pool_leaks_only_when_no_network_of_pynets_or_dockers_has_it_and_it_is_old() -> None:
+    other = PoolRef("pynet-global:10.9.0.0/24:10.9.0.0/25", "10.9.0.0/24", NOW - 3600)
+    young = PoolRef("pynet-local:10.8.0.0/24", "10.8.0.0/24", NOW - 5)
+    inv = inventory(pools=[POOL, other, young])
+    docker_has_it = gc.DockerView([NET], [LIVE], ["10.1.0.2"], ["10.1.0.0/24", "10.9.0.0/24"])
+    assert not [k for k in keys(gc.find(inv, docker_has_it, NOW)) if k[0] == "pool"]
+    leak = next(x for x in gc.find(inv, view(), NOW) if x.kind == "pool")
+    assert (leak.name, leak.pool) == (other.pool_id, "10.9.0.0/24")
