@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from msgspec.structs import replace
@@ -18,6 +19,7 @@ from msgspec.structs import replace
 from pynet.drivers import vnis
 from pynet.drivers.base import Endpoint, Network, PortMap, Subnet, undo_on_failure
 from pynet.drivers.config import BridgedConfig
+from pynet.drivers.options import invalid
 from pynet.plugin.api import wire
 from pynet.plugin.api.routes import Routes
 from pynet.plugin.api.wire import decode
@@ -76,13 +78,25 @@ def _subnets(data: list[wire.IPAMData] | None, version: int, field: str) -> list
     return out
 
 
+def _generic(opts: dict[str, Any]) -> dict[str, str]:
+    """The `-o` options, which Docker always sends as strings; any other type is refused by
+    name here, before `mode` picks a backend."""
+    generic = opts.get(GENERIC)
+    if generic is None:
+        return {}
+    if not isinstance(generic, dict):
+        raise InvalidRequest(f"pynet: {GENERIC} must be a map, got {generic!r}")
+    for key, value in generic.items():
+        if not isinstance(value, str):
+            raise invalid(key, "a string", value)
+    return generic
+
+
 @route("CreateNetwork")
 async def create_network(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.CreateNetworkRequest = decode(body, wire.CreateNetworkRequest)
     opts = req.Options or {}
-    generic = opts.get(GENERIC) or {}
-    if not isinstance(generic, dict):
-        raise InvalidRequest(f"pynet: {GENERIC} must be a map, got {generic!r}")
+    generic = _generic(opts)
     user_opts = {k: v for k, v in generic.items() if k != "mode"}
     mode = generic.get("mode", "bridge")
     backend = d.backend(mode)
