@@ -27,7 +27,7 @@ import msgspec
 
 from pynet.drivers.base import Draft
 from pynet.drivers.options import int_in, parse_bool
-from pynet.store.base import Compare, Put, Store
+from pynet.store.base import Compare, Delete, Put, Store
 from pynet.store.errors import Conflict
 
 # Hand-picked VNIs are usually small (the README's examples use 42 and 100); automatic ones
@@ -102,6 +102,18 @@ async def resolve(store: Store, prefix: str, host: str, options: Mapping[str, st
         if not await _reserve(store, prefix, vni, mine):
             raise Conflict(f"pynet: VNI {vni} was just reserved by another network; choose another -o vni")
     return out
+
+
+async def release(store: Store, prefix: str, options: Mapping[str, str], network_id: str) -> None:
+    """Undoes what `resolve` reserved for a CreateNetwork of NETWORK_ID that then failed (a bad
+    option, a clash): no network ever had the VNI, so it is not retired but free again. A
+    reservation of another network (this one a copy of it) is left alone."""
+    if "vni" not in options:
+        return
+    key = vni_key(prefix, int(options["vni"]))
+    kv = await store.get(key)
+    if kv is not None and msgspec.json.decode(kv.value, type=Reservation).network_id == network_id:
+        await store.txn([Compare.unchanged(kv)], [Delete(key)])
 
 
 async def _reserve(store: Store, prefix: str, vni: int, r: Reservation) -> bool:

@@ -112,24 +112,26 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
             # A retry: make sure the kernel has it, change nothing else.
             await d.backend(existing.mode).create_network(existing)
             return wire.Empty()
-        # A VXLAN network's VNI is reserved cluster-wide first (store-only, like every handler).
+        # A VXLAN network's VNI is reserved cluster-wide first (store-only, like every handler),
+        # and released if the create fails after all.
         parsed = user_opts
         if mode == "vxlan":
             parsed = await vnis.resolve(d.store, d.settings.store_prefix, d.host, user_opts, draft)
-        net = Network(
-            id=draft.id,
-            mode=mode,
-            options=user_opts,
-            config=backend.parse_options(parsed, draft),
-            ipv4=draft.ipv4,
-            ipv6=draft.ipv6,
-            internal=draft.internal,
-            enable_ipv6=opts.get("com.docker.network.enable_ipv6") is True,
-        )
-        await _check_unique(d, net)
-        net = replace(net, config=await backend.create_network(net))
-        async with undo_on_failure(lambda: backend.delete_network(net)):
-            await d.state.save_network(net)
+        async with undo_on_failure(lambda: vnis.release(d.store, d.settings.store_prefix, parsed, draft.id)):
+            net = Network(
+                id=draft.id,
+                mode=mode,
+                options=user_opts,
+                config=backend.parse_options(parsed, draft),
+                ipv4=draft.ipv4,
+                ipv6=draft.ipv6,
+                internal=draft.internal,
+                enable_ipv6=opts.get("com.docker.network.enable_ipv6") is True,
+            )
+            await _check_unique(d, net)
+            net = replace(net, config=await backend.create_network(net))
+            async with undo_on_failure(lambda: backend.delete_network(net)):
+                await d.state.save_network(net)
     log.info(
         "network created",
         extra={"network": net.id, "mode": mode, "subnets": ",".join(s.pool for s in (*net.ipv4, *net.ipv6))},
