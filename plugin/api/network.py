@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ route = Routes("NetworkDriver")
 
 GENERIC = "com.docker.network.generic"
 EPHEMERAL_PORTS = range(49153, 65536)
+MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,15 @@ def _check_address(net: Network, field: str, cidr: str, version: int) -> None:
         raise InvalidRequest(f"pynet: Interface.{field} {cidr} is not in the network's subnets ({pools})")
 
 
+def _check_mac(mac: str) -> None:
+    """The kernel gives a link only a unicast, non-zero MAC (is_valid_ether_addr); anything else
+    failed in the kernel, after the checks, as a 500."""
+    if mac and (not MAC.fullmatch(mac) or int(mac[:2], 16) & 1 or not mac.replace(":", "").strip("0")):
+        raise InvalidRequest(
+            f"pynet: Interface.MacAddress must be a unicast MAC address like 02:42:0a:01:00:02, got {mac!r}"
+        )
+
+
 @route("CreateEndpoint")
 async def create_endpoint(d: Daemon, body: bytes) -> wire.CreateEndpointResponse:
     req: wire.CreateEndpointRequest = decode(body, wire.CreateEndpointRequest)
@@ -200,6 +211,7 @@ async def create_endpoint(d: Daemon, body: bytes) -> wire.CreateEndpointResponse
             return _endpoint_reply(intf, existing)
         _check_address(net, "Address", intf.Address, 4)
         _check_address(net, "AddressIPv6", intf.AddressIPv6, 6)
+        _check_mac(intf.MacAddress)
         ep = Endpoint(
             id=req.EndpointID,
             network_id=net.id,

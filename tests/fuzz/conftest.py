@@ -15,6 +15,7 @@ import http.client
 import logging
 import os
 import socket
+import string
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Mapping
@@ -33,6 +34,7 @@ from pynet.plugin.daemon.daemon import Daemon
 from pynet.plugin.metrics import Metrics
 from pynet.plugin.ops.admin_api import ADMIN, Admin
 from pynet.plugin.serve import application, bind, build
+from pynet.store.errors import PynetError
 from tests.api.test_admin_api import FakeIptables, FakeNetlink
 
 T = TypeVar("T")
@@ -50,6 +52,16 @@ settings.register_profile(
 )
 settings.register_profile("long", parent=settings.get_profile("ci"), max_examples=250, derandomize=False)
 settings.load_profile(os.environ.get("PYNET_FUZZ_PROFILE", "ci"))
+
+
+def kernel_accepts_mac(mac: str) -> bool:
+    """What `ip link add ... address MAC` takes: six hex octets, unicast and not all zero
+    (is_valid_ether_addr, include/linux/etherdevice.h)."""
+    octets = mac.split(":")
+    if len(octets) != 6 or not all(len(o) == 2 and all(c in string.hexdigits for c in o) for o in octets):
+        return False
+    raw = bytes(int(o, 16) for o in octets)
+    return not raw[0] & 1 and any(raw)
 
 
 class KernelDouble:
@@ -74,6 +86,8 @@ class KernelDouble:
         self.kernel.discard(net.id)
 
     async def create_endpoint(self, net: Network, ep: Endpoint) -> None:
+        if ep.mac and not kernel_accepts_mac(ep.mac):
+            raise PynetError(f"pynet: cannot create veth: the kernel refuses MAC {ep.mac!r} (test double)")
         ep.ifname, ep.peer = "pnh-" + ep.id[:11], "pnc-" + ep.id[:11]
         ep.mac = ep.mac or "02:42:0a:01:00:02"
         self.kernel.add(ep.id)

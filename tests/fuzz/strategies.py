@@ -136,7 +136,14 @@ endpoint_options = shaped(
         "com.docker.network.endpoint.exposedports": listed(shaped({"Proto": st.integers(), "Port": ports})),
     }
 )
-interface = shaped({"Address": addresses, "AddressIPv6": addresses, "MacAddress": strings})
+macs = st.one_of(
+    st.sampled_from(
+        ["02:42:0a:01:00:09", "01:00:5e:00:00:01", "00:00:00:00:00:00", "02:42:0A:01:00:0G", "2:42:a:1:0:9"]
+    ),
+    st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b)),
+    strings,
+)
+interface = shaped({"Address": addresses, "AddressIPv6": addresses, "MacAddress": macs})
 ids = {"NetworkID": docker_ids, "EndpointID": docker_ids}
 ipam_options = st.one_of(
     st.none(),

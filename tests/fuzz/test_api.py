@@ -103,6 +103,11 @@ REGRESSIONS: dict[str, list[list[object]]] = {
         # An empty NetworkID made a network, under the key every network's key starts with.
         [{"NetworkID": "", "Options": options()}],
     ],
+    # A multicast or malformed MAC passed the checks and failed in the kernel: a 500.
+    "NetworkDriver.CreateEndpoint": [
+        [{"NetworkID": NET, "EndpointID": EP[::-1], "Interface": {"Address": "10.1.0.9/24", "MacAddress": mac}}]
+        for mac in ("01:00:5e:00:00:01", "02:42:0a:01:00:0g")
+    ],
     "NetworkDriver.ProgramExternalConnectivity": [
         [{"NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [{"Proto": "tcp"}]}}],
     ],
