@@ -8,6 +8,7 @@ that no table names is rejected, never silently ignored (docs/landscape.md, them
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +41,11 @@ def parse_bool(name: str, value: str) -> bool:
 
 def int_in(lo: int, hi: int) -> Parser:
     def parse(name: str, value: str) -> int:
-        try:
-            n = int(value, 10)
-        except ValueError:
-            raise invalid(name, f"an integer in {lo}..{hi}", value) from None
-        if not lo <= n <= hi:
+        # ASCII digits only, as Docker's own drivers (Go's strconv.Atoi): Python's int() also
+        # takes "1_500", " 42 " and other scripts' digits ("٤٢").
+        if not re.fullmatch(r"[+-]?[0-9]+", value) or not lo <= int(value) <= hi:
             raise invalid(name, f"an integer in {lo}..{hi}", value)
-        return n
+        return int(value)
 
     return parse
 
@@ -68,8 +67,17 @@ def ipv4_address(name: str, value: str) -> str:
 
 
 def ifname(name: str, value: str) -> str:
-    if not value or len(value) > 15 or "/" in value or value.strip() != value or value in (".", ".."):
-        raise invalid(name, "an interface name of 1 to 15 characters", value)
+    """A name the kernel takes for a link (dev_valid_name, net/core/dev.c: under 16 bytes, no
+    '/', ':' or white space, not "." or ".."), in printable ASCII: the kernel counts bytes, and
+    refuses a UTF-8 name holding byte 0xa0 (its isspace), so "br:lan" or "é" * 8 passed here
+    and made CreateNetwork fail in the kernel, a 500."""
+    if (
+        not 1 <= len(value) <= 15
+        or not (value.isascii() and value.isprintable())
+        or any(c in value for c in " /:")
+        or value in (".", "..")
+    ):
+        raise invalid(name, "an interface name of 1 to 15 ASCII characters, without '/', ':' or spaces", value)
     return value
 
 

@@ -1,6 +1,6 @@
 """Test tiers (docs/design.md, Tests): a test's tier is the folder it lives in.
 
-unit/ and api/ need nothing; kernel/ needs root; docker/ needs root and docker.io; multihost/
+unit/, api/ and fuzz/ need nothing; kernel/ needs root; docker/ needs root and docker.io; multihost/
 also needs etcd. A tier whose requirements are missing is skipped with what to install, except
 under CI=true, where a missing requirement fails the run instead: CI skips nothing.
 
@@ -24,6 +24,7 @@ from lab.releases import RELEASES, DockerRelease, ReleaseUnavailable, fetch
 TIERS: dict[str, list[str]] = {
     "unit": [],
     "api": [],
+    "fuzz": [],
     "kernel": ["root", "ip", "iptables-restore"],
     "docker": ["root", "ip", "iptables-restore", "dockerd", "busybox"],
     "multihost": ["root", "ip", "iptables-restore", "dockerd", "busybox", "etcd"],

@@ -10,8 +10,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from msgspec.structs import replace
@@ -20,6 +22,7 @@ from pynet.drivers import vnis
 from pynet.drivers.base import Endpoint, Network, PortMap, Subnet, undo_on_failure
 from pynet.drivers.claims import Claims
 from pynet.drivers.config import BridgedConfig
+from pynet.drivers.options import invalid
 from pynet.plugin.api import wire
 from pynet.plugin.api.routes import Routes
 from pynet.plugin.api.wire import decode
@@ -31,6 +34,7 @@ route = Routes("NetworkDriver")
 
 GENERIC = "com.docker.network.generic"
 EPHEMERAL_PORTS = range(49153, 65536)
+MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,25 @@ def _subnets(data: list[wire.IPAMData] | None, version: int, field: str) -> list
     return out
 
 
+def _generic(opts: dict[str, Any]) -> dict[str, str]:
+    """The `-o` options, which Docker always sends as strings; any other type is refused by
+    name here, before `mode` picks a backend."""
+    generic = opts.get(GENERIC)
+    if generic is None:
+        return {}
+    if not isinstance(generic, dict):
+        raise InvalidRequest(f"pynet: {GENERIC} must be a map, got {generic!r}")
+    for key, value in generic.items():
+        if not isinstance(value, str):
+            raise invalid(key, "a string", value)
+    return generic
+
+
 @route("CreateNetwork")
 async def create_network(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.CreateNetworkRequest = decode(body, wire.CreateNetworkRequest)
     opts = req.Options or {}
-    generic = opts.get(GENERIC) or {}
-    if not isinstance(generic, dict):
-        raise InvalidRequest(f"pynet: {GENERIC} must be a map, got {generic!r}")
+    generic = _generic(opts)
     user_opts = {k: v for k, v in generic.items() if k != "mode"}
     mode = generic.get("mode", "bridge")
     backend = d.backend(mode)
@@ -202,6 +218,15 @@ def _check_address(net: Network, field: str, cidr: str, version: int) -> None:
         raise InvalidRequest(f"pynet: Interface.{field} {cidr} is not in the network's subnets ({pools})")
 
 
+def _check_mac(mac: str) -> None:
+    """The kernel gives a link only a unicast, non-zero MAC (is_valid_ether_addr); anything else
+    failed in the kernel, after the checks, as a 500."""
+    if mac and (not MAC.fullmatch(mac) or int(mac[:2], 16) & 1 or not mac.replace(":", "").strip("0")):
+        raise InvalidRequest(
+            f"pynet: Interface.MacAddress must be a unicast MAC address like 02:42:0a:01:00:02, got {mac!r}"
+        )
+
+
 @route("CreateEndpoint")
 async def create_endpoint(d: Daemon, body: bytes) -> wire.CreateEndpointResponse:
     req: wire.CreateEndpointRequest = decode(body, wire.CreateEndpointRequest)
@@ -214,6 +239,7 @@ async def create_endpoint(d: Daemon, body: bytes) -> wire.CreateEndpointResponse
             return _endpoint_reply(intf, existing)
         _check_address(net, "Address", intf.Address, 4)
         _check_address(net, "AddressIPv6", intf.AddressIPv6, 6)
+        _check_mac(intf.MacAddress)
         ep = Endpoint(
             id=req.EndpointID,
             network_id=net.id,

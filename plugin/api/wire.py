@@ -9,9 +9,17 @@ own drivers do; in CreateEndpoint's that matters: echoing a field Docker set mak
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
+
+from pynet.store.errors import InvalidRequest
+
+# Docker's IDs: 64 hex digits (swarm's are 25 base-36 ones). They become store keys and link
+# names (drivers/naming.py), where a '/', a space or an empty ID would make another key or no
+# valid link, so anything else is refused at the door.
+DOCKER_ID = re.compile(r"[0-9A-Za-z]{1,64}")
 
 
 def decode(body: bytes, type_: type[msgspec.Struct]) -> Any:
@@ -19,6 +27,17 @@ def decode(body: bytes, type_: type[msgspec.Struct]) -> Any:
     if not body.strip():
         return msgspec.convert({}, type_)
     return msgspec.json.decode(body, type=type_)
+
+
+class Request(msgspec.Struct):
+    """A request naming a network or endpoint; msgspec reports a ValueError raised here as a
+    ValidationError, like a wrong type."""
+
+    def __post_init__(self) -> None:
+        for field in ("NetworkID", "EndpointID"):
+            value = getattr(self, field, None)
+            if value is not None and not DOCKER_ID.fullmatch(value):
+                raise ValueError(f"{field} must be a Docker ID (1 to 64 letters and digits), got {value!r}")
 
 
 class Empty(msgspec.Struct):
@@ -44,7 +63,7 @@ class IPAMData(msgspec.Struct):
     AuxAddresses: dict[str, str] | None = None
 
 
-class CreateNetworkRequest(msgspec.Struct):
+class CreateNetworkRequest(Request):
     """Also swarm's AllocateNetwork, whose body has the same fields (its options are all
     strings, a subset of what this accepts)."""
 
@@ -54,7 +73,7 @@ class CreateNetworkRequest(msgspec.Struct):
     IPv6Data: list[IPAMData] | None = None
 
 
-class NetworkRequest(msgspec.Struct):
+class NetworkRequest(Request):
     """DeleteNetwork, FreeNetwork."""
 
     NetworkID: str
@@ -68,7 +87,7 @@ class EndpointInterface(msgspec.Struct, omit_defaults=True):
     MacAddress: str = ""
 
 
-class CreateEndpointRequest(msgspec.Struct):
+class CreateEndpointRequest(Request):
     NetworkID: str
     EndpointID: str
     Interface: EndpointInterface | None = None
@@ -79,7 +98,7 @@ class CreateEndpointResponse(msgspec.Struct):
     Interface: EndpointInterface
 
 
-class EndpointRequest(msgspec.Struct):
+class EndpointRequest(Request):
     """DeleteEndpoint, EndpointOperInfo, Leave, RevokeExternalConnectivity."""
 
     NetworkID: str
@@ -90,7 +109,7 @@ class EndpointInfoResponse(msgspec.Struct):
     Value: dict[str, Any]
 
 
-class JoinRequest(msgspec.Struct):
+class JoinRequest(Request):
     NetworkID: str
     EndpointID: str
     SandboxKey: str = ""
@@ -116,7 +135,7 @@ class JoinResponse(msgspec.Struct, omit_defaults=True):
     StaticRoutes: list[StaticRoute] = []
 
 
-class ExternalConnectivityRequest(msgspec.Struct):
+class ExternalConnectivityRequest(Request):
     NetworkID: str
     EndpointID: str
     Options: dict[str, Any] | None = None
@@ -192,4 +211,7 @@ class PortBinding(msgspec.Struct):
 
 def port_bindings(options: dict[str, Any] | None) -> list[PortBinding]:
     raw = (options or {}).get(PORTMAP_OPTION) or []
-    return msgspec.convert(raw, list[PortBinding])
+    try:
+        return msgspec.convert(raw, list[PortBinding])
+    except msgspec.ValidationError as e:  # its path starts at the option, which it does not name
+        raise InvalidRequest(f"pynet: invalid Options.{PORTMAP_OPTION}: {e}") from None

@@ -28,7 +28,7 @@ from pynet.ipam import Ipam
 from pynet.ipam.layout import GATEWAY, decode_poolset
 from pynet.ipam.netmath import reserved
 from pynet.plugin.api import network
-from pynet.plugin.api.app import ADMIN_PREFIX, error_reply
+from pynet.plugin.api.app import ADMIN_PREFIX, error_reply, failed
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import DAEMON, Daemon
 from pynet.plugin.daemon.state import State
@@ -288,13 +288,11 @@ def _route(name: str, route: Route) -> Callable[[web.Request], Awaitable[web.Res
         d = request.app[DAEMON]
         if name in NEEDS_READY and not d.ready.is_set():
             return error_reply(503, f"pynet: {name}: pynet is still starting, try again")
+        body = await request.read()  # too large: the app's 413, in Docker's error shape
         try:
-            result = await route(d, request.app[ADMIN], await request.read())
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            return error_reply(400, f"pynet: invalid {name} request: {e}")
+            result = await route(d, request.app[ADMIN], body)
         except Exception as e:
-            log.exception("admin request failed", extra={"route": name, "error": str(e)})
-            return error_reply(500, f"pynet: {name} failed: {e}")
+            return failed(log, name, e, {"route": name})
         return web.Response(body=msgspec.json.encode(result), content_type="application/json")
 
     return serve

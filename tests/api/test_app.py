@@ -7,6 +7,7 @@ The app runs with the real store, IPAM and state; only the backend is a recordin
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar
@@ -24,7 +25,7 @@ from pynet.drivers.naming import bridge_name
 from pynet.drivers.netlink import Netlink
 from pynet.drivers.options import Option, parse_bool, parse_options
 from pynet.ipam import Ipam
-from pynet.plugin.api.app import make_app
+from pynet.plugin.api.app import MAX_BODY, MAX_MESSAGE, make_app
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import Daemon
 from pynet.plugin.daemon.state import State
@@ -222,6 +223,80 @@ async def test_empty_body_on_a_method_with_arguments_names_the_missing_field(cli
 async def test_wrong_field_type_names_the_field(client: Client) -> None:
     msg = await client.err("NetworkDriver.CreateNetwork", {"NetworkID": 5})
     assert "NetworkID" in msg
+
+
+@pytest.mark.parametrize(
+    "generic, named",
+    [({"mode": ["bridge"]}, "option mode must be a string, got ['bridge']"), ({"fail": {"x": 1}}, "option fail must be a string")],
+)
+async def test_option_of_the_wrong_type_is_a_400_naming_it(client: Client, generic: Any, named: str) -> None:
+    # A list as `mode` was a 500 "internal error ... unhashable type: 'list'".
+    body = {"NetworkID": NET, "Options": {"com.docker.network.generic": generic}}
+    status, reply = await client.call("NetworkDriver.CreateNetwork", body)
+    assert status == 400 and named in reply["Err"], reply
+    assert await client.daemon.state.network(NET) is None
+
+
+async def test_map_given_as_a_number_names_its_path(client: Client) -> None:
+    body = {**create_network_body(), "IPv4Data": [{"Pool": "10.1.0.0/24", "AuxAddresses": 5}]}
+    status, reply = await client.call("NetworkDriver.CreateNetwork", body)
+    assert status == 400 and "$.IPv4Data[0].AuxAddresses" in reply["Err"]
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "n" * 65, "é" * 4, " " + NET[1:]])
+async def test_ids_that_are_not_dockers_are_refused_by_name(client: Client, bad: str) -> None:
+    # IDs become store keys and link names: an empty one, or one with a '/', made another key.
+    status, reply = await client.call("NetworkDriver.CreateNetwork", {**create_network_body(), "NetworkID": bad})
+    assert status == 400 and "NetworkID must be a Docker ID" in reply["Err"], reply
+    status, reply = await client.call("NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": bad})
+    assert status == 400 and "EndpointID must be a Docker ID" in reply["Err"], reply
+    assert await client.daemon.store.range("/") == []
+
+
+async def test_statuses_tell_the_callers_mistakes_from_pynets(client: Client) -> None:
+    """InvalidRequest was a 500; Docker only tells 200 from the rest, operators read the status."""
+    assert (await client.call("IpamDriver.ReleasePool", {"PoolID": "nonsense"}))[0] == 400
+    assert (await client.call("NetworkDriver.CreateEndpoint", endpoint_body()))[0] == 409
+    # Never a 404, which Docker takes from this method as "not implemented", i.e. success (§1.4).
+    program = {"NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": [portmap(8080)]}}
+    assert (await client.call("NetworkDriver.ProgramExternalConnectivity", program))[0] == 409
+    pool = {"AddressSpace": "pynet-local", "Pool": "10.5.0.0/24"}
+    await client.ok("IpamDriver.RequestPool", pool)
+    assert (await client.call("IpamDriver.RequestPool", {**pool, "Pool": "10.5.0.0/16"}))[0] == 409
+    assert (await client.call("NetworkDriver.CreateNetwork", create_network_body(fail="true")))[0] == 500
+
+
+async def test_body_over_the_limit_is_a_json_413(client: Client) -> None:
+    body = b'{"NetworkID": "' + b"a" * MAX_BODY + b'"}'
+    for path in ("/NetworkDriver.CreateNetwork", "/IpamDriver.RequestPool"):
+        async with client.session.post(path, data=body) as r:
+            assert r.status == 413 and r.content_type == "application/json"
+            reply = await r.json()
+            assert reply["Err"] == reply["Error"] and "body" in reply["Err"] and path[1:] in reply["Err"]
+
+
+async def test_largest_docker_body_is_accepted(client: Client) -> None:
+    """Every port published, TCP and UDP: Docker's largest body, 13.4 MiB, under MAX_BODY."""
+    await client.ok("NetworkDriver.CreateNetwork", create_network_body())
+    ports = [portmap(p, p, proto) for proto in (6, 17) for p in range(1, 65536)]
+    body = {**endpoint_body(), "Options": {"com.docker.network.portmap": ports}}
+    assert len(json.dumps(body)) > 1024**2 * 10
+    assert await client.ok("NetworkDriver.CreateEndpoint", body) == {"Interface": {"MacAddress": "02:42:0a:01:00:02"}}
+
+
+async def test_huge_bad_value_is_cut_in_the_reply_and_the_log(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    msg = await client.err("NetworkDriver.CreateNetwork", create_network_body(fail="x" * 100_000))
+    assert len(msg) < MAX_MESSAGE + 100 and msg.endswith("more characters)")
+    assert all(len(str(getattr(r, "error", ""))) < MAX_MESSAGE + 100 for r in caplog.records)
+
+
+async def test_bad_requests_log_no_traceback_and_nothing_at_error_level(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    await client.err("NetworkDriver.CreateNetwork", {"NetworkID": NET, "Options": {"com.docker.network.generic": {"mode": [1]}}})
+    await client.err("NetworkDriver.CreateNetwork", raw=b"{not json")
+    await client.err("IpamDriver.RequestAddress", {"PoolID": "pynet-local:10.9.0.0/24"})
+    assert caplog.records and all(r.levelno < logging.ERROR and r.exc_info is None for r in caplog.records)
 
 
 # -- networks ----------------------------------------------------------------------------------

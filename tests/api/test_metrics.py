@@ -90,8 +90,8 @@ async def test_a_failed_request_is_logged_with_its_method_and_ids(
 ) -> None:
     await populate(plugin)
     body = {"NetworkID": NET, "EndpointID": "f" * 64, "SandboxKey": "", "Options": {}}
-    assert (await plugin.post("/NetworkDriver.Join", body))[0] == 500
-    assert (await plugin.post("/IpamDriver.ReleasePool", {"PoolID": "nonsense"}))[0] == 500
+    assert (await plugin.post("/NetworkDriver.Join", body))[0] == 409
+    assert (await plugin.post("/IpamDriver.ReleasePool", {"PoolID": "nonsense"}))[0] == 400
     join, release = api_log()[-2:]
     assert (join["level"], join["msg"]) == ("warning", "request failed")
     assert (join["method"], join["network"], join["endpoint"]) == ("NetworkDriver.Join", NET[:12], "f" * 12)

@@ -224,7 +224,7 @@ async def test_failed_endpoint_leaves_no_link(ns: Namespaces, pynet: Pynet, call
     connector = aiohttp.UnixConnector(path=str(pynet.sock))
     async with aiohttp.ClientSession(connector=connector) as s:
         async with s.post("http://p/NetworkDriver.CreateEndpoint", data=json.dumps(ENDPOINT)) as r:
-            assert r.status == 500
+            assert r.status == 409  # a Conflict: the name is taken
             assert "pnh-" + EP[:11] in (await r.json(content_type=None))["Err"]
     # pynet removed nothing it did not create, and created nothing that stayed.
     assert ns.links() == before | {"pnh-" + EP[:11]}

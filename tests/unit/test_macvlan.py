@@ -73,7 +73,7 @@ def test_unknown_option_is_rejected_with_the_known_ones() -> None:
         ({"parent": "eth0", "macvlan_mode": "l2"}, r"option macvlan_mode must be one of bridge, vepa, private, passthru, got 'l2'"),
         ({"parent": "eth0", "mtu": "65536"}, r"option mtu must be an integer in 68..65535, got '65536'"),
         ({"parent": "eth0", "mtu": "big"}, r"option mtu must be an integer in 68..65535, got 'big'"),
-        ({"parent": "a-very-long-interface"}, r"option parent must be an interface name of 1 to 15 characters, got 'a-very-long-interface'"),
+        ({"parent": "a-very-long-interface"}, r"option parent must be an interface name of 1 to 15 ASCII characters, without '/', ':' or spaces, got 'a-very-long-interface'"),
         ({"parent": "lo"}, r"option parent must be an Ethernet interface, not the loopback, got 'lo'"),
         ({"parent": "lo.10"}, r"option parent must be an Ethernet interface, not the loopback, got 'lo.10'"),
         ({"parent": "pnb-0123456789a"}, r"option parent must be a host interface, not a link pynet made for a network, got 'pnb-0123456789a'"),

@@ -70,7 +70,7 @@ def test_one_option_given_twice_is_refused() -> None:
         ({"masquerade": "maybe"}, r"option masquerade must be true or false, got 'maybe'"),
         ({"icc": ""}, r"option icc must be true or false, got ''"),
         ({"host_binding_ipv4": "::1"}, r"option host_binding_ipv4 must be an IPv4 address, got '::1'"),
-        ({"bridge_name": "a-very-long-bridge"}, r"option bridge_name must be an interface name of 1 to 15 characters, got 'a-very-long-bridge'"),
+        ({"bridge_name": "a-very-long-bridge"}, r"option bridge_name must be an interface name of 1 to 15 ASCII characters, without '/', ':' or spaces, got 'a-very-long-bridge'"),
     ],
 )
 def test_bridge_bad_values_name_the_option_and_value(options: dict[str, str], match: str) -> None:
