@@ -21,6 +21,7 @@ from pynet.drivers import registry
 from pynet.drivers.config import VxlanConfig
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.netlink import Netlink
+from pynet.drivers.ports import HostPorts
 from pynet.drivers.vxlan import VxlanBackend
 from pynet.ipam import Ipam
 from pynet.plugin.api.app import make_app
@@ -55,10 +56,12 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
     # Names across hosts need the shared store: only then does pynet serve them.
     dns_address = settings.dns_address if settings.etcd_endpoints else ""
     firewall = Firewall(settings.iptables_backend or None, dns_address=dns_address)
+    ports = HostPorts()
     backends = registry.build(
         registry.Deps(
             netlink,
             firewall,
+            ports,
             store,
             settings.store_prefix,
             host,
@@ -82,6 +85,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
         ),
         netlink=netlink,
         firewall=firewall,
+        ports=ports,
         backends=backends,
     )
 
