@@ -18,6 +18,7 @@ from pynet.drivers.firewall import Firewall
 from pynet.drivers.naming import BRIDGE_PREFIX, bridge_mac, bridge_name
 from pynet.drivers.netlink import HostView, Netlink
 from pynet.drivers.options import Option, ifname, int_in, ipv4_address, parse_bool, parse_options
+from pynet.drivers.ports import HostPorts
 from pynet.drivers.segment import Segment, SegmentEndpoints
 
 log = logging.getLogger("pynet.bridge")
@@ -58,9 +59,9 @@ class BridgeBackend(SegmentEndpoints):
     link_prefixes: ClassVar[tuple[str, ...]] = (BRIDGE_PREFIX, *Segment.link_prefixes)
     publishes_ports: ClassVar[bool] = True
 
-    def __init__(self, netlink: Netlink, firewall: Firewall) -> None:
+    def __init__(self, netlink: Netlink, firewall: Firewall, ports: HostPorts) -> None:
         self.nl = netlink
-        self.segment = Segment(netlink, firewall)
+        self.segment = Segment(netlink, firewall, ports)
 
     def parse_options(self, options: Mapping[str, str], net: Draft) -> BridgeConfig:
         cfg = parse_options(self.mode, OPTIONS, options)

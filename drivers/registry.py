@@ -19,6 +19,7 @@ from pynet.drivers.config import BridgeConfig, Config, MacvlanConfig, VxlanConfi
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.netlink import HostView, Netlink
 from pynet.drivers.peers import Observer
+from pynet.drivers.ports import HostPorts
 from pynet.store.base import Store
 
 C = TypeVar("C", BridgeConfig, MacvlanConfig, VxlanConfig)
@@ -30,6 +31,7 @@ class Deps:
 
     netlink: Netlink
     firewall: Firewall
+    ports: HostPorts  # the sockets holding published host ports; the daemon's own
     store: Store
     prefix: str  # the store's key prefix
     host: str
@@ -50,7 +52,7 @@ class Entry(Generic[C]):
 
 def _vxlan(d: Deps) -> Backend:
     return vxlan.VxlanBackend(
-        d.netlink, d.firewall, d.store, d.prefix, d.host, d.lease_ttl, d.observer, d.underlay, d.store_address
+        d.netlink, d.firewall, d.ports, d.store, d.prefix, d.host, d.lease_ttl, d.observer, d.underlay, d.store_address
     )
 
 
@@ -59,7 +61,7 @@ BACKENDS: tuple[Entry[Any], ...] = (
         bridge.BridgeBackend.mode,
         BridgeConfig,
         bridge.BridgeBackend.link_prefixes,
-        lambda d: bridge.BridgeBackend(d.netlink, d.firewall),
+        lambda d: bridge.BridgeBackend(d.netlink, d.firewall, d.ports),
         bridge.mtu_limit,
     ),
     Entry(

@@ -30,6 +30,7 @@ from pynet.drivers.config import BridgedConfig
 from pynet.drivers.firewall import Firewall, NetRules
 from pynet.drivers.naming import HOST_END_PREFIX, PEER_PREFIX, endpoint_links, gateway_ip, mac_for
 from pynet.drivers.netlink import Netlink, write_sysctl
+from pynet.drivers.ports import HostPorts
 from pynet.store.errors import Conflict, PynetError
 
 log = logging.getLogger("pynet.segment")
@@ -48,9 +49,11 @@ class Segment:
     # The veth ends; each mode that holds a segment lists them with its own link prefixes.
     link_prefixes: tuple[str, ...] = (HOST_END_PREFIX, PEER_PREFIX)
 
-    def __init__(self, netlink: Netlink, firewall: Firewall) -> None:
+    def __init__(self, netlink: Netlink, firewall: Firewall, ports: HostPorts) -> None:
         self.nl = netlink
         self.fw = firewall
+        # The sockets holding the published host ports, one set per daemon (shared by modes).
+        self.ports = ports
         # Published ports per network, per endpoint: the firewall is rewritten per network.
         self._ports: dict[str, dict[str, list[PortMap]]] = {}
 
@@ -87,7 +90,8 @@ class Segment:
 
     async def delete(self, net: Network) -> None:
         cfg = config_of(net, BridgedConfig)
-        self._ports.pop(net.id, None)
+        for ep_id in self._ports.pop(net.id, {}):
+            self.ports.release(ep_id)
         await self.fw.remove(net.id)
         await self.nl.settle()
         bridge = await self.nl.link(cfg.bridge)
@@ -135,8 +139,7 @@ class Segment:
     async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         host_end, _ = endpoint_links(ep.id)
         await self.nl.retire_link(host_end)
-        if self._ports.get(net.id, {}).pop(ep.id, None):
-            await self._apply_rules(net)
+        await self.revoke_external(net, ep)
 
     async def program_external(self, net: Network, ep: Endpoint) -> None:
         self._ports.setdefault(net.id, {})[ep.id] = list(ep.ports)
@@ -145,8 +148,10 @@ class Segment:
         await self._apply_rules(net)
 
     async def revoke_external(self, net: Network, ep: Endpoint) -> None:
+        """Rules first, then the sockets: the port is never free while DNAT still takes it."""
         if self._ports.get(net.id, {}).pop(ep.id, None) is not None:
             await self._apply_rules(net)
+        self.ports.release(ep.id)
 
     # -- firewall ----------------------------------------------------------------------------
 
@@ -176,6 +181,7 @@ class Segment:
             self._keep_ports(net_id, mine)
         failed = await restore_each(nets, lambda net: self.ensure(net, mac_of(net)))
         await self.fw.set_all({net.id: self.rules(net) for net in nets})
+        self._retake(eps)
         return failed
 
     async def restore(self, net: Network, mac: str, eps: list[Endpoint]) -> None:
@@ -183,6 +189,19 @@ class Segment:
         self._keep_ports(net.id, eps)
         await self.ensure(net, mac)
         await self._apply_rules(net)
+
+    def _retake(self, eps: list[Endpoint]) -> None:
+        """The host ports running containers publish, bound again (they died with pynet)."""
+        for ep in eps:
+            if not ep.ports:
+                continue
+            lost = self.ports.retake(ep.id, ep.ports)
+            if lost:
+                # Taken while pynet was down; the container's DNAT still gets the traffic.
+                log.warning(
+                    "published host port now bound by another process",
+                    extra={"network": ep.network_id, "endpoint": ep.id, "ports": ",".join(lost)},
+                )
 
     def _keep_ports(self, net_id: str, eps: list[Endpoint]) -> None:
         self._ports[net_id] = {ep.id: list(ep.ports) for ep in eps if ep.ports}
@@ -205,7 +224,9 @@ class SegmentEndpoints:
         return self.segment.join(net, ep)
 
     async def leave(self, net: Network, ep: Endpoint) -> None:
-        return None  # Docker takes the container end back; the pair goes at DeleteEndpoint
+        # Docker takes the container end back; the pair goes at DeleteEndpoint. Its ports go
+        # now: Docker revokes them first only for the sandbox's gateway endpoint.
+        await self.segment.revoke_external(net, ep)
 
     async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         await self.segment.delete_endpoint(net, ep)

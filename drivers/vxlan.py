@@ -44,6 +44,7 @@ from pynet.drivers.naming import VXLAN_BRIDGE_PREFIX, VXLAN_DEVICE_PREFIX, vni_m
 from pynet.drivers.netlink import HostView, Link, Netlink
 from pynet.drivers.options import Option, int_in, invalid, parse_bool, parse_options
 from pynet.drivers.peers import Observer, Registry, Sync, endpoint_key, vtep_key
+from pynet.drivers.ports import HostPorts
 from pynet.drivers.segment import Segment, SegmentEndpoints
 from pynet.store.base import Store
 from pynet.store.errors import InvalidRequest, PynetError
@@ -120,6 +121,7 @@ class VxlanBackend(SegmentEndpoints):
         self,
         netlink: Netlink,
         firewall: Firewall,
+        ports: HostPorts,
         store: Store,
         prefix: str,
         host: str,
@@ -129,7 +131,7 @@ class VxlanBackend(SegmentEndpoints):
         store_address: str = "",
     ) -> None:
         self.nl = netlink
-        self.segment = Segment(netlink, firewall)
+        self.segment = Segment(netlink, firewall, ports)
         self.prefix = prefix
         self.host = host
         # Where a network without `-o underlay` puts its VTEP: the daemon's --underlay, else

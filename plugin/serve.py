@@ -22,6 +22,7 @@ from pynet.drivers.base import Failures
 from pynet.drivers.config import VxlanConfig
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.netlink import Netlink
+from pynet.drivers.ports import HostPorts
 from pynet.drivers.vxlan import VxlanBackend
 from pynet.ipam import Ipam
 from pynet.plugin.api.app import make_app
@@ -57,10 +58,12 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
     # Names across hosts need the shared store: only then does pynet serve them.
     dns_address = settings.dns_address if settings.etcd_endpoints else ""
     firewall = Firewall(settings.iptables_backend or None, dns_address=dns_address)
+    ports = HostPorts()
     backends = registry.build(
         registry.Deps(
             netlink,
             firewall,
+            ports,
             store,
             settings.store_prefix,
             host,
@@ -84,6 +87,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
         ),
         netlink=netlink,
         firewall=firewall,
+        ports=ports,
         backends=backends,
     )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import random
 import re
 import time
 from dataclasses import dataclass
@@ -19,10 +18,11 @@ import msgspec
 from msgspec.structs import replace
 
 from pynet.drivers import vnis
-from pynet.drivers.base import Endpoint, Network, PortMap, Subnet, undo_on_failure
+from pynet.drivers.base import Endpoint, Network, Subnet, undo_on_failure
 from pynet.drivers.claims import Claims
 from pynet.drivers.config import BridgedConfig
 from pynet.drivers.options import invalid
+from pynet.drivers.ports import PortRequest
 from pynet.plugin.api import wire
 from pynet.plugin.api.routes import Routes
 from pynet.plugin.api.wire import decode
@@ -33,7 +33,6 @@ log = logging.getLogger("pynet.network")
 route = Routes("NetworkDriver")
 
 GENERIC = "com.docker.network.generic"
-EPHEMERAL_PORTS = range(49153, 65536)
 MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
@@ -329,7 +328,7 @@ async def leave(d: Daemon, body: bytes) -> wire.Empty:
         if net is None or ep is None:
             return wire.Empty()
         await d.backend(net.mode).leave(net, ep)
-        ep.joined = False
+        ep.joined, ep.ports = False, []
         await d.state.save_endpoint(ep)
     log.info("endpoint left", extra={"network": net.id, "endpoint": ep.id})
     return wire.Empty()
@@ -361,9 +360,14 @@ async def program_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
             if other.id != ep.id
             for p in other.ports
         }
-        ep.ports = _resolve_ports(net, ep, bindings, taken)
-        await backend.program_external(net, ep)
-        await d.state.save_endpoint(ep)
+        default_ip = net.config.host_binding_ipv4 if isinstance(net.config, BridgedConfig) else ""
+        requests = [_port_request(b, default_ip) for b in bindings]
+        # Bound first (a range's port is the first one free), then the rules, then listening.
+        async with undo_on_failure(lambda: backend.revoke_external(net, ep)):
+            ep.ports = d.ports.claim(ep.id, requests, ep.address, ep.address6, taken, ep.ports)
+            await backend.program_external(net, ep)
+            d.ports.listen(ep.id)
+            await d.state.save_endpoint(ep)
     if ep.ports:
         log.info(
             "ports published",
@@ -376,42 +380,15 @@ async def program_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
     return wire.Empty()
 
 
-def _resolve_ports(
-    net: Network, ep: Endpoint, bindings: list[wire.PortBinding], taken: set[tuple[str, int]]
-) -> list[PortMap]:
-    """Docker's portmap entries -> one PortMap per address family that can serve it."""
-    out: list[PortMap] = []
-    default_v4 = net.config.host_binding_ipv4 if isinstance(net.config, BridgedConfig) else ""
-    for b in bindings:
-        proto = wire.PROTOCOLS.get(b.Proto)
-        if proto is None:
-            raise InvalidRequest(f"pynet: published port protocol must be tcp, udp or sctp, got {b.Proto!r}")
-        host_port = b.HostPort or _free_port(proto, taken)
-        if (proto, host_port) in taken:
-            raise Conflict(f"pynet: host port {host_port}/{proto} is already published by another container")
-        taken.add((proto, host_port))
-        host_ip = b.HostIP or default_v4
-        try:
-            families = [4, 6] if not host_ip else [ipaddress.ip_address(host_ip).version]
-        except ValueError:
-            raise InvalidRequest(f"pynet: published port host IP must be an IP address, got {host_ip!r}") from None
-        for family in families:
-            addr = ep.address if family == 4 else ep.address6
-            if not addr:
-                continue
-            shown_ip = host_ip if host_ip not in ("0.0.0.0", "::") else ""
-            out.append(PortMap(proto, shown_ip, host_port, str(ipaddress.ip_interface(addr).ip), b.Port))
-    return out
-
-
-def _free_port(proto: str, taken: set[tuple[str, int]]) -> int:
-    """A host port for `-P` / `-p 80`, chosen like Docker: random in the ephemeral range."""
-    start = random.choice(EPHEMERAL_PORTS)
-    for offset in range(len(EPHEMERAL_PORTS)):
-        port = EPHEMERAL_PORTS[(start - EPHEMERAL_PORTS.start + offset) % len(EPHEMERAL_PORTS)]
-        if (proto, port) not in taken:
-            return port
-    raise Conflict(f"pynet: no free host port left for {proto}")
+def _port_request(b: wire.PortBinding, default_ip: str) -> PortRequest:
+    """Docker's portmap entry; the network's host_binding_ipv4 when the user named no host IP."""
+    return PortRequest(
+        proto=wire.PROTOCOLS.get(b.Proto, str(b.Proto)),
+        host_ip=b.HostIP or default_ip,
+        host_port=b.HostPort,
+        host_port_end=b.HostPortEnd,
+        container_port=b.Port,
+    )
 
 
 @route("RevokeExternalConnectivity")

@@ -11,6 +11,7 @@ from aiohttp import web
 from pynet.drivers.base import Backend, Failures
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.netlink import Netlink
+from pynet.drivers.ports import HostPorts
 from pynet.ipam import Ipam
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.state import State
@@ -45,6 +46,7 @@ class Daemon:
     ipam: Ipam
     netlink: Netlink
     firewall: Firewall
+    ports: HostPorts  # the sockets holding published host ports, shared with the backends
     backends: dict[str, Backend]
     # Set once the store is open and the kernel reconciled; only Activate and GetCapabilities
     # answer before that, so Docker can register pynet while it starts.

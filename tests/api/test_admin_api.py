@@ -101,7 +101,7 @@ async def plugin(tmp_path: Path) -> AsyncIterator[Plugin]:
     settings = Settings(socket=str(tmp_path / "pynet.sock"), state_dir=str(tmp_path / "state"), host_id="h1")
     metrics = Metrics()
     d = build(settings, metrics)
-    p = Plugin(settings, d, metrics, RecordingBackend(), FakeNetlink(), FakeIptables())
+    p = Plugin(settings, d, metrics, RecordingBackend(d.ports), FakeNetlink(), FakeIptables())
     d.backends = {"bridge": p.backend}  # type: ignore[dict-item]
     d.netlink = p.netlink  # type: ignore[assignment]
     d.ready.set()

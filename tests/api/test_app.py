@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar
@@ -15,7 +16,6 @@ from typing import Any, AsyncIterator, ClassVar
 import aiohttp
 import pytest
 from aiohttp import web
-
 from msgspec.structs import replace
 
 from pynet.drivers.base import Draft, Endpoint, JoinInfo, Network, config_of
@@ -24,6 +24,7 @@ from pynet.drivers.firewall import Firewall
 from pynet.drivers.naming import bridge_name
 from pynet.drivers.netlink import Netlink
 from pynet.drivers.options import Option, parse_bool, parse_options
+from pynet.drivers.ports import HostPorts
 from pynet.ipam import Ipam
 from pynet.plugin.api.app import MAX_BODY, MAX_MESSAGE, make_app
 from pynet.plugin.daemon.config import Settings
@@ -31,6 +32,7 @@ from pynet.plugin.daemon.daemon import Daemon
 from pynet.plugin.daemon.state import State
 from pynet.store.embedded import EmbeddedStore
 from pynet.store.errors import PynetError
+from tests.sockets import LOOPBACK, bindable, free_ports
 
 NET = "n" * 64
 FAIL = "FAIL"
@@ -45,9 +47,10 @@ class RecordingBackend:
     link_prefixes: ClassVar[tuple[str, ...]] = ("pnh-", "pnc-")
     publishes_ports: ClassVar[bool] = True
 
-    def __init__(self) -> None:
+    def __init__(self, ports: HostPorts) -> None:
         self.calls: list[tuple[str, str]] = []
         self.kernel: set[str] = set()
+        self.ports = ports  # released where drivers/segment.py releases them
 
     def parse_options(self, options: Mapping[str, str], net: Draft) -> BridgeConfig:
         fail = parse_options(self.mode, [Option("fail", parse_bool, False)], options)["fail"]
@@ -82,12 +85,14 @@ class RecordingBackend:
     async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         self.calls.append(("delete_endpoint", ep.id))
         self.kernel.discard(ep.id)
+        self.ports.release(ep.id)
 
     async def program_external(self, net: Network, ep: Endpoint) -> None:
         self.calls.append(("program_external", ep.id))
 
     async def revoke_external(self, net: Network, ep: Endpoint) -> None:
         self.calls.append(("revoke_external", ep.id))
+        self.ports.release(ep.id)
 
     async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
         self.calls.append(("reconcile", str(len(nets))))
@@ -124,7 +129,8 @@ class Client:
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[Client]:
     store = EmbeddedStore(tmp_path / "store.sqlite")
-    backend = RecordingBackend()
+    ports = HostPorts()
+    backend = RecordingBackend(ports)
     netlink = Netlink()
     await netlink.open()
     daemon = Daemon(
@@ -135,6 +141,7 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
         ipam=Ipam(store, "h1", "/pynet/"),
         netlink=netlink,
         firewall=Firewall(),
+        ports=ports,
         backends={"bridge": backend},  # type: ignore[dict-item]
     )
     daemon.ready.set()
@@ -433,17 +440,23 @@ async def test_delete_network_removes_its_stale_endpoints(client: Client) -> Non
 # -- published ports ---------------------------------------------------------------------------
 
 
-def portmap(host_port: int, port: int = 80, proto: int = 6, host_ip: str = "") -> dict[str, Any]:
-    return {"Proto": proto, "IP": "", "Port": port, "HostIP": host_ip, "HostPort": host_port, "HostPortEnd": host_port}
+def portmap(
+    host_port: int, port: int = 80, proto: int = 6, host_ip: str = LOOPBACK, end: int | None = None
+) -> dict[str, Any]:
+    return {
+        "Proto": proto, "IP": "", "Port": port, "HostIP": host_ip,
+        "HostPort": host_port, "HostPortEnd": host_port if end is None else end,
+    }
 
 
 async def test_program_and_revoke_external_connectivity(client: Client) -> None:
     await client.ok("NetworkDriver.CreateNetwork", create_network_body())
     await client.ok("NetworkDriver.CreateEndpoint", endpoint_body())
+    port = free_ports(1)
     body = {
         "NetworkID": NET,
         "EndpointID": EP,
-        "Options": {"com.docker.network.portmap": [portmap(8080), portmap(0, 53, 17)]},
+        "Options": {"com.docker.network.portmap": [portmap(port), portmap(0, 53, 17)]},
     }
     assert await client.ok("NetworkDriver.ProgramExternalConnectivity", body) == {}
     ep = await client.daemon.state.endpoint(EP)
@@ -451,16 +464,58 @@ async def test_program_and_revoke_external_connectivity(client: Client) -> None:
     tcp, udp = ep.ports
     assert (tcp.proto, tcp.host_ip, tcp.host_port, tcp.container_ip, tcp.container_port) == (
         "tcp",
-        "",
-        8080,
+        LOOPBACK,
+        port,
         "10.1.0.2",
         80,
     )
     assert udp.proto == "udp" and 49153 <= udp.host_port <= 65535 and udp.container_port == 53
     assert ("program_external", EP) in client.backend.calls
+    assert not bindable(port) and not bindable(udp.host_port, socket.SOCK_DGRAM), "both ports are held"
     assert await client.ok("NetworkDriver.RevokeExternalConnectivity", {"NetworkID": NET, "EndpointID": EP}) == {}
     ep = await client.daemon.state.endpoint(EP)
     assert ep is not None and ep.ports == []
+    assert bindable(port) and bindable(udp.host_port, socket.SOCK_DGRAM), "revoked ports are free again"
+
+
+async def test_host_port_in_use_fails_naming_it_and_holds_nothing(client: Client) -> None:
+    await client.ok("NetworkDriver.CreateNetwork", create_network_body())
+    await client.ok("NetworkDriver.CreateEndpoint", endpoint_body())
+    free = free_ports(2)
+    busy = free + 1
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((LOOPBACK, busy))
+        server.listen()
+        opts = {"com.docker.network.portmap": [portmap(free), portmap(busy, 81)]}
+        msg = await client.err(
+            "NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NET, "EndpointID": EP, "Options": opts}
+        )
+        assert f"host port {LOOPBACK}:{busy}/tcp is already in use" in msg, msg
+        assert bindable(free), "the port bound before the failure is released"
+        ep = await client.daemon.state.endpoint(EP)
+        assert ep is not None and ep.ports == []
+        assert ("revoke_external", EP) in client.backend.calls
+
+
+async def test_range_publishes_its_first_free_port(client: Client) -> None:
+    await client.ok("NetworkDriver.CreateNetwork", create_network_body())
+    await client.ok("NetworkDriver.CreateEndpoint", endpoint_body())
+    first = free_ports(3)
+    with socket.socket() as server:
+        server.bind((LOOPBACK, first))
+        server.listen()
+        opts = {"com.docker.network.portmap": [portmap(first, end=first + 2)]}
+        body = {"NetworkID": NET, "EndpointID": EP, "Options": opts}
+        await client.ok("NetworkDriver.ProgramExternalConnectivity", body)
+        ep = await client.daemon.state.endpoint(EP)
+        assert ep is not None and [p.host_port for p in ep.ports] == [first + 1]
+        # Docker retries after connection errors: the retry keeps the port it got.
+        await client.ok("NetworkDriver.ProgramExternalConnectivity", body)
+        ep = await client.daemon.state.endpoint(EP)
+        assert ep is not None and [p.host_port for p in ep.ports] == [first + 1]
+    await client.ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
+    assert bindable(first + 1), "DeleteEndpoint releases the port"
 
 
 async def test_host_port_taken_by_another_endpoint_is_refused(client: Client) -> None:
@@ -468,12 +523,13 @@ async def test_host_port_taken_by_another_endpoint_is_refused(client: Client) ->
     await client.ok("NetworkDriver.CreateEndpoint", endpoint_body())
     other = "f" * 64
     await client.ok("NetworkDriver.CreateEndpoint", {**endpoint_body("10.1.0.3/24"), "EndpointID": other})
-    opts = {"com.docker.network.portmap": [portmap(8080)]}
+    port = free_ports(1)
+    opts = {"com.docker.network.portmap": [portmap(port)]}
     await client.ok("NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NET, "EndpointID": EP, "Options": opts})
     msg = await client.err(
         "NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NET, "EndpointID": other, "Options": opts}
     )
-    assert "8080/tcp" in msg
+    assert f"{port}/tcp" in msg
 
 
 async def test_bad_port_protocol_and_host_ip_are_named(client: Client) -> None:

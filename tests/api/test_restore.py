@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from pynet.drivers.base import Endpoint, Network
+from pynet.drivers.ports import HostPorts
 from pynet.plugin.daemon.restore import restore_failing
 from pynet.plugin.daemon.supervisor import TaskState
 from pynet.store.errors import PynetError
@@ -19,8 +20,8 @@ CAUSE = "pynet: the underlay 192.0.2.77 of VNI 4343 is not on this host"
 class Restorable(RecordingBackend):
     """Restores once `back` is set."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, ports: HostPorts) -> None:
+        super().__init__(ports)
         self.back = False
 
     async def restore(self, net: Network, eps: list[Endpoint]) -> None:
@@ -30,7 +31,7 @@ class Restorable(RecordingBackend):
 
 
 async def test_a_failing_network_refuses_naming_itself_until_its_retry_succeeds(client: Client) -> None:
-    backend = Restorable()
+    backend = Restorable(client.daemon.ports)
     client.daemon.backends["bridge"] = backend  # type: ignore[assignment]
     await client.ok("NetworkDriver.CreateNetwork", create_network_body())
     client.daemon.failing = {NET: CAUSE}
@@ -54,7 +55,7 @@ async def test_a_failing_network_refuses_naming_itself_until_its_retry_succeeds(
 
 
 async def test_a_failing_network_can_be_deleted_and_is_not_retried_then(client: Client) -> None:
-    backend = Restorable()
+    backend = Restorable(client.daemon.ports)
     client.daemon.backends["bridge"] = backend  # type: ignore[assignment]
     await client.ok("NetworkDriver.CreateNetwork", create_network_body())
     client.daemon.failing = {NET: CAUSE}

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
+import subprocess
+import sys
+from collections.abc import Iterator
 
 import pytest
 
 from lab import Host, Lab
+from tests.docker.test_cli import cli_json
 from tests.dockercli import Docker, http_get, pynet_links, pynet_rules, wait_for
 
 PYNET = ("-d", "pynet", "--ipam-driver", "pynet")
@@ -133,6 +138,78 @@ def test_published_port_from_outside_host_and_itself(docker: Docker, lab: Lab, h
     assert http_get(lab.outside.run, docker.ip(web, net), 80) == ""
     docker("rm", "-f", web)
     assert http_get(lab.outside.run, host.address, 8080) == "", "removing the container unpublishes its port"
+
+
+# A host's own server, in the test dockerd's network namespace: answers every connection.
+HOST_SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen()
+print("up", flush=True)
+while True:
+    c, _ = s.accept()
+    c.recv(1024)
+    c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\nhello-from-host\\n")
+    c.close()
+"""
+
+
+@contextlib.contextmanager
+def host_server(host: Host, port: int) -> Iterator[None]:
+    server = host.popen(sys.executable, "-c", HOST_SERVER, str(port), stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def run_fails(docker: Docker, base: str, *args: str) -> str:
+    """`docker run -d` that must fail; its stderr. The created container is cleaned up."""
+    name = docker.name(base)
+    docker.containers.append(name)
+    r = docker("run", "-d", "--name", name, *args, "pnbusybox:latest", *HTTPD, check=False)
+    assert r.returncode != 0, r.stdout
+    return r.stderr
+
+
+def test_published_port_in_use_fails_naming_it(docker: Docker, lab: Lab, host: Host) -> None:
+    net = docker.network("busy", *PYNET, "--subnet", "10.57.0.0/24")
+    with host_server(host, 8094):
+        err = run_fails(docker, "onhost", "--network", net, "-p", "8094:80")
+        assert "host port 8094/tcp is already in use" in err, err
+        assert http_get(lab.outside.run, host.address, 8094) == "hello-from-host\n", "the host's server keeps its port"
+    # Docker's own port proxy (a container on Docker's bridge) holds its port too ...
+    docker.run("theirs", "-p", "8095:80", cmd=HTTPD)
+    err = run_fails(docker, "ondocker", "--network", net, "-p", "8095:80")
+    assert "host port 8095/tcp is already in use" in err, err
+    # ... and the other way round: a port a pynet container publishes is not Docker's to take.
+    docker.run("mine", "--network", net, "-p", "8096:80", cmd=HTTPD)
+    err = run_fails(docker, "stolen", "-p", "8096:80")
+    assert "8096" in err, err
+
+
+def test_port_range_publishes_the_first_free_port(docker: Docker, lab: Lab, host: Host) -> None:
+    net = docker.network("range", *PYNET, "--subnet", "10.58.0.0/24")
+    with host_server(host, 8100):
+        a = docker.run("a", "--network", net, "-p", "8100-8102:80", cmd=HTTPD)
+        b = docker.run("b", "--network", net, "-p", "8100-8102:80", cmd=HTTPD)
+        err = run_fails(docker, "c", "--network", net, "-p", "8100-8102:80")
+        assert "no free host port in 8100-8102/tcp: 1 in use" in err and "2 published by other containers" in err, err
+        for name, port in ((a, 8101), (b, 8102)):
+            hello = f"hello-from-{docker('inspect', '-f', '{{.Config.Hostname}}', name).stdout.strip()}\n"
+            assert wait_for(lambda p=port, h=hello: http_get(lab.outside.run, host.address, p) == h), name
+        assert http_get(lab.outside.run, host.address, 8100) == "hello-from-host\n"
+    # Where the chosen port shows: dockerd never reads a remote driver's ports (docs/protocol.md
+    # §2.7; 20.10, 26.1 and 28.5 alike, even with the portmap in EndpointOperInfo's reply).
+    assert docker("port", a).stdout == ""
+    _, eps = cli_json(host, "endpoints")
+    by_id = {e["id"]: e["ports"] for e in eps}
+    assert by_id[docker.ip(a, net, "EndpointID")] == ["*:8101->80/tcp"]
+    assert by_id[docker.ip(b, net, "EndpointID")] == ["*:8102->80/tcp"]
 
 
 def test_dual_stack(docker: Docker) -> None:

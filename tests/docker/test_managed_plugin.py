@@ -214,12 +214,13 @@ def test_macvlan_network(docker: Docker) -> None:
 def test_published_port_without_sysctls(docker: Docker, lab: Lab, host: Host) -> None:
     """Published ports work from other machines and the host's own address. Through 127.0.0.1
     on the host they need route_localnet on the bridge, a sysctl a plugin cannot write: the
-    README says so, and this fails once that changes."""
+    README says so, and this fails once that changes. Port 80: pynet binds the ports it
+    publishes, and one below 1024 needs CAP_NET_BIND_SERVICE (in the plugin's default set)."""
     net = docker.network("ports", *PYNET, "--subnet", "10.55.0.0/24")
-    docker.run("web", "--network", net, "-p", "8095:80", cmd=HTTPD)
-    assert http_get(lab.outside.run, host.address, 8095).startswith("hello")
-    assert http_get(host.run, host.address, 8095).startswith("hello")
-    assert http_get(host.run, "127.0.0.1", 8095) == "", "127.0.0.1 works now: update the README"
+    docker.run("web", "--network", net, "-p", "80:80", cmd=HTTPD)
+    assert http_get(lab.outside.run, host.address, 80).startswith("hello")
+    assert http_get(host.run, host.address, 80).startswith("hello")
+    assert http_get(host.run, "127.0.0.1", 80) == "", "127.0.0.1 works now: update the README"
 
 
 # -- lifecycle ----------------------------------------------------------------------------------

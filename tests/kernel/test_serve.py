@@ -305,3 +305,51 @@ async def test_a_second_daemon_refuses_to_start(ns: Namespaces, pynet: Pynet, ca
     assert (await call("NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})) == {"Value": {}}
     assert await call("Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
     assert oct((pynet.state / "pynet.lock").stat().st_mode & 0o777) == "0o600"
+
+
+def bind_in(ns: str, port: int) -> str:
+    """What a host process gets binding 0.0.0.0:port (TCP) in the namespace: "ok" or the error."""
+    code = (
+        "import socket,sys\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+        f"try:\n s.bind(('0.0.0.0',{port}));s.listen();print('ok')\nexcept OSError as e:\n print(e.strerror)"
+    )
+    return sh("ip", "netns", "exec", ns, sys.executable, "-c", code).stdout.strip()
+
+
+async def test_published_port_is_held_and_retaken_after_a_restart(ns: Namespaces, pynet: Pynet, call: Any) -> None:
+    await call("NetworkDriver.CreateNetwork", NETWORK)
+    await call("NetworkDriver.CreateEndpoint", ENDPOINT)
+    await call("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": "", "Options": {}})
+    ports = [
+        {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+        {"Proto": 6, "IP": "", "Port": 81, "HostIP": "", "HostPort": 8081, "HostPortEnd": 8081},
+    ]
+    body = {"NetworkID": NET, "EndpointID": EP, "Options": {"com.docker.network.portmap": ports}}
+    await call("NetworkDriver.ProgramExternalConnectivity", body)
+    assert bind_in(ns.host, 8080) == "Address already in use", "pynet holds the published port"
+    pynet.stop(signal.SIGKILL)
+    assert bind_in(ns.host, 8080) == "ok", "the socket dies with the daemon"
+    # While pynet is down, a host server takes 8081 and keeps it.
+    squatter = subprocess.Popen(
+        ["ip", "netns", "exec", ns.host, sys.executable, "-c",
+         "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',8081));s.listen();print('up',flush=True);time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "up"
+        pynet.start()
+        await call("NetworkDriver.EndpointOperInfo", {"NetworkID": NET, "EndpointID": EP})
+        assert bind_in(ns.host, 8080) == "Address already in use", "retaken at start, for the running container"
+        log = pynet.log.read_text()
+        assert "published host port now bound by another process" in log and "8081/tcp" in log
+        assert "--dport 8081" in ns.rules(), "the container keeps its DNAT"
+    finally:
+        os.kill(squatter.pid, signal.SIGKILL)
+        squatter.wait()
+    ids = {"NetworkID": NET, "EndpointID": EP}
+    for release in ("RevokeExternalConnectivity", "Leave", "DeleteEndpoint"):
+        await call("NetworkDriver.ProgramExternalConnectivity", body)
+        assert bind_in(ns.host, 8080) == "Address already in use"
+        await call(f"NetworkDriver.{release}", ids)
+        assert bind_in(ns.host, 8080) == "ok", f"{release} frees the port"
+        assert "--dport 8080" not in ns.rules()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pynet.drivers.base import Endpoint, Network, Subnet
 from pynet.drivers.config import BridgeConfig
 from pynet.drivers.firewall import Firewall, teardown_lines
+from pynet.drivers.ports import HostPorts
 from pynet.drivers.segment import Segment
 from tests.unit.test_firewall import FakeIptables, rules
 
@@ -52,14 +53,14 @@ def endpoint() -> Endpoint:
 def test_internal_join_routes_the_resolver_through_the_gateway() -> None:
     fw = Firewall("nft")
     fw.dns_address = DNS
-    info = Segment(None, fw).join(network(internal=True), endpoint())  # type: ignore[arg-type]
+    info = Segment(None, fw, HostPorts()).join(network(internal=True), endpoint())  # type: ignore[arg-type]
     assert info.gateway == ""
     assert info.static_routes == [{"Destination": f"{DNS}/32", "RouteType": 0, "NextHop": "10.7.0.1"}]
 
 
 def test_other_joins_get_no_route() -> None:
     fw = Firewall("nft")
-    assert Segment(None, fw).join(network(internal=True), endpoint()).static_routes == []  # type: ignore[arg-type]
+    assert Segment(None, fw, HostPorts()).join(network(internal=True), endpoint()).static_routes == []  # type: ignore[arg-type]
     fw.dns_address = DNS
-    info = Segment(None, fw).join(network(internal=False), endpoint())  # type: ignore[arg-type]
+    info = Segment(None, fw, HostPorts()).join(network(internal=False), endpoint())  # type: ignore[arg-type]
     assert info.gateway == "10.7.0.1" and info.static_routes == []

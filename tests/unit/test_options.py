@@ -9,6 +9,7 @@ from pynet.drivers.base import Network, Subnet
 from pynet.drivers.bridge import BridgeBackend
 from pynet.drivers.config import BridgeConfig, MacvlanConfig, VxlanConfig
 from pynet.drivers.netlink import HostView, Link, Netlink
+from pynet.drivers.ports import HostPorts
 from pynet.drivers.registry import BACKENDS, LINK_PREFIXES, mtu_limit
 from pynet.drivers.vxlan import VxlanBackend
 from pynet.store.errors import InvalidRequest
@@ -21,11 +22,11 @@ def draft() -> Network:
 
 
 def bridge(options: dict[str, str]) -> BridgeConfig:
-    return BridgeBackend(Netlink(), None).parse_options(options, draft())  # type: ignore[arg-type]
+    return BridgeBackend(Netlink(), None, HostPorts()).parse_options(options, draft())  # type: ignore[arg-type]
 
 
 def vxlan(options: dict[str, str]) -> VxlanConfig:
-    backend = VxlanBackend(Netlink(), None, None, "/pynet/", "h1")  # type: ignore[arg-type]
+    backend = VxlanBackend(Netlink(), None, HostPorts(), None, "/pynet/", "h1")  # type: ignore[arg-type]
     return backend.parse_options(options, draft())
 
 
