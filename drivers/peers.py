@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from pynet.drivers.netlink import ZERO_MAC, Forwarding, Netlink
 from pynet.store.base import Event, Store
 from pynet.store.errors import NotFound, RevisionCompacted, StoreUnavailable
+from pynet.store.locks import KeyedLocks
 
 log = logging.getLogger("pynet.peers")
 
@@ -163,7 +164,7 @@ class Sync:
         self.segments: dict[int, Remotes] = {}
         # VNIs with a local network: their device name and static peers.
         self.devices: dict[int, tuple[str, tuple[str, ...]]] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self.observer = observer
         self.synced = asyncio.Event()
 
@@ -243,7 +244,7 @@ class Sync:
     async def program(self, vni: int) -> None:
         if vni not in self.devices:
             return
-        async with self._locks.setdefault(vni, asyncio.Lock()):
+        async with self._locks(vni):
             device, static_peers = self.devices[vni]
             link = await self.nl.link(device)
             if link is None:

@@ -30,7 +30,6 @@ import ipaddress
 import logging
 import random
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -77,6 +76,7 @@ from pynet.ipam.netmath import (
 )
 from pynet.store.base import Compare, Delete, KeyValue, Op, Put, Store
 from pynet.store.errors import Conflict, Exhausted, InvalidRequest, NotFound
+from pynet.store.locks import KeyedLocks
 
 log = logging.getLogger("pynet.ipam")
 
@@ -151,9 +151,7 @@ class Ipam:
         self._ranges4 = parse_default_pools(default_pools4, v6=False)
         self._ranges6 = parse_default_pools(default_pools6, v6=True)
         self._poolset_lock = asyncio.Lock()
-        self._pool_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._pool_locks = KeyedLocks()
 
     # -- pools -----------------------------------------------------------------------------
 
@@ -377,13 +375,7 @@ class Ipam:
     # -- address internals -----------------------------------------------------------------
 
     def _pool_lock(self, subnet: IPNetwork) -> asyncio.Lock:
-        """Weak values: a lock lives while someone holds or waits on it, so none accumulate."""
-        key = str(subnet)
-        lock = self._pool_locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._pool_locks[key] = lock
-        return lock
+        return self._pool_locks(str(subnet))
 
     async def _indexed_meta(self, subnet: IPNetwork, pool_id: str) -> KeyValue:
         """The pool's meta, once its allocation index is complete: a pool an older pynet
