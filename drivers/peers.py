@@ -167,6 +167,8 @@ class Sync:
         self._locks = KeyedLocks()
         self.observer = observer
         self.synced = asyncio.Event()
+        self._dirty: set[int] = set()  # VNIs with events not programmed yet
+        self._programmer: asyncio.Task[None] | None = None
 
     async def attach(self, vni: int, device: str, static_peers: tuple[str, ...]) -> None:
         """Program a device from the current view, once there is one: before the first
@@ -184,13 +186,20 @@ class Sync:
         """Snapshot, then watch from the snapshot's revision; on any loss of the watch, take a
         new snapshot. Failures never touch the kernel's entries: traffic keeps flowing on what
         was last programmed while the store is away."""
+        try:
+            await self._follow()
+        finally:
+            if self._programmer is not None:
+                self._programmer.cancel()
+
+    async def _follow(self) -> None:
         delay = RETRY_MIN
         while True:
             try:
                 revision = await self._snapshot()
                 delay = RETRY_MIN
                 async for event in self.store.watch(self.root, revision + 1):
-                    await self._apply(event)
+                    self._apply(event)
             except RevisionCompacted:
                 log.info("watch history compacted: resyncing")
             except (StoreUnavailable, ConnectionError, OSError) as e:
@@ -236,10 +245,26 @@ class Sync:
                 return None
         return vni
 
-    async def _apply(self, event: Event) -> None:
+    def _apply(self, event: Event) -> None:
+        """Fold the event in now, program its VNI soon: once for all the events that arrive
+        before the programmer runs. A host that starts registers its N endpoints as N events,
+        and programming each one (a dump and a diff of the whole device) cost the other hosts
+        O(N^2); tests/kernel/test_peers.py counts the dumps."""
         vni = self._record(self.segments, event.key, event.value if event.kind == "put" else b"")
         if vni is not None and vni in self.devices:
-            await self.program(vni)
+            self._dirty.add(vni)
+            if self._programmer is None or self._programmer.done():
+                self._programmer = asyncio.create_task(self._program_dirty())
+
+    async def _program_dirty(self) -> None:
+        while self._dirty:
+            vni = self._dirty.pop()
+            try:
+                await self.program(vni)
+            except Exception:
+                log.exception("programming VNI %d failed; retrying in %.0fs", vni, RETRY_MAX)
+                await asyncio.sleep(RETRY_MAX)
+                self._dirty.add(vni)
 
     async def program(self, vni: int) -> None:
         if vni not in self.devices:
