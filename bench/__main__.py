@@ -1,24 +1,40 @@
-"""`python -m bench [bridge ...] [--quick]`: run benchmarks and print their figures."""
+"""`python -m bench [bridge ...] [scale [curve ...]] [--quick]`: run benchmarks and print their figures.
+
+`scale` takes the names of its curves (bench/scale.py: `ipam`); with none it draws them all.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from bench import bridge, cluster, macvlan, vxlan
+from bench import bridge, cluster, macvlan, scale, vxlan
 
 SUITES = {"bridge": bridge.main, "cluster": cluster.main, "macvlan": macvlan.main, "vxlan": vxlan.main}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("suites", nargs="*", help=f"some of: {', '.join(SUITES)} (default: all)")
+    parser.add_argument(
+        "suites", nargs="*", help=f"some of: {', '.join([*SUITES, 'scale'])}, then scale's curves (default: all)"
+    )
     parser.add_argument("--quick", action="store_true", help="few repetitions, to check the bench runs")
+    parser.add_argument("--lab", default="pnscale", help="name prefix of the labs `scale` starts")
     args = parser.parse_args()
-    unknown = set(args.suites) - set(SUITES)
+    suites, curves = args.suites, []
+    if "scale" in suites:
+        at = suites.index("scale")
+        suites, curves = suites[: at + 1], suites[at + 1 :]
+    unknown = set(suites) - {*SUITES, "scale"} | set(curves) - set(scale.CURVES)
     if unknown:
-        parser.error(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
-    for name in args.suites or SUITES:
-        SUITES[name](quick=args.quick)
+        parser.error(
+            f"unknown suite(s) or curve(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)},"
+            f" scale [{' '.join(scale.CURVES)}]"
+        )
+    for name in suites or [*SUITES, "scale"]:
+        if name == "scale":
+            scale.main(curves, quick=args.quick, lab_name=args.lab)
+        else:
+            SUITES[name](quick=args.quick)
 
 
 main()

@@ -38,9 +38,12 @@ import msgspec
 from pynet.drivers.netlink import ZERO_MAC, Forwarding, Netlink
 from pynet.store.base import Event, Store
 from pynet.store.errors import NotFound, RevisionCompacted, StoreUnavailable
+from pynet.store.locks import KeyedLocks
 from pynet.store.malformed import Malformed
 
 log = logging.getLogger("pynet.peers")
+# A VNI whose programming failed (a kernel error) is tried again after this many seconds.
+PROGRAM_RETRY = 5.0
 
 _UNICAST_MAC = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}", re.IGNORECASE)
 
@@ -231,10 +234,12 @@ class Sync:
         self.segments: dict[int, Remotes] = {}
         # VNIs with a local network: their device name and static peers.
         self.devices: dict[int, tuple[str, tuple[str, ...]]] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self.observer = observer
         self.synced = asyncio.Event()
         self._malformed = Malformed(log)
+        self._dirty: set[int] = set()  # VNIs with events not programmed yet
+        self._programmer: asyncio.Task[None] | None = None
 
     async def attach(self, vni: int, device: str, static_peers: tuple[str, ...]) -> None:
         """Program a device from the current view, once there is one: before the first
@@ -254,11 +259,18 @@ class Sync:
         and its supervisor (plugin/serve.py) starts it again with backoff: the watch itself
         rides out connection loss (store/etcd.py). Failures never touch the kernel's entries:
         traffic keeps flowing on what was last programmed while the store is away."""
+        try:
+            await self._follow()
+        finally:
+            if self._programmer is not None:
+                self._programmer.cancel()
+
+    async def _follow(self) -> None:
         while True:
             revision = await self._snapshot()
             try:
                 async for event in self.store.watch(self.root, revision + 1):
-                    await self._apply(event)
+                    self._apply(event)
             except RevisionCompacted:
                 log.info("watch history compacted: resyncing")
 
@@ -306,15 +318,31 @@ class Sync:
         seg.endpoints[name] = ep
         return vni
 
-    async def _apply(self, event: Event) -> None:
+    def _apply(self, event: Event) -> None:
+        """Fold the event in now, program its VNI soon: once for all the events that arrive
+        before the programmer runs. A host that starts registers its N endpoints as N events,
+        and programming each one (a dump and a diff of the whole device) cost the other hosts
+        O(N^2); tests/kernel/test_peers.py counts the dumps."""
         vni = self._record(self.segments, event.key, event.value if event.kind == "put" else b"")
         if vni is not None and vni in self.devices:
-            await self.program(vni)
+            self._dirty.add(vni)
+            if self._programmer is None or self._programmer.done():
+                self._programmer = asyncio.create_task(self._program_dirty())
+
+    async def _program_dirty(self) -> None:
+        while self._dirty:
+            vni = self._dirty.pop()
+            try:
+                await self.program(vni)
+            except Exception:
+                log.exception("programming VNI %d failed; retrying in %.0fs", vni, PROGRAM_RETRY)
+                await asyncio.sleep(PROGRAM_RETRY)
+                self._dirty.add(vni)
 
     async def program(self, vni: int) -> None:
         if vni not in self.devices:
             return
-        async with self._locks.setdefault(vni, asyncio.Lock()):
+        async with self._locks(vni):
             device, static_peers = self.devices[vni]
             link = await self.nl.link(device)
             if link is None:

@@ -4,10 +4,12 @@ Key layout (``P`` is the store prefix, ``/pynet/`` by default; a subnet is writt
 ``/`` replaced by ``_``, e.g. ``10.1.0.0_24``, ``fd70:706e::_64``)::
 
     P ipam/poolset                            {"subnets": ["10.1.0.0/24", ...]}
-    P ipam/pools/<subnet>/meta                {"subnet", "host" (creator), "time"}
+    P ipam/pools/<subnet>/meta                {"subnet", "host" (creator), "time", "index": 1}
     P ipam/pools/<subnet>/hosts/<host>        {"space", "sub_pool" ("" = none), "time"}
     P ipam/pools/<subnet>/addrs/<ip>          {"host", "owner", "time"[, "hosts"]}
     P ipam/pools/<subnet>/cursor/<range>      {"address"}: last address handed out in <range>
+    P ipam/pools/<subnet>/chunks/<n>          {"bits"}: which of 256 addresses are taken (ipam/chunks.py)
+    P ipam/pools/<subnet>/gateway             {"address"}: the pool's first gateway record
 
 Why this shape:
 
@@ -27,6 +29,12 @@ Why this shape:
   pool, so its value lists them in ``hosts`` and it is freed when the list empties.
 - One cursor per allocation range (the pool itself or a host's ``--ip-range``): hosts using
   different ranges of one pool keep their own serial order.
+- ``chunks/<n>`` is the allocation index, so a request reads O(1) keys instead of every
+  ``addrs/`` record: each change of an ``addrs/`` record's existence rewrites its chunk in the
+  same transaction, guarded by the chunk's ``mod_revision``. ``gateway`` names the gateway a
+  gateway request without an address joins, which finding meant reading every record.
+  ``"index": 1`` in ``meta`` says the chunks are complete: pools written by pynet before the
+  index have none, and the first request on such a pool builds them from its records.
 
 Values are JSON from the standard library: ipam/ depends only on store/ and the stdlib.
 """
@@ -52,6 +60,7 @@ SPACES = (LOCAL_SPACE, GLOBAL_SPACE)
 GATEWAY = "gateway"
 AUX = "aux"
 CONTAINER = "container"
+INDEXED = "index"  # in a pool's meta: its allocation index (chunks/) is complete
 
 
 def subnet_token(net: IPNetwork) -> str:
@@ -78,11 +87,23 @@ class Keys:
     def host(self, subnet: IPNetwork, host: str) -> str:
         return f"{self.pool(subnet)}hosts/{host}"
 
+    def addrs(self, subnet: IPNetwork) -> str:
+        return f"{self.pool(subnet)}addrs/"
+
     def addr(self, subnet: IPNetwork, ip: IPAddress) -> str:
-        return f"{self.pool(subnet)}addrs/{ip}"
+        return f"{self.addrs(subnet)}{ip}"
 
     def cursor(self, subnet: IPNetwork, rng: IPNetwork) -> str:
         return f"{self.pool(subnet)}cursor/{subnet_token(rng)}"
+
+    def chunks(self, subnet: IPNetwork) -> str:
+        return f"{self.pool(subnet)}chunks/"
+
+    def chunk(self, subnet: IPNetwork, n: int) -> str:
+        return f"{self.chunks(subnet)}{n}"
+
+    def gateway(self, subnet: IPNetwork) -> str:
+        return f"{self.pool(subnet)}gateway"
 
 
 def encode(value: dict[str, Any]) -> bytes:

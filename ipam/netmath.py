@@ -102,26 +102,6 @@ def check_assignable(ip: IPAddress, subnet: IPNetwork, field: str) -> None:
     raise InvalidRequest(f"pynet: invalid {field} {ip}: {what} of pool {subnet} cannot be assigned")
 
 
-def pick_serial(
-    lo: int, hi: int, cursor: int | None, blocked: set[int] | frozenset[int]
-) -> int | None:
-    """The first free address after `cursor` in [lo, hi], wrapping around; None when full.
-
-    Serial like Docker's allocator, so an address released a moment ago (whose container may
-    still be in ARP caches) is the last to be reused. Among any `len(blocked) + 1` consecutive
-    candidates one is free unless the range is full, which bounds the scan without enumerating
-    a /64.
-    """
-    size = hi - lo + 1
-    start = cursor + 1 if cursor is not None and lo <= cursor < hi else lo
-    in_range = sum(1 for b in blocked if lo <= b <= hi)
-    for step in range(min(size, in_range + 1)):
-        candidate = lo + (start - lo + step) % size
-        if candidate not in blocked:
-            return candidate
-    return None
-
-
 def usable_exclusions(exclude: Iterable[IPNetwork | str]) -> list[IPNetwork]:
     """Host routes to avoid; a default route (/0) is dropped since it would forbid everything.
 

@@ -30,15 +30,25 @@ import ipaddress
 import logging
 import random
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from pynet.ipam.chunks import (
+    CHUNK,
+    blocked_bits,
+    chunk_base,
+    chunk_of,
+    decode_bits,
+    encode_bits,
+    first_clear,
+    with_bit,
+)
 from pynet.ipam.layout import (
     AUX,
     CONTAINER,
     GATEWAY,
     GLOBAL_SPACE,
+    INDEXED,
     LOCAL_SPACE,
     SPACES,
     AddrRecord,
@@ -48,7 +58,6 @@ from pynet.ipam.layout import (
     decode_poolset,
     encode,
     encode_poolset,
-    subnet_token,
 )
 from pynet.ipam.netmath import (
     IPAddress,
@@ -62,17 +71,18 @@ from pynet.ipam.netmath import (
     parse_ip_or_cidr,
     parse_sub_pool,
     parse_subnet,
-    pick_serial,
-    reserved,
     to_address,
     usable_exclusions,
 )
 from pynet.store.base import Compare, Delete, KeyValue, Op, Put, Store
 from pynet.store.errors import Conflict, Exhausted, InvalidRequest, NotFound
+from pynet.store.locks import KeyedLocks
 
 log = logging.getLogger("pynet.ipam")
 
 MAX_ATTEMPTS = 20
+# Chunks rewritten per transaction when indexing: etcd refuses more than 128 operations.
+_REINDEX_BATCH = 64
 GATEWAY_REQUEST = "com.docker.network.gateway"
 # Docker's swarm allocator adds this on its own; pynet always allocates serially anyway.
 IGNORED_POOL_OPTIONS = frozenset({"com.docker.network.ipam.serial"})
@@ -105,19 +115,29 @@ class PoolRef:
     time: float  # Unix time of the request
 
 
-@dataclass(slots=True)
-class _PoolState:
-    """A pool as one range read saw it."""
+def _alive(meta: KeyValue) -> Compare:
+    """Holds while this very pool exists: not after its removal, nor in a re-creation."""
+    return Compare(meta.key, "create_revision", "==", meta.create_revision)
 
-    meta: KeyValue | None = None
-    hosts: dict[str, KeyValue] = field(default_factory=dict)
-    addrs: dict[int, KeyValue] = field(default_factory=dict)
-    cursors: dict[str, KeyValue] = field(default_factory=dict)
 
-    def alive(self) -> Compare:
-        """Holds while this very pool exists: not after its removal, nor in a re-creation."""
-        assert self.meta is not None
-        return Compare(self.meta.key, "create_revision", "==", self.meta.create_revision)
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """One chunk of the allocation index as read, and the change that sets or clears a bit."""
+
+    key: str
+    n: int
+    kv: KeyValue | None
+
+    @property
+    def bits(self) -> int:
+        return decode_bits(self.kv.value) if self.kv is not None else 0
+
+    def guard(self) -> Compare:
+        return _unchanged_or_absent(self.kv, self.key)
+
+    def change(self, offset: int, taken: bool) -> Op:
+        bits = with_bit(self.bits, offset, taken)
+        return Put(self.key, encode_bits(bits)) if bits else Delete(self.key)
 
 
 class Ipam:
@@ -140,9 +160,7 @@ class Ipam:
         self._ranges4 = parse_default_pools(default_pools4, v6=False)
         self._ranges6 = parse_default_pools(default_pools6, v6=True)
         self._poolset_lock = asyncio.Lock()
-        self._pool_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._pool_locks = KeyedLocks()
 
     # -- pools -----------------------------------------------------------------------------
 
@@ -197,18 +215,13 @@ class Ipam:
             check_assignable(ip, pid.subnet, field_name)
         async with self._pool_lock(pid.subnet):
             for attempt in range(MAX_ATTEMPTS):
-                state = await self._read_pool(pid.subnet)
-                if state.meta is None:
-                    raise NotFound(
-                        f"pynet: pool {pid.subnet} does not exist (PoolID {pool_id});"
-                        " was its network removed?"
-                    )
+                meta = await self._indexed_meta(pid.subnet, pool_id)
                 if gateway:
-                    got = await self._take_gateway(pid, state, ip)
+                    got = await self._take_gateway(pid, meta, ip, contended=attempt > 0)
                 elif ip is not None:
-                    got = await self._take_static(pid, state, ip)
+                    got = await self._take_static(pid, meta, ip, contended=attempt > 0)
                 else:
-                    got = await self._take_dynamic(pid, state, contended=attempt > 0)
+                    got = await self._take_dynamic(pid, meta, contended=attempt > 0)
                 if got is not None:
                     return f"{got}/{pid.subnet.prefixlen}"
                 await _backoff(attempt)
@@ -226,8 +239,7 @@ class Ipam:
                 if kv is None:
                     await self._note_missing_pool(pid.subnet, ip)
                     return
-                op = self._release_op(kv, ip, pid.subnet)
-                if op is None or await self.store.txn([Compare.unchanged(kv)], [op]):
+                if await self._release(kv, ip, pid.subnet, contended=attempt > 0):
                     return
                 await _backoff(attempt)
         raise _gave_up(pid.subnet)
@@ -309,7 +321,7 @@ class Ipam:
         self, subnet: IPNetwork, pid: PoolId, poolset: KeyValue | None, existing: list[IPNetwork]
     ) -> bool:
         meta_key = self.keys.meta(subnet)
-        meta = encode({"subnet": str(subnet), "host": self.host, "time": time.time()})
+        meta = encode({"subnet": str(subnet), "host": self.host, "time": time.time(), INDEXED: 1})
         ok = await self.store.txn(
             [_unchanged_or_absent(poolset, self.keys.poolset), Compare.absent(meta_key)],
             [
@@ -373,10 +385,9 @@ class Ipam:
     async def _drop_own_allocations(self, subnet: IPNetwork) -> None:
         """One small transaction per address: etcd caps the operations of one transaction."""
         async with self._pool_lock(subnet):
-            for kv in await self.store.range(self.keys.pool(subnet) + "addrs/"):
+            for kv in await self.store.range(self.keys.addrs(subnet)):
                 ip = ipaddress.ip_address(kv.key.rsplit("/", 1)[1])
-                op = self._release_op(kv, ip, subnet, quiet=True)
-                if op is not None and not await self.store.txn([Compare.unchanged(kv)], [op]):
+                if not await self._release(kv, ip, subnet, quiet=True):
                     log.warning("could not free %s in pool %s: changed meanwhile", ip, subnet)
 
     def _host_record(self, pid: PoolId) -> bytes:
@@ -386,82 +397,209 @@ class Ipam:
     # -- address internals -----------------------------------------------------------------
 
     def _pool_lock(self, subnet: IPNetwork) -> asyncio.Lock:
-        """Weak values: a lock lives while someone holds or waits on it, so none accumulate."""
-        key = str(subnet)
-        lock = self._pool_locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._pool_locks[key] = lock
-        return lock
+        return self._pool_locks(str(subnet))
 
-    async def _read_pool(self, subnet: IPNetwork) -> _PoolState:
-        base = self.keys.pool(subnet)
-        state = _PoolState()
-        for kv in await self.store.range(base):
-            kind, _, name = kv.key[len(base) :].partition("/")
-            if kind == "meta" and not name:
-                state.meta = kv
-            elif kind == "hosts":
-                state.hosts[name] = kv
-            elif kind == "addrs":
-                try:
-                    state.addrs[int(ipaddress.ip_address(name))] = kv
-                except ValueError:
-                    log.warning("ignoring malformed address key %s", kv.key)
-            elif kind == "cursor":
-                state.cursors[name] = kv
-        return state
+    async def _indexed_meta(self, subnet: IPNetwork, pool_id: str) -> KeyValue:
+        """The pool's meta, once its allocation index is complete: a pool an older pynet
+        created gets its index here, on its first request."""
+        for attempt in range(MAX_ATTEMPTS):
+            meta = await self.store.get(self.keys.meta(subnet))
+            if meta is None:
+                raise NotFound(
+                    f"pynet: pool {subnet} does not exist (PoolID {pool_id}); was its network removed?"
+                )
+            if decode(meta.value, "pool meta").get(INDEXED) == 1:
+                return meta
+            await self._reindex(subnet, meta)
+            await _backoff(attempt)
+        raise _gave_up(subnet)
+
+    async def _chunk(self, subnet: IPNetwork, value: int) -> _Chunk:
+        n = chunk_of(subnet, value)
+        key = self.keys.chunk(subnet, n)
+        return _Chunk(key, n, await self.store.get(key))
 
     async def _take_gateway(
-        self, pid: PoolId, state: _PoolState, ip: IPAddress | None
+        self, pid: PoolId, meta: KeyValue, ip: IPAddress | None, contended: bool
     ) -> IPAddress | None:
         """Every host of a shared pool asks for the gateway; each joins the same record."""
-        target = ip if ip is not None else _default_gateway(pid.subnet, state)
+        pointer = await self.store.get(self.keys.gateway(pid.subnet))
+        target = ip if ip is not None else _gateway_of(pid.subnet, pointer)
         key = self.keys.addr(pid.subnet, target)
-        kv = state.addrs.get(int(target))
-        if kv is None:
-            rec = AddrRecord(self.host, GATEWAY, time.time(), (self.host,))
-            guard = Compare.absent(key)
-        else:
+        kv = await self.store.get(key)
+        if kv is not None:
             old = AddrRecord.decode(kv.value)
             if old.owner != GATEWAY:
                 raise _taken(target, pid.subnet)
             if self.host in old.hosts:
                 return target
             rec = replace(old, hosts=(*old.hosts, self.host))
-            guard = Compare.unchanged(kv)
-        ok = await self.store.txn([guard, state.alive()], [Put(key, rec.encode())])
-        return target if ok else None
+            ok = await self.store.txn([Compare.unchanged(kv), _alive(meta)], [Put(key, rec.encode())])
+            return target if ok else None
+        rec = AddrRecord(self.host, GATEWAY, time.time(), (self.host,))
+        named = [] if pointer is not None else [Put(self.keys.gateway(pid.subnet), encode({"address": str(target)}))]
+        return await self._take(pid.subnet, meta, target, rec, contended, named)
 
-    async def _take_static(self, pid: PoolId, state: _PoolState, ip: IPAddress) -> IPAddress | None:
-        if int(ip) in state.addrs:
+    async def _take_static(self, pid: PoolId, meta: KeyValue, ip: IPAddress, contended: bool) -> IPAddress | None:
+        if await self.store.get(self.keys.addr(pid.subnet, ip)) is not None:
             raise _taken(ip, pid.subnet)
-        key = self.keys.addr(pid.subnet, ip)
-        rec = AddrRecord(self.host, AUX, time.time())
-        ok = await self.store.txn([Compare.absent(key), state.alive()], [Put(key, rec.encode())])
-        return ip if ok else None
+        return await self._take(pid.subnet, meta, ip, AddrRecord(self.host, AUX, time.time()), contended)
 
-    async def _take_dynamic(self, pid: PoolId, state: _PoolState, contended: bool) -> IPAddress | None:
+    async def _take_dynamic(self, pid: PoolId, meta: KeyValue, contended: bool) -> IPAddress | None:
         """Serial from the shared cursor; after a lost race, from a random place: hosts that
         read the same cursor would otherwise keep racing for the same next address."""
         rng = pid.range
         lo, hi = int(rng.network_address), int(rng.broadcast_address)
-        cursor = random.randint(lo, hi) if contended else _cursor(state.cursors.get(subnet_token(rng)))
-        blocked = set(state.addrs) | reserved(pid.subnet)
-        pick = pick_serial(lo, hi, cursor, blocked)
-        if pick is None:
+        cursor_key = self.keys.cursor(pid.subnet, rng)
+        if contended:
+            start = random.randint(lo, hi)
+        else:
+            cursor = _cursor(await self.store.get(cursor_key))
+            start = cursor + 1 if cursor is not None and lo <= cursor < hi else lo
+        found = await self._find_free(pid.subnet, lo, hi, start)
+        if found is None:
+            # Full by the index: rebuild it once from the records (an older pynet sharing the
+            # pool may have freed addresses without clearing their bits), then believe it.
+            await self._reindex(pid.subnet, None)
+            found = await self._find_free(pid.subnet, lo, hi, start)
+        if found is None:
             raise Exhausted(f"pynet: no free address in pool {pid.subnet} (range {rng})")
-        ip = to_address(pid.subnet, pick)
-        key = self.keys.addr(pid.subnet, ip)
+        ip, chunk = found
         rec = AddrRecord(self.host, CONTAINER, time.time())
+        moved = Put(cursor_key, encode({"address": str(ip)}))
+        return await self._take(pid.subnet, meta, ip, rec, contended, [moved], chunk)
+
+    async def _find_free(
+        self, subnet: IPNetwork, lo: int, hi: int, start: int
+    ) -> tuple[IPAddress, _Chunk] | None:
+        """The first address from `start` to `hi`, then from `lo`, whose bit is clear, with the
+        chunk that says so. One chunk read per 256 addresses passed over: a missing chunk is
+        free, so the reads are bounded by the chunks that exist, even in an IPv6 /64."""
+        for first, last in ((start, hi), (lo, start - 1)):
+            pos = first
+            while pos <= last:
+                chunk = await self._chunk(subnet, pos)
+                base = chunk_base(subnet, chunk.n)
+                end = min(base + CHUNK - 1, last)
+                offset = first_clear(blocked_bits(subnet, chunk.n, chunk.bits), pos - base, end - base)
+                if offset is not None:
+                    return to_address(subnet, base + offset), chunk
+                pos = end + 1
+        return None
+
+    async def _take(
+        self,
+        subnet: IPNetwork,
+        meta: KeyValue,
+        ip: IPAddress,
+        rec: AddrRecord,
+        contended: bool,
+        also: Sequence[Op] = (),
+        chunk: _Chunk | None = None,
+    ) -> IPAddress | None:
+        """Record `ip` as taken, with its bit, in one transaction guarded by its record being
+        absent (the truth) and its chunk unchanged; None when another request got there first.
+
+        After a lost race the bit is set apart, afterwards: every allocation among the chunk's
+        256 addresses rewrites it, so a busy peer could otherwise fail every attempt, where the
+        record alone conflicts only with a request for the very same address."""
+        key = self.keys.addr(subnet, ip)
+        if contended:
+            ok = await self.store.txn([Compare.absent(key), _alive(meta)], [Put(key, rec.encode()), *also])
+            if ok:
+                await self._mark(subnet, ip, taken=True)
+            return ip if ok else None
+        chunk = chunk if chunk is not None else await self._chunk(subnet, int(ip))
+        offset = int(ip) - chunk_base(subnet, chunk.n)
         ok = await self.store.txn(
-            [Compare.absent(key), state.alive()],
-            [
-                Put(key, rec.encode()),
-                Put(self.keys.cursor(pid.subnet, rng), encode({"address": str(ip)})),
-            ],
+            [Compare.absent(key), _alive(meta), chunk.guard()],
+            [Put(key, rec.encode()), chunk.change(offset, taken=True), *also],
         )
+        if not ok and not chunk.bits >> offset & 1:
+            # Perhaps taken while clear in the index (written by an older pynet): set the bit
+            # if so, and the next search skips the address instead of losing this race again.
+            await self._mark(subnet, ip, taken=True)
         return ip if ok else None
+
+    async def _mark(self, subnet: IPNetwork, ip: IPAddress, taken: bool) -> None:
+        """Make `ip`'s bit say `taken`, as long as its record does: a bit left clear costs a
+        lost race, one left set hides a free address until the pool looks full."""
+        key = self.keys.addr(subnet, ip)
+        record = Compare(key, "version", ">", 0) if taken else Compare.absent(key)
+        for attempt in range(MAX_ATTEMPTS):
+            chunk = await self._chunk(subnet, int(ip))
+            offset = int(ip) - chunk_base(subnet, chunk.n)
+            if bool(chunk.bits >> offset & 1) == taken:
+                return
+            if await self.store.txn([record, chunk.guard()], [chunk.change(offset, taken)]):
+                return
+            if (await self.store.get(key) is not None) != taken:
+                return  # the record changed again; whoever changed it keeps the bit
+            await _backoff(attempt)
+        log.warning("could not update the index of pool %s for %s: too many races", subnet, ip)
+
+    async def _release(
+        self, kv: KeyValue, ip: IPAddress, subnet: IPNetwork, quiet: bool = False, contended: bool = False
+    ) -> bool:
+        """Free `ip` (its record `kv`) as far as it is this host's to free; False: lost a race.
+        After one, the bit is cleared apart, as in `_take`."""
+        op = self._release_op(kv, ip, subnet, quiet)
+        if op is None:
+            return True
+        ops, guards = [op], [Compare.unchanged(kv)]
+        chunk: _Chunk | None = None
+        if isinstance(op, Delete):
+            pointer = await self.store.get(self.keys.gateway(subnet))
+            if pointer is not None and _gateway_of(subnet, pointer) == ip:
+                ops.append(Delete(pointer.key))
+            if not contended:
+                chunk = await self._chunk(subnet, int(ip))
+                guards.append(chunk.guard())
+                ops.append(chunk.change(int(ip) - chunk_base(subnet, chunk.n), taken=False))
+        ok = await self.store.txn(guards, ops)
+        if ok and isinstance(op, Delete) and chunk is None:
+            await self._mark(subnet, ip, taken=False)
+        return ok
+
+    async def _reindex(self, subnet: IPNetwork, meta: KeyValue | None) -> None:
+        """Rebuild the chunks (and the gateway pointer) from the `addrs/` records; with `meta`,
+        then mark the pool indexed. The chunks are read before the records and each write
+        compares its chunk unchanged, so a concurrent allocation or release is never undone:
+        its batch fails instead, and the caller reads again."""
+        before = {kv.key: kv for kv in await self.store.range(self.keys.chunks(subnet))}
+        want: dict[str, int] = {}
+        gateway: IPAddress | None = None
+        for kv in await self.store.range(self.keys.addrs(subnet)):
+            try:
+                ip = ipaddress.ip_address(kv.key.rsplit("/", 1)[1])
+            except ValueError:
+                log.warning("ignoring malformed address key %s", kv.key)
+                continue
+            n = chunk_of(subnet, int(ip))
+            want[self.keys.chunk(subnet, n)] = with_bit(
+                want.get(self.keys.chunk(subnet, n), 0), int(ip) - chunk_base(subnet, n), taken=True
+            )
+            if gateway is None and AddrRecord.decode(kv.value).owner == GATEWAY:
+                gateway = ip
+        changes = [
+            (key, bits)
+            for key in sorted(set(before) | set(want))
+            if (bits := want.get(key, 0)) != (decode_bits(before[key].value) if key in before else 0)
+        ]
+        for i in range(0, len(changes), _REINDEX_BATCH):
+            batch = changes[i : i + _REINDEX_BATCH]
+            ok = await self.store.txn(
+                [_unchanged_or_absent(before.get(key), key) for key, _ in batch],
+                [Put(key, encode_bits(bits)) if bits else Delete(key) for key, bits in batch],
+            )
+            if not ok:
+                return
+        if meta is None:
+            return
+        done = {**decode(meta.value, "pool meta"), INDEXED: 1}
+        pointer = [Put(self.keys.gateway(subnet), encode({"address": str(gateway)}))] if gateway else []
+        if await self.store.txn([Compare.unchanged(meta)], [Put(meta.key, encode(done)), *pointer]):
+            log.info("indexed the allocations of pool %s", subnet, extra={"pool": str(subnet)})
 
     def _release_op(
         self, kv: KeyValue, ip: IPAddress, subnet: IPNetwork, quiet: bool = False
@@ -535,10 +673,15 @@ def _address_field(gateway: bool, subnet: IPNetwork) -> str:
     return "--ip6" if subnet.version == 6 else "--ip"
 
 
-def _default_gateway(subnet: IPNetwork, state: _PoolState) -> IPAddress:
-    for value in sorted(state.addrs):
-        if AddrRecord.decode(state.addrs[value].value).owner == GATEWAY:
-            return to_address(subnet, value)
+def _gateway_of(subnet: IPNetwork, pointer: KeyValue | None) -> IPAddress:
+    """The address the gateway pointer names, else Docker's default: the first usable one."""
+    if pointer is not None:
+        try:
+            ip = ipaddress.ip_address(str(decode(pointer.value, "gateway").get("address", "")))
+        except ValueError:
+            ip = None
+        if ip is not None and ip.version == subnet.version and ip in subnet:
+            return ip
     return first_usable(subnet)
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import operator
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -75,6 +76,9 @@ _VERDICT_CODES = frozenset({
     _Code.OUT_OF_RANGE, _Code.UNAUTHENTICATED,
 })
 
+_MAX_MESSAGE = 32 * 1024 * 1024
+# Keys per range reply: 500 IPAM addresses are about 85 KiB on the wire.
+PAGE_SIZE = 500
 _CHANNEL_OPTIONS = [
     # gRPC backs off reconnecting for up to 120 s by default and fails calls at once
     # meanwhile; capped at 0.5 s, a restarted etcd is usable again within half a second.
@@ -85,6 +89,13 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC refuses replies over 4 MiB by default: a range over 20,000 IPAM addresses (about
+    # 170 bytes each on the wire) came close, and a /16 full of them would exceed it. Ranges
+    # are read in pages of `page_size` keys (EtcdStore), so a reply stays near page_size times
+    # the largest value; the limit is set explicitly, with room for pynet's largest records
+    # (network and cluster specs, a few KiB), instead of leaning on gRPC's default.
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
 ]
 # etcd cancels a watch carrying this metadata when its member loses the raft leader, instead
 # of leaving it silent; the watch then fails over to another member.
@@ -163,6 +174,16 @@ class _Client(aetcd.Client):  # type: ignore[misc]  # aetcd is untyped (pyprojec
         )
         return int(status.header.revision)
 
+    async def range_page(self, start: bytes, end: bytes, limit: int, revision: int) -> tuple[list[Any], bool, int]:
+        """Up to `limit` keys of [start, end) in key order, at `revision` (0: the latest): the
+        keys, whether more follow, and the revision read. aetcd's get_range drops both."""
+        await self.connect()
+        request = rpc.RangeRequest(
+            key=start, range_end=end, limit=limit, revision=revision, sort_order=rpc.RangeRequest.ASCEND
+        )
+        reply = await self.kvstub.Range(request, timeout=self._timeout, metadata=self.metadata)
+        return list(reply.kvs), bool(reply.more), int(reply.header.revision)
+
     async def open_watch(self, prefix: str, start: int) -> tuple[grpc.aio.StreamStreamCall[Any, Any], Any]:
         """A watch stream for keys under `prefix` from `start`, and its first (created) response."""
         await self.connect()
@@ -204,6 +225,7 @@ class EtcdStore:
         key: str = "",
         user: str = "",
         password: str = "",
+        page_size: int = PAGE_SIZE,
     ) -> None:
         if not endpoints:
             raise ValueError("pynet: at least one etcd endpoint is needed")
@@ -212,7 +234,10 @@ class EtcdStore:
         for endpoint in endpoints:
             if urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).port:
                 raise ValueError(f"pynet: etcd endpoint must look like http(s)://host:port, got {endpoint!r}")
+        if page_size < 1:
+            raise ValueError(f"pynet: etcd page size must be at least 1, got {page_size}")
         self.timeout = timeout
+        self.page_size = page_size
         self._user = user
         self._clients = [
             _Client(
@@ -234,8 +259,32 @@ class EtcdStore:
         return None if found is None else _kv(found)
 
     async def range(self, prefix: str) -> list[KeyValue]:
-        found = await self._call(lambda c: c.get_range(*_span(prefix), sort_order="ascend"))
-        return [_kv(kv) for kv in found]
+        """Page by page (`page_size` keys a reply, each page its own call under the deadline),
+        every page at the first one's revision, so the result is one snapshot as a single read
+        would give. If etcd compacts that revision meanwhile, the read starts over."""
+        while True:
+            try:
+                return await self._range_at_one_revision(prefix)
+            except _RPC_FAILURES as e:
+                if _status(e) != grpc.StatusCode.OUT_OF_RANGE:
+                    raise
+                log.info("pynet: range over %r outran a compaction; reading it again", prefix)
+
+    async def _range_at_one_revision(self, prefix: str) -> list[KeyValue]:
+        start, end = _span(prefix)
+        found: list[KeyValue] = []
+        revision = 0
+
+        def page(c: _Client, start: bytes, revision: int) -> Awaitable[tuple[list[Any], bool, int]]:
+            return c.range_page(start, end, self.page_size, revision)
+
+        while True:
+            kvs, more, read_at = await self._call(functools.partial(page, start=start, revision=revision))
+            revision = revision or read_at
+            found += [_kv(kv) for kv in kvs]
+            if not more or not kvs:
+                return found
+            start = kvs[-1].key + b"\0"  # the next key in etcd's byte order
 
     async def revision(self) -> int:
         return await self._call(lambda c: c.revision())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -19,6 +18,7 @@ from pynet.plugin.daemon.supervisor import Supervisor
 from pynet.store.base import Store
 from pynet.store.embedded import EmbeddedStore
 from pynet.store.errors import InvalidRequest, PynetError
+from pynet.store.locks import KeyedLocks
 
 
 def open_store(settings: Settings) -> Store:
@@ -51,7 +51,8 @@ class Daemon:
     # Set once the store is open and the kernel reconciled; only Activate and GetCapabilities
     # answer before that, so Docker can register pynet while it starts.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    _locks: defaultdict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    # Weak: bounded by the networks being changed right now, not by every network ever seen.
+    _locks: KeyedLocks = field(default_factory=KeyedLocks)
     # Host ports are one namespace across every network of this host.
     ports_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Background tasks (issue 9's agent and resolver): their states are `pynet status`'s.
@@ -64,7 +65,7 @@ class Daemon:
 
     def lock(self, network_id: str) -> asyncio.Lock:
         """Serialises changes to one network; different networks proceed in parallel."""
-        return self._locks[network_id]
+        return self._locks(network_id)
 
     def check_restored(self, network_id: str) -> None:
         cause = self.failing.get(network_id)

@@ -581,3 +581,13 @@ async def test_ipam_errors_use_both_fields(client: Client) -> None:
         "IpamDriver.RequestPool", {"AddressSpace": "pynet-local", "Pool": "10.1.0.5/24", "V6": False}
     )
     assert "10.1.0.5/24" in msg
+
+
+async def test_per_network_locks_do_not_accumulate(client: Client) -> None:
+    """A long-lived daemon sees a new network ID with every `docker network create`; the lock
+    map keeps only the locks in use (plugin/daemon/daemon.py, store/locks.py)."""
+    for i in range(50):
+        body = {**create_network_body(), "NetworkID": f"{i:064x}"}
+        await client.ok("NetworkDriver.CreateNetwork", body)
+        await client.ok("NetworkDriver.DeleteNetwork", {"NetworkID": body["NetworkID"]})
+    assert len(client.daemon._locks) == 0

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
 from pynet.store.base import Event, Put
 from pynet.store.errors import NotFound, RevisionCompacted, StoreUnavailable
-from pynet.store.etcd import EtcdStore
+from pynet.store.etcd import EtcdStore, _Client
 from tests.etcd_server import EtcdServer, etcd_server, free_port
 
 TIMEOUT = 1.0
@@ -270,3 +270,56 @@ async def test_tls_with_client_certificates(tmp_path: Path) -> None:
         finally:
             await store.close()
             await no_cert.close()
+
+
+# -- whole-range reads -----------------------------------------------------------------------
+
+
+async def test_range_larger_than_grpcs_default_message_limit(etcd: EtcdServer) -> None:
+    """60 values of 100 KiB: 6 MiB in one page, over gRPC's 4 MiB default (a /16 full of IPAM
+    addresses is about 11 MiB); the limit set on the channel lets the page through."""
+    store = EtcdStore([etcd.endpoint], timeout=10.0)
+    try:
+        big = b"x" * (100 * 1024)
+        for i in range(0, 60, 10):
+            assert await store.txn([], [Put(f"/big/{j:03}", big) for j in range(i, i + 10)])
+        found = await store.range("/big/")
+        assert [kv.key for kv in found] == [f"/big/{j:03}" for j in range(60)]
+        assert all(kv.value == big for kv in found)
+    finally:
+        await store.close()
+
+
+async def test_range_crosses_pages_at_one_revision(etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages of 2 keys over 7; a write landing between two pages is not seen (every page reads
+    the first page's revision), and keys outside the prefix never leak in."""
+    store = EtcdStore([etcd.endpoint], timeout=TIMEOUT, page_size=2)
+    writer = EtcdStore([etcd.endpoint], timeout=TIMEOUT)
+    try:
+        await store.put("/p", b"outside")
+        await store.put("/p/", b"0")
+        for i in range(1, 7):
+            await store.put(f"/p/{i}", str(i).encode())
+        await store.put("/q", b"outside")
+        pages: list[int] = []
+        real = _Client.range_page
+
+        async def spy(self: _Client, start: bytes, end: bytes, limit: int, revision: int) -> tuple[list[Any], bool, int]:
+            got = await real(self, start, end, limit, revision)
+            pages.append(len(got[0]))
+            if len(pages) == 1:
+                await writer.put("/p/3", b"changed")
+                await writer.put("/p/9", b"new")
+            return got
+
+        monkeypatch.setattr(_Client, "range_page", spy)
+        found = await store.range("/p/")
+        assert [(kv.key, kv.value) for kv in found] == [("/p/", b"0")] + [(f"/p/{i}", str(i).encode()) for i in range(1, 7)]
+        assert pages == [2, 2, 2, 1]
+        monkeypatch.undo()
+        assert [kv.key for kv in await store.range("/p/")][-1] == "/p/9"
+        with pytest.raises(ValueError, match="page size must be at least 1, got 0"):
+            EtcdStore([etcd.endpoint], page_size=0)
+    finally:
+        await store.close()
+        await writer.close()

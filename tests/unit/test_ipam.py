@@ -11,10 +11,12 @@ from typing import AsyncIterator, Awaitable, Callable, Sequence
 import pytest
 
 from pynet.ipam import GATEWAY_REQUEST, GLOBAL_SPACE, LOCAL_SPACE, Allocation, Ipam, PoolId, PoolReply
-from pynet.ipam.netmath import first_free_subnet, pick_serial
-from pynet.store.base import Compare, Event, KeyValue, Op
+from pynet.ipam.netmath import first_free_subnet
+from pynet.store.base import Compare, Event, KeyValue, Op, Put, Store
 from pynet.store.embedded import EmbeddedStore
+from pynet.store.etcd import EtcdStore
 from pynet.store.errors import Conflict, Exhausted, InvalidRequest, NotFound
+from tests.etcd_server import etcd_server, require_etcd
 
 GW = {"RequestAddressType": GATEWAY_REQUEST}
 POOLS = "/pynet/ipam/pools/"
@@ -80,6 +82,37 @@ class YieldingStore:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+class CountingStore(YieldingStore):
+    """Counts the keys each kind of read returns."""
+
+    def __init__(self, inner: EmbeddedStore) -> None:
+        super().__init__(inner)
+        self.gets = 0
+        self.ranged = 0
+
+    async def get(self, key: str) -> KeyValue | None:
+        self.gets += 1
+        return await super().get(key)
+
+    async def range(self, prefix: str) -> list[KeyValue]:
+        kvs = await super().range(prefix)
+        self.ranged += len(kvs)
+        return kvs
+
+
+async def index_matches_records(store: Store, pool_key: str) -> None:
+    """The pool's chunks/ bits are exactly its addrs/ records (ipam/chunks.py)."""
+    net = ipaddress.ip_network(pool_key.rstrip("/").rsplit("/", 1)[1].replace("_", "/"))
+    taken = {int(ipaddress.ip_address(kv.key.rsplit("/", 1)[1])) for kv in await store.range(pool_key + "addrs/")}
+    marked = set()
+    for kv in await store.range(pool_key + "chunks/"):
+        base = int(net.network_address) + int(kv.key.rsplit("/", 1)[1]) * 256
+        bits = int(json.loads(kv.value)["bits"], 16)
+        assert bits, f"{kv.key} is empty but stored"
+        marked |= {base + i for i in range(256) if bits >> i & 1}
+    assert marked == taken
 
 
 @pytest.fixture
@@ -247,10 +280,15 @@ async def test_release_pool_deletes_allocations(h1: Ipam, store: EmbeddedStore) 
         p + "addrs/10.1.0.1",
         p + "addrs/10.1.0.2",
         p + "addrs/10.1.0.200",
+        p + "chunks/0",
         p + "cursor/10.1.0.0_25",
+        p + "gateway",
         p + "hosts/h1",
         p + "meta",
     ]
+    bits = int(await value(store, p + "chunks/0") and (await value(store, p + "chunks/0"))["bits"], 16)
+    assert bits == 1 << 1 | 1 << 2 | 1 << 200
+    assert await value(store, p + "gateway") == {"address": "10.1.0.1"}
     await h1.release_pool(pid)
     assert await keys(store, POOLS) == []
     with pytest.raises(NotFound) as e:
@@ -446,15 +484,6 @@ async def test_v6_sub_pool_pool_id_round_trips(h1: Ipam) -> None:
     assert await h1.request_address(reply.pool_id, "", None) == "fd00:1::8000/64"
 
 
-def test_serial_pick_never_enumerates_a_huge_range() -> None:
-    lo = int(ipaddress.ip_address("fd00::"))
-    hi = lo + 2**64 - 1
-    blocked = {lo, lo + 1, lo + 2, hi}
-    assert pick_serial(lo, hi, None, blocked) == lo + 3
-    assert pick_serial(lo, hi, hi - 1, blocked) == lo + 3  # wraps over hi, lo, lo+1, lo+2
-    assert pick_serial(lo, lo + 3, None, {lo, lo + 1, lo + 2, lo + 3}) is None
-
-
 def test_first_free_subnet_skips_over_blockers_in_a_huge_range() -> None:
     base = ipaddress.ip_network("fd70:706e::/32")
     blocked = [ipaddress.ip_network("fd70:706e::/33"), ipaddress.ip_network("fd70:706e:8000::/64")]
@@ -531,6 +560,10 @@ async def test_200_concurrent_requests_from_two_hosts_are_distinct(store: Embedd
     hosts = sorted(x.host for x in await a.allocations())
     assert (hosts.count("h1"), hosts.count("h2")) == (100, 100)
     assert shared.lost_txns > 0  # the hosts did race; the compares resolved it
+    await index_matches_records(store, POOLS + "10.1.0.0_24/")
+    await asyncio.gather(*(ipam.release_address(pid, g.split("/")[0]) for ipam, pid, g in zip([a] * 100 + [b] * 100, [ida] * 100 + [idb] * 100, got)))
+    assert await keys(store, POOLS + "10.1.0.0_24/addrs/") == []
+    await index_matches_records(store, POOLS + "10.1.0.0_24/")
 
 
 async def test_concurrent_static_requests_for_one_address(store: EmbeddedStore) -> None:
@@ -664,3 +697,114 @@ async def test_a_host_that_keeps_losing_the_serial_race_still_gets_an_address(st
     racing.before_txn = None
     assert got not in stolen
     assert racing.lost_txns >= 1
+
+
+async def test_concurrent_hosts_on_a_real_etcd(tmp_path: Path) -> None:
+    """Two hosts, each its own etcd client, allocating and releasing in one /24 at once: every
+    address is handed out once, and the index ends up equal to the records."""
+    require_etcd()
+    with etcd_server(tmp_path / "etcd") as etcd:
+        stores = [EtcdStore([etcd.endpoint], timeout=5.0) for _ in range(2)]
+        try:
+            a, b = Ipam(stores[0], "h1"), Ipam(stores[1], "h2")
+            ida, idb = await pool(a, "10.1.0.0/24"), await pool(b, "10.1.0.0/24")
+            got = await asyncio.gather(
+                *(a.request_address(ida, "", None) for _ in range(60)),
+                *(b.request_address(idb, "", None) for _ in range(60)),
+            )
+            assert len(set(got)) == 120
+            await index_matches_records(stores[0], POOLS + "10.1.0.0_24/")
+            await asyncio.gather(
+                *(a.release_address(ida, g.split("/")[0]) for g in got[:30]),
+                *(b.release_address(idb, g.split("/")[0]) for g in got[60:90]),
+                *(a.request_address(ida, "", None) for _ in range(20)),
+                *(b.request_address(idb, "", None) for _ in range(20)),
+            )
+            await index_matches_records(stores[0], POOLS + "10.1.0.0_24/")
+            assert len(await stores[0].range(POOLS + "10.1.0.0_24/addrs/")) == 120 - 60 + 40
+        finally:
+            for s in stores:
+                await s.close()
+
+
+# -- the allocation index (ipam/chunks.py) ---------------------------------------------------
+
+
+async def test_request_address_reads_the_same_few_keys_however_full_the_pool(store: EmbeddedStore) -> None:
+    """2,000 addresses taken in a /16 (eight chunks): a request reads the pool's meta, its
+    cursor and one chunk, as in an empty pool, and never a range."""
+    counting = CountingStore(store)
+    ipam = Ipam(counting, "h1")
+    pid = await pool(ipam, "10.60.0.0/16")
+
+    async def cost() -> tuple[int, int]:
+        counting.gets = counting.ranged = 0
+        await ipam.request_address(pid, "", None)
+        return counting.gets, counting.ranged
+
+    assert await cost() == (3, 0)
+    for _ in range(2000):
+        await ipam.request_address(pid, "", None)
+    assert await cost() == (3, 0)
+    assert await ipam.request_address(pid, "", None) == "10.60.7.211/16"
+    await index_matches_records(store, POOLS + "10.60.0.0_16/")
+
+
+async def test_a_pool_written_before_the_index_gets_one_on_its_first_request(store: EmbeddedStore) -> None:
+    """A pool as pynet wrote it before chunks/ (records and cursor only, meta without "index")."""
+    p = POOLS + "10.1.0.0_24/"
+    old = {
+        "/pynet/ipam/poolset": {"subnets": ["10.1.0.0/24"]},
+        p + "meta": {"subnet": "10.1.0.0/24", "host": "h1", "time": 1.0},
+        p + "hosts/h1": {"space": LOCAL_SPACE, "sub_pool": "", "time": 1.0},
+        p + "hosts/h2": {"space": LOCAL_SPACE, "sub_pool": "", "time": 1.0},
+        p + "addrs/10.1.0.1": {"host": "h1", "owner": "gateway", "time": 1.0, "hosts": ["h1"]},
+        p + "addrs/10.1.0.2": {"host": "h1", "owner": "container", "time": 1.0},
+        p + "addrs/10.1.0.3": {"host": "h2", "owner": "container", "time": 1.0},
+        p + "addrs/10.1.0.4": {"host": "h1", "owner": "aux", "time": 1.0},
+        p + "cursor/10.1.0.0_24": {"address": "10.1.0.1"},
+    }
+    await store.txn([], [Put(k, json.dumps(v).encode()) for k, v in old.items()])
+    h1, h2 = Ipam(store, "h1"), Ipam(store, "h2")
+    assert await h1.request_address("pynet-local:10.1.0.0/24", "", None) == "10.1.0.5/24"
+    assert (await value(store, p + "meta"))["index"] == 1
+    assert await value(store, p + "gateway") == {"address": "10.1.0.1"}
+    await index_matches_records(store, p)
+    assert await h2.request_address("pynet-local:10.1.0.0/24", "", GW) == "10.1.0.1/24"
+    await h1.release_address("pynet-local:10.1.0.0/24", "10.1.0.2")
+    await index_matches_records(store, p)
+
+
+async def test_a_record_missing_from_the_index_is_skipped_and_marked(store: EmbeddedStore) -> None:
+    """An address taken by a pynet that does not know the index (a host not yet upgraded)."""
+    h1 = Ipam(store, "h1")
+    pid = await pool(h1, "10.1.0.0/24")
+    rec = json.dumps({"host": "old", "owner": "container", "time": 1.0}).encode()
+    await store.put(POOLS + "10.1.0.0_24/addrs/10.1.0.1", rec)
+    got = await h1.request_address(pid, "", None)
+    assert got != "10.1.0.1/24"
+    await index_matches_records(store, POOLS + "10.1.0.0_24/")
+
+
+async def test_a_full_index_is_rebuilt_before_the_pool_is_called_exhausted(store: EmbeddedStore) -> None:
+    """Addresses freed by a pynet that does not know the index keep their bits; a pool that
+    looks full is checked against its records once."""
+    h1 = Ipam(store, "h1")
+    pid = await pool(h1, "10.1.0.0/29")
+    got = [await h1.request_address(pid, "", None) for _ in range(6)]
+    assert got == [f"10.1.0.{i}/29" for i in range(1, 7)]
+    await store.delete(POOLS + "10.1.0.0_29/addrs/10.1.0.3")
+    assert await h1.request_address(pid, "", None) == "10.1.0.3/29"
+    with pytest.raises(Exhausted):
+        await h1.request_address(pid, "", None)
+    await index_matches_records(store, POOLS + "10.1.0.0_29/")
+
+
+async def test_a_v6_pool_keeps_chunks_only_where_addresses_are(h1: Ipam, store: EmbeddedStore) -> None:
+    """A /64 has 2**56 chunks; the first address and one near the end make two records."""
+    pid = await pool(h1, "fd00:1::/64", v6=True)
+    assert await h1.request_address(pid, "", None) == "fd00:1::1/64"
+    assert await h1.request_address(pid, "fd00:1::ffff:ffff:ffff:fff0", None) == "fd00:1::ffff:ffff:ffff:fff0/64"
+    chunks = await keys(store, POOLS + "fd00:1::_64/chunks/")
+    assert chunks == [POOLS + "fd00:1::_64/chunks/0", POOLS + f"fd00:1::_64/chunks/{(2**64 - 16) // 256}"]
+    await index_matches_records(store, POOLS + "fd00:1::_64/")

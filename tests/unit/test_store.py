@@ -15,6 +15,7 @@ from pynet.store.base import Compare, Delete, Put, Store
 from pynet.store.embedded import EmbeddedStore
 from pynet.store.errors import NotFound, RevisionCompacted
 from pynet.store.etcd import EtcdStore
+from pynet.store.locks import KeyedLocks
 from tests.etcd_server import EtcdServer, etcd_server
 
 
@@ -31,7 +32,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "embedded":
         s = EmbeddedStore(tmp_path / "store.sqlite")
     else:
-        s = EtcdStore([request.getfixturevalue("etcd").endpoint])
+        # Pages of 2 keys, so every range of the contract crosses pages (store/etcd.py).
+        s = EtcdStore([request.getfixturevalue("etcd").endpoint], page_size=2)
         await s.delete("", prefix=True)  # tests share the etcd: each starts from an empty keyspace
     yield s
     await s.close()
@@ -48,6 +50,10 @@ async def test_put_get_range_delete(store: Store) -> None:
     kv2 = await store.get("/t/a")
     assert kv2 is not None and kv2.version == 2 and kv2.create_revision == r1 and kv2.value == b"11"
     assert [kv.key for kv in await store.range("/t/")] == ["/t/a", "/t/b"]
+    for i in range(5):
+        await store.put(f"/t/c{i}", b"x")
+    assert [kv.key for kv in await store.range("/t/")] == ["/t/a", "/t/b", *(f"/t/c{i}" for i in range(5))]
+    assert await store.delete("/t/c", prefix=True) == 5
     assert await store.delete("/t/a") == 1
     assert await store.delete("/t/a") == 0
     assert await store.get("/t/a") is None
@@ -171,3 +177,24 @@ def test_embedded_survives_kill_9(tmp_path: Path) -> None:
         await s.close()
 
     asyncio.run(check())
+
+
+async def test_keyed_locks_exclude_per_key_and_go_when_unused() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+
+    async def hold(key: str, tag: str) -> None:
+        async with locks(key):
+            order.append(f"{tag}+")
+            await asyncio.sleep(0.01)
+            order.append(f"{tag}-")
+
+    await asyncio.gather(hold("a", "a1"), hold("a", "a2"), hold("b", "b1"))
+    assert order.index("a1-") < order.index("a2+")  # one key: one holder at a time
+    assert order.index("b1+") < order.index("a1-")  # another key: in parallel
+    assert len(locks) == 0
+    waiting = asyncio.gather(hold("c", "c1"), hold("c", "c2"))
+    await asyncio.sleep(0)
+    assert len(locks) == 1  # held and waited for: kept
+    await waiting
+    assert len(locks) == 0
