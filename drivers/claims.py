@@ -51,11 +51,25 @@ class Claims:
                     if owner == network_id:
                         continue
                     if not await stale(owner):
+                        kind, value = await self._first_held(keys, owner, (kind, value))
                         raise Conflict(f"pynet: {kind} {value!r} is already used by network {owner[:12]}")
                 puts.append(Put(key, network_id.encode()))
             if not puts or await self.store.txn(compares, puts):
                 return
         raise Conflict(f"pynet: could not reserve {', '.join(f'{k} {v!r}' for k, v in claims.items())}: contended")
+
+    async def _first_held(
+        self, keys: Mapping[str, tuple[str, str | int]], owner: str, seen: tuple[str, str | int]
+    ) -> tuple[str, str | int]:
+        """The first claim, in the config's order, that `owner` holds: keys are read one by one,
+        so a claim read before the owner's transaction landed was seen free (a VXLAN network's
+        VNI, read before its bridge); the error names what the user chose, the VNI. `seen`, the
+        claim found held, if the owner has let go of them all since."""
+        for key, claim in keys.items():
+            kv = await self.store.get(key)
+            if kv is not None and kv.value.decode() == owner:
+                return claim
+        return seen
 
     async def release(self, network_id: str, claims: Mapping[str, str | int]) -> None:
         """Drop the claims `network_id` holds; one another network holds stays. Idempotent."""
