@@ -67,6 +67,7 @@ from pynet.ipam.netmath import (
     to_address,
     usable_exclusions,
 )
+from pynet.store import faults
 from pynet.store.base import Compare, Delete, KeyValue, Op, Put, Store
 from pynet.store.errors import Conflict, Exhausted, InvalidRequest, NotFound
 
@@ -154,11 +155,13 @@ class Ipam:
                 raise InvalidRequest(f"pynet: invalid --ip-range {sub_pool}: needs a --subnet")
             async with self._poolset_lock:
                 subnet = await self._create_auto(space, v6, exclude)
+            faults.hit("request_pool.after_store")
             return PoolReply(str(PoolId(space, subnet)), str(subnet))
         subnet = parse_subnet(pool, "--subnet", v6)
         sub = parse_sub_pool(sub_pool, subnet) if sub_pool else None
         async with self._poolset_lock:
             await self._acquire(PoolId(space, subnet, sub))
+        faults.hit("request_pool.after_store")
         return PoolReply(str(PoolId(space, subnet, sub)), str(subnet))
 
     async def release_pool(self, pool_id: str) -> None:
@@ -169,7 +172,9 @@ class Ipam:
                 outcome = await self._try_release_pool(pid.subnet)
                 if outcome is not None:
                     if outcome:
+                        faults.hit("release_pool.after_unref")
                         await self._drop_own_allocations(pid.subnet)
+                    faults.hit("release_pool.after_store")
                     return
                 await _backoff(attempt)
         raise _gave_up(pid.subnet)
@@ -201,6 +206,7 @@ class Ipam:
                 else:
                     got = await self._take_dynamic(pid, state, contended=attempt > 0)
                 if got is not None:
+                    faults.hit("request_address.after_store")
                     return f"{got}/{pid.subnet.prefixlen}"
                 await _backoff(attempt)
         raise _gave_up(pid.subnet)
@@ -219,6 +225,7 @@ class Ipam:
                     return
                 op = self._release_op(kv, ip, pid.subnet)
                 if op is None or await self.store.txn([Compare.unchanged(kv)], [op]):
+                    faults.hit("release_address.after_store")
                     return
                 await _backoff(attempt)
         raise _gave_up(pid.subnet)
