@@ -57,6 +57,9 @@ class Docker:
     sock: Path
     revive: Callable[[bool], None]
     netns: str  # the host namespace
+    # Docker's own IPAM instead of pynet's (`-d pynet` without `--ipam-driver pynet`): no
+    # IpamDriver call reaches pynet; Docker hands out the gateway and addresses itself.
+    own_ipam: bool = False
     networks: list[Net] = field(default_factory=list)
     containers: list[Container] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # calls that failed, as Docker saw them
@@ -78,6 +81,9 @@ class Docker:
     # -- docker network create / rm ------------------------------------------------------------
 
     async def network_create(self, subnet: str, options: dict[str, str] | None = None) -> Net | None:
+        if self.own_ipam:
+            net = Net(secrets.token_hex(32), "", subnet, _nth(subnet, 1))
+            return net if await self._create_network(net, options) else None
         pool = await self.call(
             "IpamDriver.RequestPool",
             {"AddressSpace": "pynet-local", "Pool": subnet, "SubPool": "", "Options": {}, "V6": False},
@@ -90,36 +96,47 @@ class Docker:
             await self.call("IpamDriver.ReleasePool", {"PoolID": pool_id})
             return None
         net = Net(secrets.token_hex(32), pool_id, subnet, gw["Address"])
+        if not await self._create_network(net, options):
+            await self._release(net.pool_id, net.gateway)
+            await self.call("IpamDriver.ReleasePool", {"PoolID": pool_id})
+            return None
+        return net
+
+    async def _create_network(self, net: Net, options: dict[str, str] | None) -> bool:
         created = await self.call(
             "NetworkDriver.CreateNetwork",
             {
                 "NetworkID": net.id,
                 "Options": {"com.docker.network.generic": options or {}, "com.docker.network.enable_ipv6": False},
-                "IPv4Data": [{"AddressSpace": "pynet-local", "Pool": subnet, "Gateway": net.gateway}],
+                "IPv4Data": [{"AddressSpace": "pynet-local" if net.pool_id else "LocalDefault", "Pool": net.subnet,
+                              "Gateway": net.gateway}],
                 "IPv6Data": [],
             },
         )
-        if created is None:
-            await self._release(net.pool_id, net.gateway)
-            await self.call("IpamDriver.ReleasePool", {"PoolID": pool_id})
-            return None
-        self.networks.append(net)
-        return net
+        if created is not None:
+            self.networks.append(net)
+        return created is not None
 
     async def network_rm(self, net: Net) -> None:
-        await self._release(net.pool_id, net.gateway)
-        await self.call("IpamDriver.ReleasePool", {"PoolID": net.pool_id})
+        if net.pool_id:
+            await self._release(net.pool_id, net.gateway)
+            await self.call("IpamDriver.ReleasePool", {"PoolID": net.pool_id})
         await self.call("NetworkDriver.DeleteNetwork", {"NetworkID": net.id})
         self.networks.remove(net)
 
     async def _release(self, pool_id: str, cidr: str) -> None:
+        if not pool_id:
+            return  # Docker's own IPAM
         address = str(ipaddress.ip_interface(cidr).ip)
         await self.call("IpamDriver.ReleaseAddress", {"PoolID": pool_id, "Address": address})
 
     # -- docker run / rm -f --------------------------------------------------------------------
 
     async def run(self, net: Net) -> Container | None:
-        got = await self.call("IpamDriver.RequestAddress", {"PoolID": net.pool_id, "Address": "", "Options": None})
+        if self.own_ipam:
+            got: dict[str, Any] | None = {"Address": _nth(net.subnet, 2 + sum(c.net is net for c in self.containers))}
+        else:
+            got = await self.call("IpamDriver.RequestAddress", {"PoolID": net.pool_id, "Address": "", "Options": None})
         if got is None:
             return None
         ctr = Container(f"{self.netns}-c{secrets.token_hex(2)}", net, secrets.token_hex(32), got["Address"])
@@ -162,3 +179,9 @@ class Docker:
         """Namespaces of containers still running at the end of a failed test."""
         for ctr in self.containers:
             sh("ip", "netns", "del", ctr.name, check=False)
+
+
+def _nth(subnet: str, n: int) -> str:
+    """What Docker's own IPAM hands out: the gateway first, then serially."""
+    net = ipaddress.ip_network(subnet)
+    return f"{net.network_address + n}/{net.prefixlen}"

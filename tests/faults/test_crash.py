@@ -103,7 +103,7 @@ async def check_alive(docker: Docker, ns: Namespaces) -> None:
     inv = msgspec.convert(await admin(docker.sock, "gc/inventory"), gc.Inventory)
     assert sorted(n.id for n in inv.networks) == sorted(n.id for n in docker.networks)
     assert sorted(e.id for e in inv.endpoints) == sorted(c.endpoint for c in docker.containers)
-    believed = [n.gateway for n in docker.networks] + [c.address for c in docker.containers]
+    believed = [] if docker.own_ipam else [n.gateway for n in docker.networks] + [c.address for c in docker.containers]
     mine = [a.address for a in inv.allocations if a.host == inv.host]  # a shared pool holds others' too
     assert sorted(mine) == sorted(a.split("/")[0] for a in believed)
     for net in docker.networks:
@@ -118,7 +118,9 @@ def check_isolated(docker: Docker, ns: Namespaces, a: Container, b: Container) -
     x, y = bridge_of(a.net), bridge_of(b.net)
     for rule in (f"-i {x} -o {y} -j DROP", f"-i {y} -o {x} -j DROP"):
         assert rule in rules, f"isolation rule {rule!r} missing:\n{rules}"
-    assert not pings(a.name, b.address.split("/")[0])
+    # One probe, one second: the answer would come back in a millisecond.
+    assert sh("ip", "netns", "exec", a.name, "busybox", "ping", "-c", "1", "-W", "1", b.address.split("/")[0],
+              check=False).returncode != 0, "a network reaches another"
 
 
 async def leftovers(docker: Docker, ns: Namespaces) -> dict[str, object]:
@@ -150,6 +152,7 @@ async def story(docker: Docker, ns: Namespaces) -> None:
     await check_alive(docker, ns)
     check_isolated(docker, ns, ca, cb)
     await docker.rm(ca)
+    await check_alive(docker, ns)  # before DeleteNetwork, which would hide a leaked endpoint
     await docker.network_rm(a)
     await check_alive(docker, ns)
     await docker.rm(cb)
@@ -160,8 +163,21 @@ async def story(docker: Docker, ns: Namespaces) -> None:
 async def test_crash_loses_leaks_and_lets_in_nothing(
     point: str, ns: Namespaces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    crashing = Crashing(ns, tmp_path, monkeypatch, point)
-    docker = Docker(crashing.daemon.sock, crashing.revive, ns.host)
+    await crash_story(point, ns, tmp_path, monkeypatch, own_ipam=False)
+
+
+# With Docker's own IPAM no ReleaseAddress reaches pynet to tell it an endpoint was given up:
+# what a crash in DeleteEndpoint leaves must not outlive the restart by itself.
+@pytest.mark.parametrize("point", ["delete_endpoint.after_store", "delete_endpoint.after_kernel"])
+async def test_crash_with_dockers_own_ipam(
+    point: str, ns: Namespaces, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await crash_story(point, ns, tmp_path, monkeypatch, own_ipam=True)
+
+
+async def crash_story(point: str, ns: Namespaces, tmp: Path, monkeypatch: pytest.MonkeyPatch, own_ipam: bool) -> None:
+    crashing = Crashing(ns, tmp, monkeypatch, point)
+    docker = Docker(crashing.daemon.sock, crashing.revive, ns.host, own_ipam=own_ipam)
     try:
         await story(docker, ns)
         assert crashing.crashes == 1, f"the story never reached {point}"
