@@ -150,18 +150,23 @@ class Ipam:
         """`exclude` (host routes) only steers automatic choice: an explicit --subnet is obeyed."""
         _check_space(space)
         _check_pool_options(options)
+        reply = await self._request_pool(space, pool, sub_pool, v6, exclude)
+        faults.hit("request_pool.after_store")
+        return reply
+
+    async def _request_pool(
+        self, space: str, pool: str, sub_pool: str, v6: bool, exclude: Sequence[IPNetwork]
+    ) -> PoolReply:
         if not pool:
             if sub_pool:
                 raise InvalidRequest(f"pynet: invalid --ip-range {sub_pool}: needs a --subnet")
             async with self._poolset_lock:
                 subnet = await self._create_auto(space, v6, exclude)
-            faults.hit("request_pool.after_store")
             return PoolReply(str(PoolId(space, subnet)), str(subnet))
         subnet = parse_subnet(pool, "--subnet", v6)
         sub = parse_sub_pool(sub_pool, subnet) if sub_pool else None
         async with self._poolset_lock:
             await self._acquire(PoolId(space, subnet, sub))
-        faults.hit("request_pool.after_store")
         return PoolReply(str(PoolId(space, subnet, sub)), str(subnet))
 
     async def release_pool(self, pool_id: str) -> None:
