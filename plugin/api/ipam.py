@@ -71,4 +71,3 @@ async def _drop_abandoned_endpoint(d: Daemon, pool_id: str, address: str) -> Non
         held = [ipaddress.ip_interface(a).ip for a in (ep.address, ep.address6) if a]
         if ip in held and ip in subnet:
             await network.remove_endpoint(d, ep.network_id, ep.id)
-
