@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import msgspec
 
 from pynet.drivers.netlink import ZERO_MAC, Forwarding, Netlink
+from pynet.store import faults
 from pynet.store.base import Event, Store
 from pynet.store.errors import NotFound, RevisionCompacted, StoreUnavailable
 from pynet.store.locks import KeyedLocks
@@ -354,6 +355,7 @@ class Sync:
                 await fwd.del_fdb(mac, dst)
             for mac, dst in todo.add_fdb:
                 await fwd.add_fdb(mac, dst)
+                faults.hit("vxlan.program.partial")
             for ip in todo.del_neigh:
                 await fwd.del_neighbour(ip)
             for ip, mac in todo.set_neigh:

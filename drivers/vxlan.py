@@ -46,6 +46,7 @@ from pynet.drivers.options import Option, int_in, invalid, parse_bool, parse_opt
 from pynet.drivers.peers import Observer, Registry, Sync, endpoint_key, vtep_key
 from pynet.drivers.ports import HostPorts
 from pynet.drivers.segment import Segment, SegmentEndpoints
+from pynet.store import faults
 from pynet.store.base import Store
 from pynet.store.errors import InvalidRequest, PynetError
 
@@ -178,6 +179,7 @@ class VxlanBackend(SegmentEndpoints):
         await self.segment.create(net, vni_mac(cfg.vni))  # cleans up after itself when it fails
         async with undo_on_failure(lambda: self.delete_network(net)):
             await self._ensure_device(cfg, link)
+            faults.hit("vxlan.create.after_device")
             await self._register(cfg)
         return cfg
 

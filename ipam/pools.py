@@ -74,6 +74,7 @@ from pynet.ipam.netmath import (
     to_address,
     usable_exclusions,
 )
+from pynet.store import faults
 from pynet.store.base import Compare, Delete, KeyValue, Op, Put, Store
 from pynet.store.errors import Conflict, Exhausted, InvalidRequest, NotFound
 from pynet.store.locks import KeyedLocks
@@ -176,6 +177,13 @@ class Ipam:
         """`exclude` (host routes) only steers automatic choice: an explicit --subnet is obeyed."""
         _check_space(space)
         _check_pool_options(options)
+        reply = await self._request_pool(space, pool, sub_pool, v6, exclude)
+        faults.hit("request_pool.after_store")
+        return reply
+
+    async def _request_pool(
+        self, space: str, pool: str, sub_pool: str, v6: bool, exclude: Sequence[IPNetwork]
+    ) -> PoolReply:
         if not pool:
             if sub_pool:
                 raise InvalidRequest(f"pynet: invalid --ip-range {sub_pool}: needs a --subnet")
@@ -196,7 +204,9 @@ class Ipam:
                 outcome = await self._try_release_pool(pid.subnet)
                 if outcome is not None:
                     if outcome:
+                        faults.hit("release_pool.after_unref")
                         await self._drop_own_allocations(pid.subnet)
+                    faults.hit("release_pool.after_store")
                     return
                 await _backoff(attempt)
         raise _gave_up(pid.subnet)
@@ -223,6 +233,7 @@ class Ipam:
                 else:
                     got = await self._take_dynamic(pid, meta, contended=attempt > 0)
                 if got is not None:
+                    faults.hit("request_address.after_store")
                     return f"{got}/{pid.subnet.prefixlen}"
                 await _backoff(attempt)
         raise _gave_up(pid.subnet)
@@ -240,6 +251,7 @@ class Ipam:
                     await self._note_missing_pool(pid.subnet, ip)
                     return
                 if await self._release(kv, ip, pid.subnet, contended=attempt > 0):
+                    faults.hit("release_address.after_store")
                     return
                 await _backoff(attempt)
         raise _gave_up(pid.subnet)

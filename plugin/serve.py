@@ -42,6 +42,7 @@ from pynet.plugin.dns.watcher import Watcher
 from pynet.plugin.engine import Engine
 from pynet.plugin.metrics import Metrics, serve_metrics, timed
 from pynet.plugin.ops import admin_api
+from pynet.store import faults
 from pynet.store.errors import StoreUnavailable
 
 log = logging.getLogger("pynet")
@@ -279,8 +280,10 @@ async def serve(settings: Settings) -> None:
 def main(settings: Settings) -> int:
     logs.setup(settings.log_level, settings.log_format)
     try:
+        if point := faults.arm_from_env():
+            log.warning("crash point armed: pynet exits when it reaches it", extra={"point": point})
         asyncio.run(serve(settings))
-    except AlreadyRunning as e:
+    except (AlreadyRunning, faults.UnknownPoint) as e:
         print(e, file=sys.stderr)
         return 1
     return 0

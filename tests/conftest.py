@@ -1,8 +1,9 @@
 """Test tiers (docs/design.md, Tests): a test's tier is the folder it lives in.
 
-unit/, api/ and fuzz/ need nothing; kernel/ needs root; docker/ needs root and docker.io; multihost/
-also needs etcd. A tier whose requirements are missing is skipped with what to install, except
-under CI=true, where a missing requirement fails the run instead: CI skips nothing.
+unit/, api/ and fuzz/ need nothing; kernel/ needs root; faults/ needs root and etcd; docker/
+needs root and docker.io; multihost/ also needs etcd. A tier whose requirements are missing is
+skipped with what to install, except under CI=true, where a missing requirement fails the run
+instead: CI skips nothing.
 
 The docker and multihost tiers run on a matrix of Docker releases (lab/releases.py): a test
 whose lab depends on the `docker_release` fixture runs once per release, with the release as
@@ -26,6 +27,8 @@ TIERS: dict[str, list[str]] = {
     "api": [],
     "fuzz": [],
     "kernel": ["root", "ip", "iptables-restore"],
+    # The crash-hook tier (tests/faults/): the daemon killed at every point, in private netns.
+    "faults": ["root", "ip", "iptables-restore", "busybox", "etcd"],
     "docker": ["root", "ip", "iptables-restore", "dockerd", "busybox"],
     "multihost": ["root", "ip", "iptables-restore", "dockerd", "busybox", "etcd"],
 }
@@ -51,7 +54,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     root = Path(__file__).parent
     for item in items:
         tier = Path(item.fspath).relative_to(root).parts[0]
-        if tier in ("kernel", "docker", "multihost"):
+        if tier in ("kernel", "faults", "docker", "multihost"):
             item.add_marker(getattr(pytest.mark, tier))
         missing = missing_requirements(tier)
         if not missing:

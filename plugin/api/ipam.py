@@ -6,8 +6,10 @@ subnet never shadows a network the host already reaches (Docker then keeps askin
 
 from __future__ import annotations
 
-from pynet.ipam import GLOBAL_SPACE, LOCAL_SPACE
-from pynet.plugin.api import wire
+import ipaddress
+
+from pynet.ipam import GLOBAL_SPACE, LOCAL_SPACE, PoolId
+from pynet.plugin.api import network, wire
 from pynet.plugin.api.routes import Routes
 from pynet.plugin.api.wire import decode
 from pynet.plugin.daemon.daemon import Daemon
@@ -51,5 +53,21 @@ async def request_address(d: Daemon, body: bytes) -> wire.RequestAddressResponse
 @route("ReleaseAddress")
 async def release_address(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.ReleaseAddressRequest = decode(body, wire.ReleaseAddressRequest)
+    await _drop_abandoned_endpoint(d, req.PoolID, req.Address)
     await d.ipam.release_address(req.PoolID, req.Address)
     return wire.Empty()
+
+
+async def _drop_abandoned_endpoint(d: Daemon, pool_id: str, address: str) -> None:
+    """Docker releases an endpoint's address after its DeleteEndpoint, and instead of one
+    when CreateEndpoint failed (§2.4): a crash that lost CreateEndpoint's reply leaves an
+    endpoint record Docker never deletes. One still holding the address is that endpoint."""
+    subnet = PoolId.parse(pool_id).subnet
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return  # release_address names the bad value
+    for ep in await d.state.endpoints():
+        held = [ipaddress.ip_interface(a).ip for a in (ep.address, ep.address6) if a]
+        if ip in held and ip in subnet:
+            await network.remove_endpoint(d, ep.network_id, ep.id)

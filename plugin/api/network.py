@@ -27,6 +27,7 @@ from pynet.plugin.api import wire
 from pynet.plugin.api.routes import Routes
 from pynet.plugin.api.wire import decode
 from pynet.plugin.daemon.daemon import Daemon
+from pynet.store import faults
 from pynet.store.errors import Conflict, InvalidRequest, NotFound
 
 log = logging.getLogger("pynet.network")
@@ -115,12 +116,20 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
             # A retry: make sure the kernel has it, change nothing else.
             await d.backend(existing.mode).create_network(existing)
             return wire.Empty()
+        for stale in await _overlapping(d, draft):
+            log.warning(
+                "removing a network Docker gave up: its subnet is this new network's",
+                extra={"network": stale.id, "new_network": draft.id},
+            )
+            async with d.lock(stale.id):
+                await _forget_network(d, stale)
         # Every reservation is undone if the create fails, the kernel first, the store last.
         async with undo_on_failure() as undo:
             # A VXLAN network's VNI is reserved cluster-wide first (store-only, like every handler).
             resolved = vnis.Resolved(user_opts)
             if mode == "vxlan":
                 resolved = await vnis.resolve(d.store, d.settings.store_prefix, d.host, user_opts, draft)
+                faults.hit("create_network.after_vni")
             if resolved.reserved is not None:
                 vni = resolved.reserved
                 undo.push(lambda: vnis.release(d.store, d.settings.store_prefix, vni, draft.id))
@@ -140,8 +149,10 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
             undo.push(lambda: _claims(d).release(net.id, claims))
             await _check_unique(d, net)
             net = replace(net, config=await backend.create_network(net))
+            faults.hit("create_network.after_kernel")
             undo.push(lambda: backend.delete_network(net))
             await d.state.save_network(net)
+        faults.hit("create_network.after_store")
     log.info(
         "network created",
         extra={"network": net.id, "mode": mode, "subnets": ",".join(s.pool for s in (*net.ipv4, *net.ipv6))},
@@ -157,6 +168,24 @@ async def _vanished(d: Daemon, network_id: str) -> bool:
     """Whether a claim's network is gone: no record, and no create of it under way (which holds
     its lock). Only a crash between a create's claim and its undo leaves such a claim."""
     return not d.lock(network_id).locked() and await d.state.network(network_id) is None
+
+
+async def _overlapping(d: Daemon, draft: _Draft) -> list[Network]:
+    """This host's networks whose subnets overlap the draft's. Docker never holds two such
+    networks on one host (its IPAM, or pynet's, refuses an overlapping pool), so such a record is
+    one Docker gave up: a CreateNetwork whose reply a crash lost, which Docker then rolled back
+    without a DeleteNetwork (§2.2). Its bridge would hold the new network's gateway address."""
+    mine = [ipaddress.ip_network(s.pool) for s in (*draft.ipv4, *draft.ipv6)]
+    return [
+        n
+        for n in await d.state.networks()
+        if n.id != draft.id
+        and any(
+            a.version == b.version and a.overlaps(b)
+            for a in mine
+            for b in (ipaddress.ip_network(s.pool) for s in (*n.ipv4, *n.ipv6))
+        )
+    ]
 
 
 async def _check_unique(d: Daemon, net: Network) -> None:
@@ -176,21 +205,32 @@ async def delete_network(d: Daemon, body: bytes) -> wire.Empty:
 
 
 async def remove_network(d: Daemon, network_id: str) -> None:
-    """Under the network's lock: endpoints left behind, the kernel, then the claims and last the
-    record, so a failure part way leaves the record for Docker's retry or gc to finish. A
-    network already gone is no error. Docker's DeleteNetwork and gc's removal of a leak end here."""
+    """Under the network's lock (`_forget_network`). A network already gone is no error.
+    Docker's DeleteNetwork and gc's removal of a leak end here."""
     async with d.lock(network_id):
         net = await d.state.network(network_id)
         if net is None:
             return
-        backend = d.backend(net.mode)
-        for ep in await d.state.endpoints(net.id):
-            await backend.delete_endpoint(net, ep)
-            await d.state.delete_endpoint(ep.id)
-        await backend.delete_network(net)
-        await _claims(d).release(net.id, net.config.claims())
-        await d.state.delete_network(net.id)
+        await _forget_network(d, net)
     log.info("network deleted", extra={"network": net.id})
+
+
+async def _forget_network(d: Daemon, net: Network) -> None:
+    """Records first, then the kernel: Docker forgets a network whose DeleteNetwork failed
+    (§2.3), so a crash must leave nothing that outlives a restart. With the records gone, the
+    links left are orphans reconcile deletes, and the rules it rewrites no longer hold them."""
+    backend = d.backend(net.mode)
+    eps = await d.state.endpoints(net.id)
+    await d.state.delete_network(net.id, [ep.id for ep in eps])
+    faults.hit("delete_network.after_store")
+    for ep in eps:
+        await backend.delete_endpoint(net, ep)
+    faults.hit("delete_network.after_endpoints")
+    await backend.delete_network(net)
+    faults.hit("delete_network.after_kernel")
+    # Last: a crash before it leaves claims of a network with no record, which the next
+    # create naming them takes over (drivers/claims.py).
+    await _claims(d).release(net.id, net.config.claims())
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -248,11 +288,14 @@ async def create_endpoint(d: Daemon, body: bytes) -> wire.CreateEndpointResponse
         )
         backend = d.backend(net.mode)
         await backend.create_endpoint(net, ep)
+        faults.hit("create_endpoint.after_kernel")
         async with undo_on_failure(lambda: backend.delete_endpoint(net, ep)):
             await d.state.save_endpoint(ep)
+        faults.hit("create_endpoint.after_store")
     for addr in (ep.address, ep.address6):
         if addr:
             await d.ipam.bind(addr, ep.id)
+    faults.hit("create_endpoint.after_bind")
     log.info(
         "endpoint created",
         extra={"network": net.id, "endpoint": ep.id, "address": ep.address or ep.address6, "link": ep.peer},
@@ -271,14 +314,17 @@ def _endpoint_reply(intf: wire.EndpointInterface, ep: Endpoint) -> wire.CreateEn
 
 
 async def remove_endpoint(d: Daemon, network_id: str, endpoint_id: str) -> None:
-    """Under the network's lock, backend first, then the record; an endpoint (or network)
+    """Under the network's lock, the record first, then the backend; an endpoint (or network)
     already gone is no error. Docker's DeleteEndpoint and gc's removal of a leak both end here."""
     async with d.lock(network_id):
         net = await d.state.network(network_id)
         ep = await d.state.endpoint(endpoint_id) or Endpoint(endpoint_id, network_id)
+        # The record first: after a crash a link without one is an orphan, removed at start.
+        await d.state.delete_endpoint(ep.id)
+        faults.hit("delete_endpoint.after_store")
         if net is not None:
             await d.backend(net.mode).delete_endpoint(net, ep)
-        await d.state.delete_endpoint(ep.id)
+        faults.hit("delete_endpoint.after_kernel")
     log.info("endpoint deleted", extra={"network": network_id, "endpoint": ep.id})
 
 
@@ -309,6 +355,7 @@ async def join(d: Daemon, body: bytes) -> wire.JoinResponse:
         info = await d.backend(net.mode).join(net, ep)
         ep.sandbox, ep.joined = req.SandboxKey, True
         await d.state.save_endpoint(ep)
+        faults.hit("join.after_store")
     log.info("endpoint joined", extra={"network": net.id, "endpoint": ep.id, "sandbox": req.SandboxKey})
     return wire.JoinResponse(
         InterfaceName=wire.InterfaceName(SrcName=info.src_name, DstPrefix="eth"),
@@ -330,6 +377,7 @@ async def leave(d: Daemon, body: bytes) -> wire.Empty:
         await d.backend(net.mode).leave(net, ep)
         ep.joined, ep.ports = False, []
         await d.state.save_endpoint(ep)
+        faults.hit("leave.after_store")
     log.info("endpoint left", extra={"network": net.id, "endpoint": ep.id})
     return wire.Empty()
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from pynet.drivers.base import Endpoint, Network
-from pynet.store.base import Store
+from pynet.store.base import Delete, Store
 
 # Keys the first release wrote under `config` that the typed settings name differently.
 RENAMED = {"vxlan": {"vxlan": "device"}}
@@ -62,8 +62,11 @@ class State:
     async def save_network(self, net: Network) -> None:
         await self.store.put(self._net_key(net.id), msgspec.json.encode(net))
 
-    async def delete_network(self, network_id: str) -> None:
-        await self.store.delete(self._net_key(network_id))
+    async def delete_network(self, network_id: str, endpoint_ids: list[str]) -> None:
+        """The network's record and its endpoints' in one transaction: a crash never leaves
+        endpoint records of a deleted network, nor a network without its endpoint records."""
+        keys = [self._ep_key(e) for e in endpoint_ids] + [self._net_key(network_id)]
+        await self.store.txn([], [Delete(k) for k in keys])
 
     async def endpoint(self, endpoint_id: str) -> Endpoint | None:
         kv = await self.store.get(self._ep_key(endpoint_id))

@@ -81,8 +81,9 @@ class LocalGc:
         async def remove_network(leak: gc.Leak) -> None:
             net = await self.loc.state.network(leak.name)
             if net is not None:
+                eps = await self.loc.state.endpoints(net.id)
+                await self.loc.state.delete_network(net.id, [ep.id for ep in eps])
                 await self.claims.release(net.id, net.config.claims())
-                await self.loc.state.delete_network(net.id)
 
         removers = gc.Removers(endpoint=remove_endpoint, network=remove_network)
         return await gc.sweep(leaks, view, self.sources, removers, time.time(), min_age)

@@ -25,9 +25,9 @@ from pynet.store.errors import InvalidRequest
 from tests.fuzz.strategies import NET, OPTION_NAMES, addresses, option_values, subnets
 
 BACKENDS: list[Backend] = [
-    BridgeBackend(Netlink(), None),  # type: ignore[arg-type]
+    BridgeBackend(Netlink(), None, None),  # type: ignore[arg-type]
     MacvlanBackend(Netlink(), LINK_PREFIXES),
-    VxlanBackend(Netlink(), None, None, "/pynet/", "h1"),  # type: ignore[arg-type]
+    VxlanBackend(Netlink(), None, None, None, "/pynet/", "h1"),  # type: ignore[arg-type]
 ]
 PARSERS = {
     mode: {n: o.parse for o in table for n in (o.name, *o.aliases)}
