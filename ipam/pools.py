@@ -319,7 +319,7 @@ class Ipam:
         if await self.store.get(host_key) is not None:
             raise Conflict(
                 f"pynet: --subnet {pid.subnet}: pool {subnet} is already in use on this host"
-                f" ({self.host})"
+                f" ({self.host}); if no network has it, a crash left it: `pynet gc --dry-run` lists it"
             )
         ok = await self.store.txn(
             [Compare.unchanged(meta), Compare.absent(host_key)],

@@ -37,7 +37,8 @@ KNOWN: dict[str, str] = {
     "request_pool.after_store": (
         "Docker never learns the PoolID, so never releases the pool; the user's second "
         "`docker network create --subnet` meets this host's reference and gets 'already in use on this "
-        "host'. Telling it from a concurrent create of the same subnet needs a pending mark on the reference"
+        "host' (which points at `pynet gc`, whose pool leak, judged with Docker's view, removes it). "
+        "Telling it from a concurrent create of the same subnet needs a pending mark on the reference"
     ),
 }
 
