@@ -284,15 +284,26 @@ class Ipam:
     async def references(self) -> list[PoolRef]:
         """The pools this host holds (its `hosts/<host>` key in each)."""
         poolset = await self.store.get(self.keys.poolset)
-        result: list[PoolRef] = []
-        for subnet in decode_poolset(poolset.value if poolset else None):
-            mine = await self.store.get(self.keys.host(subnet, self.host))
-            if mine is not None:
-                rec = decode(mine.value, f"pool {subnet} host record")
-                sub = f":{rec['sub_pool']}" if rec.get("sub_pool") else ""
-                pool_id = f"{rec.get('space', LOCAL_SPACE)}:{subnet}{sub}"  # PoolId's form
-                result.append(PoolRef(pool_id, str(subnet), float(rec.get("time", 0.0))))
-        return result
+        refs = [await self.reference(subnet) for subnet in decode_poolset(poolset.value if poolset else None)]
+        return [r for r in refs if r is not None]
+
+    async def reference(self, subnet: IPNetwork) -> PoolRef | None:
+        """This host's reference to the pool of `subnet`, if it holds one."""
+        mine = await self.store.get(self.keys.host(subnet, self.host))
+        if mine is None:
+            return None
+        rec = decode(mine.value, f"pool {subnet} host record")
+        sub = f":{rec['sub_pool']}" if rec.get("sub_pool") else ""
+        pool_id = f"{rec.get('space', LOCAL_SPACE)}:{subnet}{sub}"  # PoolId's form
+        return PoolRef(pool_id, str(subnet), float(rec.get("time", 0.0)))
+
+    async def holds_addresses(self, subnet: IPNetwork) -> bool:
+        """Whether this host holds any address of the pool of `subnet` (one range read)."""
+        for kv in await self.store.range(self.keys.addrs(subnet)):
+            rec = AddrRecord.decode(kv.value)
+            if self.host in (rec.hosts if rec.owner == GATEWAY and rec.hosts else (rec.host,)):
+                return True
+        return False
 
     # -- pool internals --------------------------------------------------------------------
 
@@ -319,7 +330,7 @@ class Ipam:
         if await self.store.get(host_key) is not None:
             raise Conflict(
                 f"pynet: --subnet {pid.subnet}: pool {subnet} is already in use on this host"
-                f" ({self.host}); if no network has it, a crash left it: `pynet gc --dry-run` lists it"
+                f" ({self.host})"
             )
         ok = await self.store.txn(
             [Compare.unchanged(meta), Compare.absent(host_key)],

@@ -7,13 +7,16 @@ subnet never shadows a network the host already reaches (Docker then keeps askin
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from pynet.ipam import GLOBAL_SPACE, LOCAL_SPACE, PoolId
 from pynet.plugin.api import network, wire
 from pynet.plugin.api.routes import Routes
 from pynet.plugin.api.wire import decode
 from pynet.plugin.daemon.daemon import Daemon
+from pynet.store.errors import Conflict
 
+log = logging.getLogger("pynet.ipam")
 route = Routes("IpamDriver")
 
 
@@ -32,8 +35,37 @@ async def get_default_address_spaces(_: Daemon, __: bytes) -> wire.AddressSpaces
 async def request_pool(d: Daemon, body: bytes) -> wire.RequestPoolResponse:
     req: wire.RequestPoolRequest = decode(body, wire.RequestPoolRequest)
     exclude = [] if req.Pool else [r.dst for r in await d.netlink.routes() if not r.default]
-    reply = await d.ipam.request_pool(req.AddressSpace, req.Pool, req.SubPool, req.Options or {}, req.V6, exclude)
+    try:
+        reply = await d.ipam.request_pool(req.AddressSpace, req.Pool, req.SubPool, req.Options or {}, req.V6, exclude)
+    except Conflict:
+        if not await _release_abandoned_pool(d, req.Pool):
+            raise
+        reply = await d.ipam.request_pool(req.AddressSpace, req.Pool, req.SubPool, req.Options or {}, req.V6, exclude)
     return wire.RequestPoolResponse(PoolID=reply.pool_id, Pool=reply.pool, Data=reply.data)
+
+
+async def _release_abandoned_pool(d: Daemon, pool: str) -> bool:
+    """A reference to `pool` that a crash left (the fault tier's `request_pool.after_store`):
+    pynet died after storing it, before Docker read the PoolID, so Docker never releases it,
+    and the user's retry of `docker network create --subnet` would be refused for good. One
+    taken by an earlier pynet process that no network record uses and that holds no address
+    (Docker follows RequestPool with the gateway's RequestAddress, then CreateNetwork) is that
+    one: released, so the retry gets the pool. Returns whether it released one."""
+    try:
+        subnet = ipaddress.ip_network(pool)
+    except ValueError:
+        return False
+    ref = await d.ipam.reference(subnet)
+    if ref is None or ref.time >= d.started:
+        return False
+    nets = await d.state.networks()
+    if any(ipaddress.ip_network(s.pool) == subnet for n in nets for s in (*n.ipv4, *n.ipv6)):
+        return False
+    if await d.ipam.holds_addresses(subnet):
+        return False
+    log.warning("releasing a pool a crash left: no network uses it, and it holds no address", extra={"pool": pool})
+    await d.ipam.release_pool(ref.pool_id)
+    return True
 
 
 @route("ReleasePool")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -62,6 +63,8 @@ class Daemon:
     failing: Failures = field(default_factory=dict)
     # Orphan links start-up kept because the store had not seen this host (plugin/daemon/marker.py).
     kept_links: list[str] = field(default_factory=list)
+    # Unix time this daemon was built: what the store holds from before is an earlier process's.
+    started: float = field(default_factory=time.time)
 
     def lock(self, network_id: str) -> asyncio.Lock:
         """Serialises changes to one network; different networks proceed in parallel."""

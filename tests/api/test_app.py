@@ -7,6 +7,7 @@ The app runs with the real store, IPAM and state; only the backend is a recordin
 from __future__ import annotations
 
 import json
+import time
 import logging
 import socket
 from collections.abc import Mapping
@@ -565,6 +566,21 @@ async def test_ipam_pool_and_addresses(client: Client) -> None:
     assert await client.ok("IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.5.0.9"}) == {}
     assert await client.ok("IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.5.0.9"}) == {}
     assert await client.ok("IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}) == {}
+
+
+async def test_a_pool_an_earlier_pynet_left_unused_goes_to_the_retry(client: Client) -> None:
+    """A crash after RequestPool's store write (the fault tier's request_pool.after_store): Docker
+    never saw the PoolID, so the user's retry must get the pool. A reference of this very process,
+    or one a network or an address holds, is still refused (two creates of one subnet)."""
+    body = {"AddressSpace": "pynet-local", "Pool": "10.6.0.0/24", "SubPool": "", "Options": None, "V6": False}
+    first = await client.ok("IpamDriver.RequestPool", body)
+    assert (await client.call("IpamDriver.RequestPool", body))[0] == 409  # this process's own
+    client.daemon.started = time.time() + 1  # as if pynet had restarted since
+    assert await client.ok("IpamDriver.RequestPool", body) == first
+    gw = {"PoolID": first["PoolID"], "Address": "", "Options": {"RequestAddressType": "com.docker.network.gateway"}}
+    await client.ok("IpamDriver.RequestAddress", gw)
+    client.daemon.started = time.time() + 2
+    assert (await client.call("IpamDriver.RequestPool", body))[0] == 409  # it holds an address
 
 
 async def test_ipam_automatic_pools_differ_and_avoid_routes(client: Client) -> None:

@@ -31,25 +31,7 @@ from tests.kernel.test_serve import Namespaces, Pynet, pings, sh
 
 # The points the bridge story reaches; the VXLAN ones are test_vxlan_crash.py's.
 VXLAN_ONLY = {"create_network.after_vni", "vxlan.create.after_device", "vxlan.program.partial", "release_pool.after_unref"}
-# What Docker's protocol leaves pynet no way to see: the crashed call succeeded inside pynet,
-# Docker saw it fail and rolls back only what it had been answered (docs/protocol.md §3.2).
-KNOWN: dict[str, str] = {
-    "request_pool.after_store": (
-        "Docker never learns the PoolID, so never releases the pool; the user's second "
-        "`docker network create --subnet` meets this host's reference and gets 'already in use on this "
-        "host' (which points at `pynet gc`, whose pool leak, judged with Docker's view, removes it). "
-        "Telling it from a concurrent create of the same subnet needs a pending mark on the reference"
-    ),
-}
-
-
-def points(names: list[str]) -> list[object]:
-    return [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=KNOWN[p])) if p in KNOWN else p for p in names
-    ]
-
-
-BRIDGE_POINTS = points([p for p in faults.POINTS if p not in VXLAN_ONLY])
+BRIDGE_POINTS = [p for p in faults.POINTS if p not in VXLAN_ONLY]
 
 
 class Crashing:

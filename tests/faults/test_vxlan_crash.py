@@ -12,52 +12,26 @@ record left, and host 1's VTEP and endpoint keys gone with their lease.
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pynet.store import faults
-from tests.etcd_server import EtcdServer, require_etcd
+from tests.etcd_server import EtcdServer, etcd_server
 from tests.faults.dockerd import Docker, Net
-from tests.faults.test_crash import Crashing, check_alive, leftovers, points
+from tests.faults.test_crash import Crashing, check_alive, leftovers
 from tests.kernel.test_serve import Namespaces, Pynet, pings, sh
 
-VXLAN_POINTS = points(
-    ["create_network.after_vni", "vxlan.create.after_device", "vxlan.program.partial", "release_pool.after_unref"]
-)
+VXLAN_POINTS = ["create_network.after_vni", "vxlan.create.after_device", "vxlan.program.partial", "release_pool.after_unref"]
 SUBNET = "10.63.0.0/24"
+KEPT = {"/pynet/ipam/poolset", "/pynet/hosts/k1/marker", "/pynet/hosts/k2/marker"}
 LEASE_TTL = 3
 
 
-@dataclass
-class NetnsEtcd(EtcdServer):
-    """etcd inside a test namespace, on its underlay address."""
-
-    netns: str = ""
-    address: str = ""
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{self.address}:{self.client_port}"
-
-    def _argv(self) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *super()._argv()]
-
-    def _healthy(self) -> bool:
-        return self.ctl("endpoint", "health").returncode == 0
-
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = ["ip", "netns", "exec", self.netns, "etcdctl", f"--endpoints={self.endpoint}", "--dial-timeout=1s", *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
-
-    def keys(self) -> list[str]:
-        done = self.ctl("get", "--prefix", "--keys-only", "/pynet/")
-        assert done.returncode == 0, done.stderr
-        return [k for k in done.stdout.splitlines() if k]
+def pynet_keys(etcd: EtcdServer) -> list[str]:
+    return [k for k in etcd.etcdctl("get", "--prefix", "--keys-only", "/pynet/").splitlines() if k]
 
 
 @pytest.fixture
@@ -73,16 +47,12 @@ def hosts() -> Iterator[tuple[Namespaces, Namespaces]]:
 
 
 @pytest.fixture
-def etcd(hosts: tuple[Namespaces, Namespaces], tmp_path: Path) -> Iterator[NetnsEtcd]:
-    require_etcd()
-    (tmp_path / "etcd").mkdir()
-    server = NetnsEtcd(tmp_path / "etcd", netns=hosts[0].host, address="192.0.2.1")
-    server.start()
-    yield server
-    server.stop()
+def etcd(hosts: tuple[Namespaces, Namespaces], tmp_path: Path) -> Iterator[EtcdServer]:
+    with etcd_server(tmp_path / "etcd", netns=hosts[0].host, host="192.0.2.1") as server:
+        yield server
 
 
-def daemon_args(etcd: NetnsEtcd, tmp: Path, host: str, underlay: str) -> tuple[str, ...]:
+def daemon_args(etcd: EtcdServer, tmp: Path, host: str, underlay: str) -> tuple[str, ...]:
     # No Docker API: the cluster agent must never reach the machine's own dockerd.
     return (
         "--host-id", host, "--etcd-endpoints", etcd.endpoint, "--underlay", underlay,
@@ -100,7 +70,7 @@ def vxlan(net: Net | None) -> Net:
 async def test_vxlan_crash_loses_leaks_and_lets_in_nothing(
     point: str,
     hosts: tuple[Namespaces, Namespaces],
-    etcd: NetnsEtcd,
+    etcd: EtcdServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -138,11 +108,11 @@ async def test_vxlan_crash_loses_leaks_and_lets_in_nothing(
         assert crashing.crashes == 1, f"the story never reached {point}"
         assert await leftovers(d1, ns1) == {}
         assert await leftovers(d2, ns2) == {}
-        # The VNI stays reserved (drivers/vnis.py), the list of pools stays (empty: "pools" above);
-        # host 1's registrations go with their lease.
+        # The VNI stays reserved (drivers/vnis.py), the list of pools stays (empty: "pools" above),
+        # and each host's marker (plugin/daemon/marker.py); host 1's registrations go with their lease.
         deadline = time.monotonic() + LEASE_TTL + 5
-        while [k for k in etcd.keys() if not k.startswith("/pynet/cluster/") and k != "/pynet/ipam/poolset"]:
-            assert time.monotonic() < deadline, etcd.keys()
+        while [k for k in pynet_keys(etcd) if not k.startswith("/pynet/cluster/") and k not in KEPT]:
+            assert time.monotonic() < deadline, pynet_keys(etcd)
             time.sleep(0.2)
     finally:
         d1.forget()
