@@ -12,13 +12,13 @@ orphan, so a kernel that holds links of some other store is never swept.
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import msgspec
 
 from pynet.store.base import Store
+from pynet.store.private import write_private
 
 FILE = "store-marker"
 
@@ -51,7 +51,4 @@ class Marker:
         if not token:
             token = uuid.uuid4().hex
             await self.store.put(self.key, msgspec.json.encode(_Token(token)))
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(token + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        write_private(self.path, token + "\n")

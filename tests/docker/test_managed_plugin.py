@@ -153,7 +153,7 @@ def test_make_plugin_enables_pynet_latest(host: Host, plugin: str, state_dir: Pa
     assert (state_dir / "store.sqlite").exists(), "the embedded store lives in the state mount"
     assert state_dir.stat().st_mode & 0o777 == 0o700, "`make plugin` made it as pynet would"
     assert {p.name: p.stat().st_mode & 0o777 for p in state_dir.iterdir()} == dict.fromkeys(
-        ("pynet.lock", "host-id", "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"), 0o600
+        ("pynet.lock", "host-id", "store-marker", "store.sqlite", "store.sqlite-wal", "store.sqlite-shm"), 0o600
     )
     # Enabled where /run/xtables.lock does not exist, and nothing had to create it.
     assert host.run("test", "-e", "/run/xtables.lock", check=False).returncode != 0
