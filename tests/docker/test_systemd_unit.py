@@ -36,6 +36,7 @@ from tests.unit.test_packaging import parse_unit, words
 REPO = Path(__file__).resolve().parents[2]
 UNIT = Path("etc/systemd/system/pynet.service")
 DEFAULTS = Path("etc/default/pynet")
+DESTDIRS = Path("/var/cache/pynet-tests")
 
 
 def install_service(destdir: Path) -> None:
@@ -44,9 +45,10 @@ def install_service(destdir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def destdir() -> Iterator[Path]:
-    # Not under /tmp: the venv's paths include DESTDIR, and the unit's PrivateTmp= hides /tmp.
-    (REPO / "build").mkdir(exist_ok=True)
-    d = Path(tempfile.mkdtemp(prefix="destdir-", dir=REPO / "build"))
+    # Not under /tmp or /var/tmp, wherever the checkout is (CI's clone may be under /tmp): the
+    # venv's paths include DESTDIR, and the unit's PrivateTmp= hides both.
+    DESTDIRS.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="destdir-", dir=DESTDIRS))
     try:
         install_service(d)
         yield d
