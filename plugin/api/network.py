@@ -116,13 +116,17 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
             # A retry: make sure the kernel has it, change nothing else.
             await d.backend(existing.mode).create_network(existing)
             return wire.Empty()
-        for stale in await _overlapping(d, draft):
+        # One read of this host's other networks serves both checks below.
+        others = [n for n in await d.state.networks() if n.id != draft.id]
+        stale = _overlapping(draft, others)
+        for gone in stale:
             log.warning(
                 "removing a network Docker gave up: its subnet is this new network's",
-                extra={"network": stale.id, "new_network": draft.id},
+                extra={"network": gone.id, "new_network": draft.id},
             )
-            async with d.lock(stale.id):
-                await _forget_network(d, stale)
+            async with d.lock(gone.id):
+                await _forget_network(d, gone)
+        others = [n for n in others if n.id not in {g.id for g in stale}]
         # Every reservation is undone if the create fails, the kernel first, the store last.
         async with undo_on_failure() as undo:
             # A VXLAN network's VNI is reserved cluster-wide first (store-only, like every handler).
@@ -147,7 +151,7 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
             claims = net.config.claims()
             await _claims(d).reserve(net.id, claims, lambda owner: _vanished(d, owner))
             undo.push(lambda: _claims(d).release(net.id, claims))
-            await _check_unique(d, net)
+            _check_unique(net, others)
             net = replace(net, config=await backend.create_network(net))
             faults.hit("create_network.after_kernel")
             undo.push(lambda: backend.delete_network(net))
@@ -170,17 +174,16 @@ async def _vanished(d: Daemon, network_id: str) -> bool:
     return not d.lock(network_id).locked() and await d.state.network(network_id) is None
 
 
-async def _overlapping(d: Daemon, draft: _Draft) -> list[Network]:
-    """This host's networks whose subnets overlap the draft's. Docker never holds two such
+def _overlapping(draft: _Draft, others: list[Network]) -> list[Network]:
+    """Those of this host's other networks whose subnets overlap the draft's. Docker never holds two such
     networks on one host (its IPAM, or pynet's, refuses an overlapping pool), so such a record is
     one Docker gave up: a CreateNetwork whose reply a crash lost, which Docker then rolled back
     without a DeleteNetwork (§2.2). Its bridge would hold the new network's gateway address."""
     mine = [ipaddress.ip_network(s.pool) for s in (*draft.ipv4, *draft.ipv6)]
     return [
         n
-        for n in await d.state.networks()
-        if n.id != draft.id
-        and any(
+        for n in others
+        if any(
             a.version == b.version and a.overlaps(b)
             for a in mine
             for b in (ipaddress.ip_network(s.pool) for s in (*n.ipv4, *n.ipv6))
@@ -188,9 +191,8 @@ async def _overlapping(d: Daemon, draft: _Draft) -> list[Network]:
     ]
 
 
-async def _check_unique(d: Daemon, net: Network) -> None:
+def _check_unique(net: Network, others: list[Network]) -> None:
     """Records saved before claims existed (drivers/claims.py) hold no claim keys: read them."""
-    others = [n for n in await d.state.networks() if n.id != net.id]
     for key, value in net.config.claims().items():
         for other in others:
             if other.config.claims().get(key) == value:
