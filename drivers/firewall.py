@@ -1,10 +1,12 @@
-"""Firewall rules for bridge networks, written with `iptables-restore --noflush`.
+"""Firewall rules for bridge networks, written with `iptables-restore --noflush`, or as native
+nftables tables where Docker runs its nftables firewall backend (drivers/nftables.py).
 
 pynet owns only the chains named `PYNET-*` and one jump to each from its built-in chain. Every
 apply rewrites all of them in one restore per family, in the iptables flavour (nft or legacy)
 that Docker uses on the host: on a Docker host FORWARD's policy is DROP, and ACCEPTs written in
 the other flavour (or in a native nft table) never take effect (docs/dependencies.md, section 2).
-Docker's chains are never edited.
+Docker's chains are never edited. Under Docker's nftables backend the same rules go into
+pynet's own `ip pynet` / `ip6 pynet` tables instead, in one `nft -f -` per apply.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import ipaddress
 import re
 import shlex
 import subprocess
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from pynet.drivers import nftables
 from pynet.drivers.base import PortMap
+from pynet.drivers.nftables import Runner as Runner  # re-exported: the iptables side uses them too
+from pynet.drivers.nftables import in_netns as in_netns
 from pynet.store.errors import InvalidRequest, PynetError
 
-FLAVOURS = ("nft", "legacy")
+FLAVOURS = ("nft", "legacy")  # of iptables
+NFTABLES = "nftables"  # Docker's nftables firewall backend: pynet's own nft tables, no iptables
+IPTABLES = "iptables"  # given as a flavour: detect which of FLAVOURS, never NFTABLES
 DOCKER_BRIDGES = ("docker0", "br-+")
 TIMEOUT = 30.0  # seconds for one iptables process; `-w` alone would wait for the lock forever
 
@@ -29,8 +36,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 _PROTOS = ("tcp", "udp", "sctp")
 _DNATED = "-m conntrack --ctstate DNAT"
 
-# runs argv with optional stdin; returns stdout, raises PynetError on failure
-Runner = Callable[[list[str], str | None], Awaitable[str]]
 # runs argv; returns (exit status, stdout); only for detection, which must not fail
 SyncRunner = Callable[[list[str]], tuple[int, str]]
 
@@ -209,13 +214,20 @@ def _bridge_forward(family: int, key: str, r: NetRules) -> list[str]:
     return rules
 
 
-def forward_rules(family: int, nets: list[tuple[str, NetRules]], outsiders: Iterable[str]) -> list[str]:
+def forward_rules(
+    family: int, nets: list[tuple[str, NetRules]], outsiders: Iterable[str], closed: bool = False
+) -> list[str]:
+    """With `closed`, whatever no rule accepted into a network is dropped: the iptables backend
+    leaves that to Docker's FORWARD policy DROP, but Docker's nftables filter-FORWARD accepts
+    by policy what is not its own, so there a peer routing to a subnet would reach every port."""
     # icc ACCEPTs first: a bridge named like a wildcard (`br-+`) would otherwise drop its own
     # bridge-local traffic in the isolation rules.
     rules = [f"-i {r.bridge} -o {r.bridge} -j ACCEPT" for _, r in nets if r.icc]
     rules += _isolation_rules(nets, outsiders)
     for key, r in nets:
         rules += _bridge_forward(family, key, r)
+    if closed:
+        rules += [f"-o {r.bridge} -j DROP" for _, r in nets if not r.internal]
     return rules
 
 
@@ -281,6 +293,34 @@ def _unique(rules: list[str]) -> list[str]:
     return list(dict.fromkeys(rules))
 
 
+def base_jumps(dns_address: str = "") -> tuple[Jump, ...]:
+    """The jumps from built-in chains (before DOCKER-USER is chosen); PYNET-INPUT only while
+    the daemon serves names."""
+    return (*JUMPS, INPUT_JUMP) if dns_address else JUMPS
+
+
+def chain_rules(
+    family: int,
+    nets: list[tuple[str, NetRules]],
+    outsiders: Iterable[str],
+    dns_address: str = "",
+    closed: bool = False,
+) -> dict[str, list[str]]:
+    """Every pynet chain's rules for one family, in iptables syntax: what both backends write
+    (drivers/nftables.py translates them), so the two can never disagree on what is allowed;
+    `closed` (nftables) as in forward_rules."""
+    dnat = dnat_rules(family, nets)
+    chains = {
+        "PYNET-INPUT": input_rules(family, dns_address),
+        "PYNET-FORWARD": forward_rules(family, nets, outsiders, closed),
+        "PYNET-PREROUTING": dnat,
+        "PYNET-OUTPUT": dnat,
+        "PYNET-POSTROUTING": postrouting_rules(family, nets),
+        "PYNET-NOTRACK": notrack_rules(family, nets),
+    }
+    return {name: _unique(rules) for name, rules in chains.items()}
+
+
 def render_tables(
     family: int,
     nets: list[tuple[str, NetRules]],
@@ -290,22 +330,14 @@ def render_tables(
 ) -> str:
     """The restore text for one family; `extra` adds lines (jump fixes) per table before COMMIT;
     with `dns_address`, the PYNET-INPUT chain (in both families, so that both keep its jump)."""
-    dnat = dnat_rules(family, nets)
-    jumps = (*JUMPS, INPUT_JUMP) if dns_address else JUMPS
-    chains = {
-        "PYNET-INPUT": input_rules(family, dns_address),
-        "PYNET-FORWARD": forward_rules(family, nets, outsiders),
-        "PYNET-PREROUTING": dnat,
-        "PYNET-OUTPUT": dnat,
-        "PYNET-POSTROUTING": postrouting_rules(family, nets),
-        "PYNET-NOTRACK": notrack_rules(family, nets),
-    }
+    jumps = base_jumps(dns_address)
+    chains = chain_rules(family, nets, outsiders, dns_address)
     lines: list[str] = []
     for table in TABLES:
         names = [j.target for j in jumps if j.table == table]
         lines.append(f"*{table}")
         lines += [f":{name} - [0:0]" for name in names]
-        lines += [f"-A {name} {rule}" for name in names for rule in _unique(chains[name])]
+        lines += [f"-A {name} {rule}" for name in names for rule in chains[name]]
         lines += (extra or {}).get(table, [])
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
@@ -370,10 +402,6 @@ def teardown_lines(table: str, listing: str) -> list[str]:
 # -- flavour detection ------------------------------------------------------------------------
 
 
-def in_netns(netns: str | None, argv: list[str]) -> list[str]:
-    return ["ip", "netns", "exec", netns, *argv] if netns else argv
-
-
 def _run_sync(argv: list[str]) -> tuple[int, str]:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
@@ -390,21 +418,32 @@ def _count_rules(save: str) -> int:
     return sum(line.startswith("-A ") for line in save.splitlines())
 
 
-def detect_flavour(netns: str | None = None, *, run: SyncRunner = _run_sync) -> str:
-    """The flavour Docker uses here: "nft" or "legacy".
+def detect_flavour(netns: str | None = None, *, run: SyncRunner = _run_sync, nft: bool = True) -> str:
+    """The firewall Docker uses here: iptables "nft" or "legacy", or (with `nft`) "nftables".
 
+    "nftables" when Docker's nftables tables (`ip`/`ip6 docker-bridges`) exist and neither
+    iptables flavour has Docker's DOCKER chain, which its iptables backend always makes (a
+    DOCKER-USER left by a migration from iptables does not count: Docker on nftables deletes
+    its other chains and never jumps to that one again), or when there is no iptables but `nft`.
     `iptables-<f>-save` is called without `-t`: with `-t`, the legacy one instantiates the
-    table it reads, and that table would then count as "in use". (The daemon's
-    --iptables-backend, PYNET_IPTABLES_BACKEND, skips detection: it is passed to Firewall.)
+    table it reads, and that table would then count as "in use"; neither creates a table on
+    a host where none exists. (--firewall-backend and --iptables-backend skip detection.)
     """
     saves = {f: run(in_netns(netns, [f"iptables-{f}-save"]))[1] for f in FLAVOURS}
+    if nft and not any(":DOCKER " in saves[f] for f in FLAVOURS):
+        status, tables = run(in_netns(netns, ["nft", "list", "tables"]))
+        if status == 0 and nftables.has_docker_tables(tables):
+            return NFTABLES
     docker = [f for f in FLAVOURS if _has_docker_chains(saves[f])]
     if len(docker) == 1:
         return docker[0]
     counts = {f: _count_rules(saves[f]) for f in docker or FLAVOURS}
     if len(set(counts.values())) > 1:
         return max(counts, key=counts.__getitem__)
-    return "legacy" if "(legacy)" in run(["iptables", "-V"])[1] else "nft"
+    status, version = run(["iptables", "-V"])
+    if status != 0 and nft and run(["nft", "--version"])[0] == 0:
+        return NFTABLES
+    return "legacy" if "(legacy)" in version else "nft"
 
 
 # -- the firewall -----------------------------------------------------------------------------
@@ -419,7 +458,7 @@ async def run_iptables(argv: list[str], stdin: str | None = None) -> str:
             stderr=subprocess.PIPE,
         )
     except OSError as e:
-        raise PynetError(f"pynet: cannot run {argv[0]}: {e.strerror} (is iptables installed?)") from None
+        raise PynetError(f"pynet: cannot run {argv[0]}: {e.strerror} (is it installed?)") from None
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), TIMEOUT)
     except TimeoutError:
@@ -441,10 +480,12 @@ def _explain(stderr: str, stdin: str | None) -> str:
 
 
 class Firewall:
-    """pynet's iptables chains on one host (or in one netns, for tests).
+    """pynet's iptables chains, or nftables tables, on one host (or in one netns, for tests).
 
     `desired` maps a network key to its rules; `apply` makes the kernel match all of it. Calls
-    are serialised by one lock, since every apply rewrites every pynet chain.
+    are serialised by one lock, since every apply rewrites every pynet chain. The flavour
+    (given, or detected on first use) picks how the rules are written: "nft" or "legacy"
+    iptables, or "nftables"; the drivers never know which.
     """
 
     def __init__(
@@ -457,9 +498,10 @@ class Firewall:
         runner: Runner = run_iptables,
         dns_address: str = "",
     ) -> None:
-        if flavour is not None and flavour not in FLAVOURS:
-            raise InvalidRequest(f"pynet: firewall flavour must be nft or legacy, got {flavour!r}")
-        self._flavour = flavour
+        if flavour is not None and flavour not in (*FLAVOURS, NFTABLES, IPTABLES):
+            raise InvalidRequest(f"pynet: firewall flavour must be nft, legacy, iptables or nftables, got {flavour!r}")
+        self._flavour = None if flavour == IPTABLES else flavour
+        self._detect_nft = flavour != IPTABLES
         self.netns = netns
         self.other_bridges = frozenset(other_bridges)
         self.families = families
@@ -485,22 +527,32 @@ class Firewall:
     def flavour(self) -> str:
         """Detected on first use when not given; the async paths detect in a thread instead."""
         if self._flavour is None:
-            self._flavour = detect_flavour(self.netns)
+            self._flavour = detect_flavour(self.netns, nft=self._detect_nft)
         return self._flavour
 
     async def _ensure_flavour(self) -> str:
         if self._flavour is None:
-            self._flavour = await asyncio.to_thread(detect_flavour, self.netns)
+            self._flavour = await asyncio.to_thread(detect_flavour, self.netns, nft=self._detect_nft)
         return self._flavour
+
+    def _nft(self) -> nftables.NftTables:
+        return nftables.NftTables(self.netns, self._runner)
 
     def render(self, family: int) -> str:
         """The restore text for `desired`, without jump repairs (those depend on the kernel)."""
         return self._render(family)
 
     def _render(self, family: int, extra: dict[str, list[str]] | None = None) -> str:
-        nets = sorted(self.desired.items())
-        outsiders = DOCKER_BRIDGES + tuple(sorted(self.other_bridges))
-        return render_tables(family, nets, outsiders, extra, self.dns_address)
+        return render_tables(family, *self._inputs(), extra, self.dns_address)
+
+    def _inputs(self) -> tuple[list[tuple[str, NetRules]], tuple[str, ...]]:
+        return sorted(self.desired.items()), DOCKER_BRIDGES + tuple(sorted(self.other_bridges))
+
+    def render_nft(self) -> str:
+        """The `nft -f -` script for `desired` (the nftables backend's whole apply)."""
+        hooks = [nftables.Hook(j.table, j.chain, j.target, j.spec()) for j in base_jumps(self.dns_address)]
+        chains = {f: chain_rules(f, *self._inputs(), self.dns_address, closed=True) for f in self.families}
+        return nftables.render_script(hooks, chains)
 
     async def set(self, key: str, rules: NetRules) -> None:
         """Apply if the network's rules changed. Unchanged rules are not rewritten: a restore
@@ -542,8 +594,11 @@ class Firewall:
             await self._apply()
 
     async def _apply(self) -> None:
-        for family in self.families:
-            await self._restore(family, self._render(family, await self._jump_fixes(family)))
+        if await self._ensure_flavour() == NFTABLES:
+            await self._nft().write(self.render_nft())
+        else:
+            for family in self.families:
+                await self._restore(family, self._render(family, await self._jump_fixes(family)))
         self._active = True
 
     async def ensure_jumps(self) -> bool:
@@ -552,6 +607,13 @@ class Firewall:
         async with self._lock:
             if not self._active:
                 return False
+            if await self._ensure_flavour() == NFTABLES:
+                # Only pynet writes its tables, and whole: missing (`nft flush ruleset`, a
+                # firewall service reloading its own ruleset) is the one way they can be wrong.
+                if await self._nft().present(self.families):
+                    return False
+                await self._nft().write(self.render_nft())
+                return True
             fixed = False
             for family in self.families:
                 fixes = await self._jump_fixes(family)
@@ -563,6 +625,10 @@ class Firewall:
     async def teardown(self) -> None:
         """Remove every pynet chain and jump; `desired` is kept, so `apply` reinstalls it."""
         async with self._lock:
+            if await self._ensure_flavour() == NFTABLES:
+                await self._nft().write(nftables.teardown_script(self.families))
+                self._active = False
+                return
             for family in self.families:
                 text = ""
                 for table in TABLES:

@@ -9,7 +9,8 @@ want=${1:-run}
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-pkgs="iptables iproute2 kmod"
+# nftables: `nft`, which the daemon uses instead of iptables where dockerd runs its nftables backend.
+pkgs="iptables nftables iproute2 kmod"
 [ "$want" = test ] && pkgs="$pkgs docker.io etcd-server etcd-client busybox-static iperf3 util-linux"
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv python3-pip"
 

@@ -58,7 +58,7 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Daemon:
     netlink = Netlink()
     # Names across hosts need the shared store: only then does pynet serve them.
     dns_address = settings.dns_address if settings.etcd_endpoints else ""
-    firewall = Firewall(settings.iptables_backend or None, dns_address=dns_address)
+    firewall = Firewall(settings.firewall_flavour, dns_address=dns_address)
     ports = HostPorts()
     backends = registry.build(
         registry.Deps(
@@ -174,7 +174,6 @@ async def bind(app: web.Application, path: Path) -> web.AppRunner:
     await web.UnixSite(runner, str(path)).start()
     os.chmod(path, 0o660)
     return runner
-
 
 
 # Tasks that only talk to the store retry within 5 s (the etcd watch's own resume cap), not

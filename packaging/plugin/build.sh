@@ -5,7 +5,7 @@
 #   packaging/plugin/build.sh [DIR]     DIR defaults to $PYNET_PLUGIN_CACHE/plugin
 #
 # Three layers, each rebuilt only when its input changed, so a code change costs seconds:
-#   1. the base (debootstrap --variant=minbase + python3, iptables ...), kept as a tarball in
+#   1. the base (debootstrap --variant=minbase + python3, iptables, nftables ...), kept as a tarball in
 #      the cache: built once per machine (minutes), reused by every checkout and CI run;
 #   2. the venv with pynet's dependencies (pyproject.toml's list), from wheels that the
 #      build machine's pip downloads for the rootfs's Python into the cache;
@@ -23,7 +23,8 @@ OUT=${1:-${PLUGIN_DIR:-$CACHE/plugin}}
 SUITE=${SUITE:-bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 # iproute2 is not needed by pynet (pyroute2 speaks netlink) but makes `runc exec ... ip` debugging possible.
-PACKAGES=python3,python3-venv,iptables,iproute2,ca-certificates
+# nftables: `nft`, for hosts whose dockerd runs its nftables firewall backend (drivers/nftables.py).
+PACKAGES=python3,python3-venv,iptables,nftables,iproute2,ca-certificates
 # Bump when the way the base is made changes, so caches built the old way are not reused.
 BASE_RECIPE=1
 # Bump when the venv layer changes the same way.

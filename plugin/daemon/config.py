@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pynet.drivers.firewall import FLAVOURS
+from pynet.drivers.firewall import FLAVOURS, IPTABLES, NFTABLES
 from pynet.store.errors import PynetError
 from pynet.store.private import private_dir, write_private
 
@@ -70,6 +70,12 @@ class Settings:
     resync_interval: float = _setting(
         10.0, "seconds between checks that firewall jumps and links are in place", "SECONDS"
     )
+    firewall_backend: str = _setting(
+        "",
+        "iptables or nftables, as dockerd's own firewall-backend (default: the one Docker uses here); "
+        "nftables writes pynet's own nft tables and no iptables rule",
+        "BACKEND",
+    )
     iptables_backend: str = _setting("", "iptables flavour, nft or legacy (default: the one Docker uses)", "FLAVOUR")
     dns_address: str = _setting(
         "169.254.53.53",
@@ -93,6 +99,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         _validate(self)  # however a Settings is made: from flags, variables, or by a test
+
+    @property
+    def firewall_flavour(self) -> str | None:
+        """What drivers.firewall.Firewall is given: None detects iptables or nftables."""
+        if self.firewall_backend == NFTABLES:
+            return NFTABLES
+        return self.iptables_backend or self.firewall_backend or None
 
     @property
     def store_address(self) -> str:
@@ -199,6 +212,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"pynet: --log-format must be kv or json, got {s.log_format!r}")
     if s.iptables_backend and s.iptables_backend not in FLAVOURS:
         raise ConfigError(f"pynet: --iptables-backend must be nft or legacy, got {s.iptables_backend!r}")
+    if s.firewall_backend not in ("", IPTABLES, NFTABLES):
+        raise ConfigError(f"pynet: --firewall-backend must be iptables or nftables, got {s.firewall_backend!r}")
+    if s.firewall_backend == NFTABLES and s.iptables_backend:
+        raise ConfigError(
+            f"pynet: --iptables-backend {s.iptables_backend} is for the iptables firewall backend, "
+            "but --firewall-backend is nftables; keep one"
+        )
     s.pool_ranges  # noqa: B018 - parsed (and cached) now, so a bad entry fails here
     s.dns_upstreams  # noqa: B018 - likewise
     _validate_etcd_credentials(s)

@@ -13,7 +13,8 @@ import dns.exception
 import dns.message
 import dns.rcode
 
-from pynet.drivers.firewall import INPUT_JUMP, input_rules, jump_fixes
+from pynet.drivers.firewall import INPUT_JUMP, NFTABLES, input_rules, jump_fixes
+from pynet.drivers.nftables import FAMILIES, TABLE
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.ops.access import closing, opened_netlink
 from pynet.plugin.ops.doctor import Check
@@ -45,10 +46,21 @@ async def _address_check(address: str) -> Check:
 async def _input_check(iptables: Iptables, address: str) -> Check:
     family = ipaddress.ip_address(address).version
     try:
+        if await iptables.flavour() == NFTABLES:
+            return nft_input_check(await iptables.nft().nft("list", "table", FAMILIES[family], TABLE), address)
         listing = await iptables.table(family, "filter")
     except PynetError as e:
         return Check("dns INPUT rule", "fail", str(e))
     return input_check(listing, address)
+
+
+def nft_input_check(listing: str, address: str) -> Check:
+    """`nft list table ip pynet`: the input hook's chain and PYNET-INPUT's two accepts."""
+    chain = listing.partition("chain PYNET-INPUT {")[2].partition("}")[0]
+    accepts = [p for p in ("udp", "tcp") if f"{address} {p} dport 53 accept" in chain]
+    if "hook input" not in listing or len(accepts) < 2:
+        return Check("dns INPUT rule", "fail", f"pynet's nft table lacks the input accepts for {address} port 53")
+    return Check("dns INPUT rule", "ok", f"input -> PYNET-INPUT accepts UDP and TCP 53 to {address}")
 
 
 def input_check(listing: str, address: str) -> Check:

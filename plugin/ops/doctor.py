@@ -9,8 +9,9 @@ from typing import Literal
 import msgspec
 
 from pynet.drivers import registry
-from pynet.drivers.firewall import TABLES, jump_fixes, jumps_for, stale_jumps
+from pynet.drivers.firewall import NFTABLES, TABLES, jump_fixes, jumps_for, stale_jumps
 from pynet.drivers.netlink import HostView
+from pynet.drivers.nftables import NftTables
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.ops import admin_api
 from pynet.plugin.ops.access import Unreachable, ask, closing, fetch, open_store, opened_netlink
@@ -78,6 +79,8 @@ async def _firewall_checks(iptables: Iptables) -> list[Check]:
         flavour = await iptables.flavour()
     except PynetError as e:
         return [Check("firewall", "fail", str(e))]
+    if flavour == NFTABLES:
+        return await _nft_checks(iptables.nft())
     checks = [Check("firewall", "ok", f"iptables-{flavour} (the flavour Docker uses here)")]
     for family in (4, 6):
         try:
@@ -86,6 +89,32 @@ async def _firewall_checks(iptables: Iptables) -> list[Check]:
             checks.append(Check(f"jumps IPv{family}", "fail", str(e)))
             continue
         checks.append(_jumps_check(family, listings))
+    return checks
+
+
+async def _nft_checks(nft: NftTables) -> list[Check]:
+    """Under Docker's nftables backend: pynet's tables exist, and Docker's filter-FORWARD does
+    not drop by policy (which no other table can undo)."""
+    checks = [Check("firewall", "ok", "nftables: pynet's own tables (Docker's nftables firewall backend)")]
+    try:
+        present = await nft.present((4, 6))
+        dropping = await nft.docker_forward_drop()
+    except PynetError as e:
+        return [*checks, Check("nft tables", "fail", str(e))]
+    if present:
+        checks.append(Check("nft tables", "ok", "ip pynet and ip6 pynet"))
+    else:
+        checks.append(Check("nft tables", "fail", "ip pynet or ip6 pynet missing (is pynet running?)"))
+    if dropping:
+        families = " and ".join(f"IPv{f}" for f in dropping)
+        detail = (
+            f"Docker's filter-FORWARD drops by policy ({families}; Docker enabled IP forwarding itself): "
+            "every forwarded packet of pynet's networks is dropped there. Enable forwarding before dockerd "
+            'starts (sysctl), or set "ip-forward-no-drop": true in daemon.json, and restart dockerd'
+        )
+        checks.append(Check("docker forward policy", "fail", detail))
+    else:
+        checks.append(Check("docker forward policy", "ok", "accept (pynet's tables decide)"))
     return checks
 
 

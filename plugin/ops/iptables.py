@@ -1,5 +1,5 @@
 """The firewall as gc and doctor see it: pynet's rules read (and deleted) with the firewall's
-own tools, in the flavour Docker uses."""
+own tools, in the flavour Docker uses; under Docker's nftables backend, pynet's nft tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from pynet.drivers.firewall import Runner, detect_flavour, in_netns, run_iptables
+from pynet.drivers import nftables
+from pynet.drivers.firewall import FLAVOURS, IPTABLES, NFTABLES, Runner, detect_flavour, in_netns, run_iptables
 from pynet.plugin.daemon.config import Settings
 
 
@@ -44,7 +45,16 @@ class Iptables:
         argv = await self._tool(family, "")
         return await self._runner(in_netns(self.netns, [*argv, "-w", "-t", table, "-S"]), None)
 
+    def nft(self) -> nftables.NftTables:
+        """The nftables backend's tables (and Docker's), read with `nft`."""
+        return nftables.NftTables(self.netns, self._runner)
+
     async def pynet_rules(self) -> list[Rule]:
+        """Rules in PYNET chains, which gc checks against the networks. None under nftables:
+        pynet's tables are rewritten whole at each change and deleted whole, so no rule of a
+        network that is gone can stay behind."""
+        if await self.flavour() == NFTABLES:
+            return []
         rules: list[Rule] = []
         for family in (4, 6):
             save = await self._runner(in_netns(self.netns, await self._tool(family, "-save")), None)
@@ -63,6 +73,9 @@ class Iptables:
 
 
 def configured(settings: Settings) -> Iptables:
-    """This host's, read as the daemon would: in --iptables-backend's flavour, else Docker's."""
-    forced = settings.iptables_backend
-    return Iptables((lambda: forced) if forced else None)
+    """This host's, read as the daemon would: in the flavour --firewall-backend and
+    --iptables-backend name, else Docker's."""
+    forced = settings.firewall_flavour
+    if forced in (*FLAVOURS, NFTABLES):
+        return Iptables(lambda: forced)
+    return Iptables(lambda: detect_flavour(nft=forced != IPTABLES))

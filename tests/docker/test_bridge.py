@@ -270,6 +270,52 @@ def test_dockerd_restart_brings_back_restart_always_containers(docker: Docker, h
     assert docker.pings(a, docker.ip(b, net))
 
 
+def docker_user_jump_in_place(host: Host) -> list[str]:
+    """`iptables -S DOCKER-USER` when pynet's jump is as designed (drivers/firewall.py,
+    DOCKER_USER_JUMP): once, after the users' own rules, before a final RETURN (20.10 has
+    one, 28.5 none); and Docker's jump to DOCKER-USER still FORWARD's first rule, ahead of
+    Docker's rules for its own networks (DOCKER-FORWARD on 28, DOCKER-ISOLATION-STAGE-1 on
+    20.10). [] while it is not (yet)."""
+    user = host.run("iptables", "-w", "-S", "DOCKER-USER").stdout.splitlines()
+    forward = [r for r in host.run("iptables", "-w", "-S", "FORWARD").stdout.splitlines() if r.startswith("-A")]
+    rules = [r for r in user if r.startswith("-A") and r != "-A DOCKER-USER -j RETURN"]
+    ok = (
+        [r for r in user if "PYNET" in r] == ["-A DOCKER-USER -j PYNET-FORWARD"]
+        and rules[-1] == "-A DOCKER-USER -j PYNET-FORWARD"
+        and forward[0] == "-A FORWARD -j DOCKER-USER"
+        and not any("PYNET" in r for r in forward)
+    )
+    return user if ok else []
+
+
+def test_docker_user_jump_stays_in_place_around_dockers_networks_and_restarts(
+    docker: Docker, lab: Lab, host: Host
+) -> None:
+    """Docker's own bridge networks made around pynet's, a user's DOCKER-USER rule, and a
+    dockerd restart (which re-adds Docker's FORWARD rules): pynet's jump stays where it
+    belongs, and a pynet container still gets out and stays isolated."""
+    net = docker.network("fw", *PYNET, "--subnet", "10.59.0.0/24")
+    a = docker.run("a", "--network", net)
+    theirs = docker.network("fwdocker", "--subnet", "10.60.0.0/24")  # Docker's own bridge driver
+    d = docker.run("d", "--network", theirs)
+    user_rule = ("-s", "10.59.0.250/32", "-j", "DROP")
+    host.run("iptables", "-w", "-I", "DOCKER-USER", "1", *user_rule)
+    try:
+        assert wait_for(lambda: bool(docker_user_jump_in_place(host)), 15)
+        host.restart_dockerd()
+        docker("start", a, d)  # no restart policy: stopped with dockerd
+        after = docker.network("fwdocker2", "--subnet", "10.61.0.0/24")  # Docker's rules again, after the restart
+        e = docker.run("e", "--network", after)
+        assert wait_for(lambda: bool(docker_user_jump_in_place(host)), 15), host.run("iptables", "-S").stdout
+        user = docker_user_jump_in_place(host)
+        assert user.index("-A DOCKER-USER " + " ".join(user_rule)) < user.index("-A DOCKER-USER -j PYNET-FORWARD")
+        assert docker.pings(a, lab.outside.address), "still reaches out, masqueraded"
+        assert not docker.pings(a, docker.ip(d, theirs)) and not docker.pings(a, docker.ip(e, after))
+        assert not docker.pings(d, docker.ip(a, net)) and not docker.pings(e, docker.ip(a, net))
+    finally:
+        host.run("iptables", "-w", "-D", "DOCKER-USER", *user_rule, check=False)
+
+
 # -- bad input: a clear error naming the value, and nothing left behind ------------------------
 
 

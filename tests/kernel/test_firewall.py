@@ -19,7 +19,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -57,15 +58,15 @@ def ns(role: str) -> str:
     return f"pnfw-{role}-{TAG}"
 
 
-def sh(*argv: str, check: bool = True) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+def sh(*argv: str, check: bool = True, input: str | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, input=input)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(argv)}: {done.stderr.strip()}")
     return done.stdout
 
 
-def in_ns(role: str, *argv: str, check: bool = True) -> str:
-    return sh("ip", "netns", "exec", ns(role), *argv, check=check)
+def in_ns(role: str, *argv: str, check: bool = True, input: str | None = None) -> str:
+    return sh("ip", "netns", "exec", ns(role), *argv, check=check, input=input)
 
 
 def connect(role: str, ip: str, port: int) -> str | None:
@@ -126,13 +127,13 @@ def docker_like_firewall() -> None:
             in_ns("host", binary, "-w", *args.split())
 
 
-def build() -> None:
+def build(host_firewall: Callable[[], None]) -> None:
     for role in ROLES:
         sh("ip", "netns", "add", ns(role))
     sh("ip", "-n", ns("host"), "link", "set", "lo", "up")
     for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
         in_ns("host", "sysctl", "-qw", key)
-    docker_like_firewall()
+    host_firewall()
     for bridge, cidrs in (("pnfw-a", ("10.99.0.1/24", "fd00:99::1/64")), ("pnfw-b", ("10.98.0.1/24",))):
         sh("ip", "-n", ns("host"), "link", "add", bridge, "type", "bridge")
         addr("host", bridge, *cidrs)
@@ -171,18 +172,26 @@ class Topology:
             sh("ip", "netns", "del", ns(role), check=False)
 
 
-@pytest.fixture(scope="module")
-def topo() -> Iterator[Topology]:
+@contextmanager
+def topology(host_firewall: Callable[[], None], save: Callable[[], tuple[str, str]]) -> Iterator[Topology]:
+    """The namespaces above, the host's firewall made by `host_firewall`, servers running, and
+    `save()` of the host taken as the baseline (also used by tests/kernel/test_nftables.py)."""
     topo = Topology()
     try:
-        build()
+        build(host_firewall)
         for role in ("ctr", "ctr2", "ctr3", "ext"):
             for port in (80, 81):
                 topo.serve(role, port)
-        topo.baseline = host_save()
+        topo.baseline = save()
         yield topo
     finally:
         topo.destroy()
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Topology]:
+    with topology(docker_like_firewall, host_save) as topo:
+        yield topo
 
 
 @pytest.fixture

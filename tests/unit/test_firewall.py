@@ -301,8 +301,8 @@ def test_other_bridges_may_be_wildcards_but_not_junk() -> None:
     assert Firewall("nft", other_bridges=["virbr+"]).other_bridges == {"virbr+"}
     with pytest.raises(InvalidRequest):
         Firewall("nft", other_bridges=["a b"])
-    with pytest.raises(InvalidRequest):
-        Firewall("iptables")
+    with pytest.raises(InvalidRequest, match="must be nft, legacy, iptables or nftables, got 'xtables'"):
+        Firewall("xtables")
 
 
 # -- jumps ------------------------------------------------------------------------------------
@@ -362,17 +362,28 @@ DOCKER_SAVE = "*filter\n:FORWARD DROP [0:0]\n:DOCKER - [0:0]\n:DOCKER-USER - [0:
 RULES_SAVE = "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j ACCEPT\n-A FORWARD -j DROP\nCOMMIT\n"
 
 
-class FakeSaves:
-    """Stands in for the iptables binaries: answers per binary and records every argv."""
+DOCKER_NFT = "table ip docker-bridges\ntable ip6 docker-bridges\n"  # `nft list tables` under Docker 29 nftables
 
-    def __init__(self, nft: str = "", legacy: str = "", version: str = "iptables v1.8.9 (nf_tables)") -> None:
-        self.out = {"iptables-nft-save": nft, "iptables-legacy-save": legacy, "iptables": version}
+
+class FakeSaves:
+    """Stands in for the iptables and nft binaries: answers per binary (None: not installed)
+    and records every argv."""
+
+    def __init__(
+        self,
+        nft: str = "",
+        legacy: str = "",
+        version: str | None = "iptables v1.8.9 (nf_tables)",
+        tables: str | None = "",
+    ) -> None:
+        self.out = {"iptables-nft-save": nft, "iptables-legacy-save": legacy, "iptables": version, "nft": tables}
         self.calls: list[list[str]] = []
 
     def __call__(self, argv: list[str]) -> tuple[int, str]:
         self.calls.append(argv)
-        binary = next(a for a in argv if a.startswith("iptables"))
-        return 0, self.out[binary]
+        binary = next(a for a in argv if a.startswith("iptables") or a == "nft")
+        out = self.out[binary]
+        return (127, "") if out is None else (0, out)
 
 
 @pytest.mark.parametrize(
@@ -385,12 +396,24 @@ class FakeSaves:
         ({"nft": RULES_SAVE, "legacy": ""}, "nft"),
         ({"version": "iptables v1.8.9 (legacy)"}, "legacy"),  # nothing anywhere: iptables -V
         ({}, "nft"),
+        ({"tables": DOCKER_NFT}, "nftables"),  # Docker 29's nftables backend
+        # A migration from iptables leaves DOCKER-USER (and its jump) behind: still nftables.
+        ({"tables": DOCKER_NFT, "nft": "*filter\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n"}, "nftables"),
+        ({"tables": DOCKER_NFT, "nft": DOCKER_SAVE}, "nft"),  # Docker's iptables chains win
+        ({"version": None}, "nftables"),  # no iptables at all, but nft
+        ({"version": None, "tables": None}, "nft"),  # neither: iptables' errors will say what is missing
     ],
 )
 def test_detect_flavour(saves: dict[str, str], expected: str) -> None:
     run = FakeSaves(**saves)
     assert detect_flavour(run=run) == expected
     assert not any("-t" in argv for argv in run.calls)  # -t instantiates legacy tables
+
+
+def test_detect_flavour_among_iptables_only_never_asks_nft() -> None:
+    run = FakeSaves(tables=DOCKER_NFT)
+    assert detect_flavour(run=run, nft=False) == "nft"
+    assert not any("nft" in argv for argv in run.calls)
 
 
 def test_detect_flavour_in_netns() -> None:

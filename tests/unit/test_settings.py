@@ -24,6 +24,14 @@ def test_flag_wins_over_variable_and_variable_over_default() -> None:
     assert parsed(["--iptables-backend", "nft"], {"PYNET_IPTABLES_BACKEND": "legacy"}).iptables_backend == "nft"
 
 
+def test_firewall_backend_and_flavour_give_the_firewall_its_flavour() -> None:
+    assert parsed([], {}).firewall_flavour is None  # detected: iptables nft/legacy, or nftables
+    assert parsed([], {"PYNET_FIREWALL_BACKEND": "nftables"}).firewall_flavour == "nftables"
+    assert parsed(["--firewall-backend", "iptables"], {}).firewall_flavour == "iptables"  # which flavour: detected
+    assert parsed(["--firewall-backend", "iptables", "--iptables-backend", "legacy"], {}).firewall_flavour == "legacy"
+    assert parsed(["--iptables-backend", "nft"], {}).firewall_flavour == "nft"
+
+
 def test_default_pools_are_parsed_once_into_networks() -> None:
     s = Settings(default_pools="10.1.0.0/16:24, fd00::/48:64")
     assert s.pool_ranges == ((ipaddress.ip_network("10.1.0.0/16"), 24), (ipaddress.ip_network("fd00::/48"), 64))
@@ -39,6 +47,11 @@ def test_dns_upstreams_are_parsed_once() -> None:
     ("values", "message"),
     [
         ({"iptables_backend": "nftables"}, "--iptables-backend must be nft or legacy, got 'nftables'"),
+        ({"firewall_backend": "nft"}, "--firewall-backend must be iptables or nftables, got 'nft'"),
+        (
+            {"firewall_backend": "nftables", "iptables_backend": "nft"},
+            "--iptables-backend nft is for the iptables firewall backend, but --firewall-backend is nftables",
+        ),
         ({"log_level": "loud"}, "--log-level must be"),
         ({"log_format": "xml"}, "--log-format must be kv or json"),
         ({"default_pools": "10.0.0.0/16:8"}, "--default-pools entry must be CIDR:prefixlen, got '10.0.0.0/16:8'"),
@@ -80,7 +93,10 @@ def test_password_file_gives_the_password_and_keeps_it_out_of_the_repr(tmp_path:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"etcd_user": "u", "etcd_password_file": "/nonexistent/pw"}, "--etcd-password-file '/nonexistent/pw': No such"),
+        (
+            {"etcd_user": "u", "etcd_password_file": "/nonexistent/pw"},
+            "--etcd-password-file '/nonexistent/pw': No such",
+        ),
         ({"etcd_user": "u", "etcd_password_file": "EMPTY"}, "--etcd-password-file '.*/empty' is empty"),
         ({"etcd_user": "u", "etcd_password": "pw", "etcd_password_file": "FILE"}, "--etcd-password and --etcd-pass"),
         ({"etcd_password_file": "FILE"}, "an etcd password needs --etcd-user"),

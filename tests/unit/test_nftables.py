@@ -1,0 +1,263 @@
+"""The nftables backend without root: golden `nft -f -` text, the translation of every rule the
+iptables side writes, and the apply protocol (one `nft -f -` per change) with a fake runner."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+
+import pytest
+
+from pynet.drivers.base import PortMap
+from pynet.drivers.firewall import Firewall, NetRules, chain_rules
+from pynet.drivers.nftables import (
+    Untranslatable,
+    docker_forward_drop,
+    has_docker_tables,
+    has_own_tables,
+    teardown_script,
+    translate,
+)
+from pynet.store.errors import PynetError
+from tests.unit.test_firewall import rules
+
+PORT = PortMap("tcp", "", 8080, "10.99.0.2", 80)
+
+
+def nft_firewall(nets: dict[str, NetRules], **kw: object) -> Firewall:
+    fw = Firewall("nftables", families=(4,), **kw)  # type: ignore[arg-type]
+    fw.desired.update(nets)
+    return fw
+
+
+DROP_TABLES = "table ip pynet {}\ndelete table ip pynet\n"
+
+
+def golden(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n").replace("    ", "\t")
+
+
+BASE_CHAINS = """
+    table ip pynet {
+        chain filter-FORWARD {
+            type filter hook forward priority 0; policy accept;
+            jump PYNET-FORWARD
+        }
+        chain nat-PREROUTING {
+            type nat hook prerouting priority -100; policy accept;
+            fib daddr type local jump PYNET-PREROUTING
+        }
+        chain nat-OUTPUT {
+            type nat hook output priority -100; policy accept;
+            fib daddr type local jump PYNET-OUTPUT
+        }
+        chain nat-POSTROUTING {
+            type nat hook postrouting priority 100; policy accept;
+            jump PYNET-POSTROUTING
+        }
+        chain raw-PREROUTING {
+            type filter hook prerouting priority -300; policy accept;
+            jump PYNET-NOTRACK
+        }
+"""
+
+
+def test_no_networks_gives_base_chains_and_empty_pynet_chains() -> None:
+    assert nft_firewall({}).render_nft() == DROP_TABLES + golden(
+        BASE_CHAINS
+        + """\
+        chain PYNET-FORWARD {
+        }
+        chain PYNET-PREROUTING {
+        }
+        chain PYNET-OUTPUT {
+        }
+        chain PYNET-POSTROUTING {
+        }
+        chain PYNET-NOTRACK {
+        }
+    }
+    """
+    )
+
+
+def test_network_with_a_published_port() -> None:
+    assert nft_firewall({"n1": rules(ports=(PORT,))}).render_nft() == DROP_TABLES + golden(
+        BASE_CHAINS
+        + """\
+        chain PYNET-FORWARD {
+            iifname "pnb-a" oifname "pnb-a" accept
+            iifname "pnb-a" oifname "docker0" drop
+            iifname "docker0" oifname "pnb-a" drop
+            iifname "pnb-a" oifname "br-*" drop
+            iifname "br-*" oifname "pnb-a" drop
+            oifname "pnb-a" ct state related,established accept
+            oifname "pnb-a" ip daddr 10.99.0.2 tcp dport 80 ct status dnat accept
+            iifname "pnb-a" oifname != "pnb-a" accept comment "pynet n1"
+            oifname "pnb-a" drop
+        }
+        chain PYNET-PREROUTING {
+            tcp dport 8080 dnat to 10.99.0.2:80 comment "pynet n1"
+        }
+        chain PYNET-OUTPUT {
+            tcp dport 8080 dnat to 10.99.0.2:80 comment "pynet n1"
+        }
+        chain PYNET-POSTROUTING {
+            ip saddr 10.99.0.0/24 oifname != "pnb-a" masquerade comment "pynet n1"
+            ip saddr 10.99.0.2 ip daddr 10.99.0.2 tcp dport 80 masquerade
+            oifname "pnb-a" fib saddr type local masquerade
+        }
+        chain PYNET-NOTRACK {
+            iifname "pnb-a" ip saddr 10.99.0.2 tcp sport 80 return
+            iifname "pnb-a" ip daddr 10.99.0.0/24 fib daddr type != local notrack
+        }
+    }
+    """
+    )
+
+
+def test_internal_network_without_icc_in_ip6() -> None:
+    fw = Firewall("nftables", families=(6,))
+    fw.desired["n2"] = rules("pnb-b", subnets4=(), subnets6=("fd00:98::/64",), internal=True, icc=False)
+    text = fw.render_nft()
+    assert text.startswith("table ip6 pynet {}\ndelete table ip6 pynet\ntable ip6 pynet {\n")
+    forward = text.partition("chain PYNET-FORWARD {\n")[2].partition("\t}")[0]
+    assert forward.split("\n\t\t")[-3:] == [
+        'iifname "pnb-b" oifname != "pnb-b" drop comment "pynet n2"',
+        'oifname "pnb-b" iifname != "pnb-b" drop',
+        'iifname "pnb-b" oifname "pnb-b" drop\n',
+    ]
+    assert "masquerade" not in text and "dnat" not in text
+
+
+def test_the_resolver_gets_an_input_hook() -> None:
+    text = nft_firewall({}, dns_address="169.254.53.53").render_nft()
+    assert (
+        "\tchain filter-INPUT {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tjump PYNET-INPUT\n" in text
+    )
+    assert (
+        "\t\tip daddr 169.254.53.53/32 udp dport 53 accept\n\t\tip daddr 169.254.53.53/32 tcp dport 53 accept\n" in text
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "family", "nft"),
+    [
+        ("-i a ! -o b -j DROP", 4, 'iifname "a" oifname != "b" drop'),
+        ("-o a ! -i br-+ -j ACCEPT", 4, 'oifname "a" iifname != "br-*" accept'),
+        ("-s fd00::/64 -d fd00::2 -j MASQUERADE", 6, "ip6 saddr fd00::/64 ip6 daddr fd00::2 masquerade"),
+        ("-p udp -m udp --sport 53 -j RETURN", 4, "udp sport 53 return"),
+        ("-p sctp -m sctp --dport 9 -j ACCEPT", 4, "sctp dport 9 accept"),
+        ("-p udp -j DROP", 4, "meta l4proto udp drop"),
+        ("-m addrtype ! --dst-type LOCAL -j NOTRACK", 4, "fib daddr type != local notrack"),
+        ("-m conntrack --ctstate DNAT -j ACCEPT", 4, "ct status dnat accept"),
+        (
+            '-m comment --comment "pynet x y" -j DNAT --to-destination [fd00::2]:80',
+            6,
+            'dnat to [fd00::2]:80 comment "pynet x y"',
+        ),
+    ],
+)
+def test_translate(rule: str, family: int, nft: str) -> None:
+    assert translate(rule, family) == nft
+
+
+@pytest.mark.parametrize(
+    "rule", ["-m mark --mark 1 -j ACCEPT", "-j LOG", "-i a", "-i", "--foo -j DROP", "-m addrtype --limit 1 -j DROP"]
+)
+def test_a_rule_without_nft_form_is_refused_not_guessed(rule: str) -> None:
+    with pytest.raises(Untranslatable):
+        translate(rule, 4)
+
+
+def test_every_rule_the_iptables_side_writes_translates() -> None:
+    """All combinations of a network's switches, two networks, ports of each family and
+    protocol, on a host and on 127.0.0.1: nothing the iptables backend writes lacks a form."""
+    ports = (PORT, PortMap("udp", "127.0.0.1", 53, "10.99.0.2", 53), PortMap("sctp", "::", 9, "fd00:99::2", 9))
+    for internal, icc, masquerade in itertools.product((False, True), repeat=3):
+        a = rules(subnets6=("fd00:99::/64",), internal=internal, icc=icc, masquerade=masquerade, ports=ports)
+        nets = [("a", a), ("b", rules("pnb-b", subnets4=("10.98.0.0/24",)))]
+        for family in (4, 6):
+            for chain in chain_rules(family, nets, ("docker0", "br-+", "virbr+"), "169.254.53.53", True).values():
+                for rule in chain:
+                    assert translate(rule, family)
+
+
+def test_listings() -> None:
+    assert has_docker_tables("table ip filter\ntable ip6 docker-bridges\n")
+    assert not has_docker_tables("table inet docker-bridges-x\n")
+    assert has_own_tables("table ip pynet\ntable ip6 pynet\n", (4, 6))
+    assert not has_own_tables("table ip pynet\n", (4, 6))
+    chain = "table ip docker-bridges {\n\tchain filter-FORWARD {\n\t\ttype filter hook forward priority filter; "
+    chain += "policy %s;\n"
+    assert docker_forward_drop(chain % "drop") and not docker_forward_drop(chain % "accept")
+
+
+# -- apply protocol with a fake runner --------------------------------------------------------
+
+
+class FakeNft:
+    """An async runner standing in for `nft`: records `-f -` scripts, answers `list tables`."""
+
+    def __init__(self, tables: str = "", fail: bool = False) -> None:
+        self.tables = tables
+        self.fail = fail
+        self.scripts: list[str] = []
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, argv: list[str], stdin: str | None) -> str:
+        self.calls.append(argv)
+        argv = argv[argv.index("nft") :]
+        if argv == ["nft", "-f", "-"]:
+            if self.fail:
+                raise PynetError("pynet: nft -f - failed: boom")
+            self.scripts.append(stdin or "")
+            return ""
+        if argv[1:] == ["list", "tables"]:
+            return self.tables
+        raise AssertionError(f"unexpected {argv}")
+
+
+async def test_each_change_is_one_nft_transaction_and_no_iptables_at_all() -> None:
+    nft = FakeNft()
+    fw = Firewall("nftables", runner=nft)
+    await fw.set("n1", rules())
+    await fw.set("n1", rules())  # unchanged: not rewritten
+    await fw.set("n2", rules("pnb-b"))
+    await fw.remove("n1")
+    assert len(nft.scripts) == 3
+    assert all(argv[0] == "nft" for argv in nft.calls)
+    assert nft.scripts[-1] == fw.render_nft() and "pnb-a" not in nft.scripts[-1]
+    assert nft.scripts[-1].startswith(
+        "table ip pynet {}\ndelete table ip pynet\ntable ip6 pynet {}\ndelete table ip6 pynet\n"
+    )
+
+
+async def test_ensure_rewrites_only_missing_tables_and_teardown_drops_exactly_pynets() -> None:
+    nft = FakeNft()
+    fw = Firewall("nftables", runner=nft, netns="pnf-x")
+    assert await fw.ensure_jumps() is False  # nothing installed yet
+    await fw.set("n1", rules())
+    nft.tables = "table ip docker-bridges\ntable ip pynet\ntable ip6 pynet\n"
+    assert await fw.ensure_jumps() is False
+    nft.tables = "table ip docker-bridges\ntable ip6 pynet\n"  # someone flushed ours
+    assert await fw.ensure_jumps() is True
+    assert nft.scripts[-1] == fw.render_nft()
+    await fw.teardown()
+    assert (
+        nft.scripts[-1]
+        == teardown_script((4, 6))
+        == ("table ip pynet {}\ndelete table ip pynet\ntable ip6 pynet {}\ndelete table ip6 pynet\n")
+    )
+    assert "docker-bridges" not in "".join(nft.scripts)
+    assert nft.calls[0][:5] == ["ip", "netns", "exec", "pnf-x", "nft"]
+    assert await fw.ensure_jumps() is False
+
+
+async def test_a_failed_transaction_keeps_the_previous_desired_state() -> None:
+    fw = Firewall("nftables", runner=FakeNft())
+    await fw.set("n1", rules())
+    fw._runner = FakeNft(fail=True)
+    with pytest.raises(PynetError, match="boom"):
+        await fw.set("n2", rules("pnb-b"))
+    assert fw.desired == {"n1": rules()}
