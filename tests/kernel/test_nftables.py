@@ -10,8 +10,12 @@ network.go: base chains, verdict maps, the default bridge's chains), and pynet's
 
 from __future__ import annotations
 
+import functools
 import re
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +23,7 @@ from pynet.drivers.firewall import Firewall, detect_flavour
 from pynet.drivers.nftables import NftTables
 from pynet.plugin.ops.doctor import _nft_checks
 from pynet.plugin.ops.iptables import Iptables
+from tests.kernel import test_serve as serve
 
 # Besides helpers, the iptables backend's traffic tests, run here against this module's host and
 # `fw`: the same verdicts, written as nftables. Egress only masqueraded, published ports from
@@ -204,3 +209,37 @@ async def test_docker_forward_drop_policy_wins_and_doctor_says_so(fw: Firewall) 
     finally:
         docker_starts()
     assert connect("ctr", "198.18.0.2", 80) == "198.18.0.1"
+
+
+# -- the real daemon ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("docker", [True, False], ids=["detected", "forced-without-docker"])
+async def test_the_daemon_writes_only_nft_tables(tmp_path: Path, docker: bool) -> None:
+    """`pynet serve` in a namespace of its own (tests/kernel/test_serve.py's), as dockerd
+    drives it: with Docker 29's tables there it detects the backend; with none, and no
+    iptables table either, `--firewall-backend nftables` keeps it off iptables."""
+    names = serve.Namespaces()
+    pynet = serve.Pynet(names, tmp_path, *([] if docker else ["--firewall-backend", "nftables"]))
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=True)
+    nft = ("ip", "netns", "exec", names.host, "nft")
+    try:
+        if docker:
+            run([*nft, "-f", "-"], input=docker_tables())
+        pynet.start()
+        status, reply = await serve.post(pynet.sock, "NetworkDriver.CreateNetwork", serve.NETWORK)
+        assert status == 200, reply
+        bridge = "pnb-" + serve.NET[:11]
+        ours = run([*nft, "list", "table", "ip", "pynet"]).stdout
+        assert f'ip saddr 10.61.0.0/24 oifname != "{bridge}" masquerade' in ours
+        docker_tables_there = ["table ip docker-bridges", "table ip6 docker-bridges"] if docker else []
+        tables = sorted(run([*nft, "list", "tables"]).stdout.splitlines())
+        assert tables == sorted([*docker_tables_there, "table ip pynet", "table ip6 pynet"])
+        for save in ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save"):
+            assert run(["ip", "netns", "exec", names.host, save]).stdout == ""
+        status, reply = await serve.post(pynet.sock, "NetworkDriver.DeleteNetwork", {"NetworkID": serve.NET})
+        assert status == 200, reply
+        assert bridge not in run([*nft, "list", "table", "ip", "pynet"]).stdout
+    finally:
+        pynet.stop(signal.SIGKILL)
+        names.delete()
