@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pynet.plugin.ops.dns_checks import daemon_json_check, input_check
+from pynet.plugin.ops.dns_checks import daemon_json_check, input_check, nft_input_check
 
 DNS = "169.254.53.53"
 RULES = (
@@ -21,6 +21,28 @@ def test_input_rule_in_place() -> None:
 def test_input_rule_missing_or_jump_gone() -> None:
     assert input_check("-P INPUT ACCEPT\n", DNS).verdict == "fail"
     assert input_check("-N PYNET-INPUT\n" + RULES, DNS).verdict == "warn"
+
+
+# `nft list table ip pynet` under Docker's nftables backend, as nft 1.0.6 prints it (the /32 dropped).
+NFT_TABLE = f"""table ip pynet {{
+	chain filter-INPUT {{
+		type filter hook input priority filter; policy accept;
+		jump PYNET-INPUT
+	}}
+
+	chain PYNET-INPUT {{
+		ip daddr {DNS} udp dport 53 accept
+		ip daddr {DNS} tcp dport 53 accept
+	}}
+}}
+"""
+
+
+def test_nft_input_rules() -> None:
+    assert nft_input_check(NFT_TABLE, DNS).verdict == "ok"
+    assert nft_input_check(NFT_TABLE.replace("tcp dport 53", "tcp dport 54"), DNS).verdict == "fail"
+    assert nft_input_check(NFT_TABLE.replace("hook input", "hook output"), DNS).verdict == "fail"
+    assert nft_input_check(NFT_TABLE, "169.254.53.54").verdict == "fail"
 
 
 def test_daemon_json(tmp_path: Path) -> None:

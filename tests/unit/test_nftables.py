@@ -18,6 +18,7 @@ from pynet.drivers.nftables import (
     teardown_script,
     translate,
 )
+from pynet.plugin.ops.iptables import Iptables
 from pynet.store.errors import PynetError
 from tests.unit.test_firewall import rules
 
@@ -261,3 +262,10 @@ async def test_a_failed_transaction_keeps_the_previous_desired_state() -> None:
     with pytest.raises(PynetError, match="boom"):
         await fw.set("n2", rules("pnb-b"))
     assert fw.desired == {"n1": rules()}
+
+
+async def test_gc_finds_no_rules_to_collect_in_pynets_tables() -> None:
+    """They hold only `desired` and go whole: gc must not read them as iptables chains."""
+    nft = FakeNft()
+    assert await Iptables(lambda: "nftables", runner=nft).pynet_rules() == []
+    assert nft.calls == []
