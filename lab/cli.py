@@ -2,6 +2,7 @@
 
 up --hosts 3            build the lab "pnlab" (etcd and pynet included unless --no-...)
 up --docker 28.5        ... with a newer Debian suite's dockerd (lab/releases.py fetches it)
+                        (and `docker compose` in every host, unless --no-compose)
 status                  hosts, addresses, DOCKER_HOST values, what runs
 shell 2                 an interactive shell in host 2, where `docker` talks to host 2
 exec 1 -- docker ps     one command in host 1
@@ -14,21 +15,34 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from .cmd import LabError
 from .core import Lab
 from .nodes import Host
-from .releases import MACHINE, RELEASES, ReleaseUnavailable, fetch
+from .releases import MACHINE, RELEASES, ReleaseUnavailable, fetch, fetch_compose
 
 
 def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     docker = fetch(args.docker)
+    if not args.no_compose:
+        docker = replace(docker, compose=_compose())
     lab = Lab(args.name, hosts=args.hosts, etcd=not args.no_etcd, pynet=not args.no_pynet, docker=docker)
     lab.up()
     print(f"lab {lab.name} up in {time.monotonic() - started:.1f} s")
     _print_status(lab)
     return 0
+
+
+def _compose() -> Path | None:
+    """Compose for the hosts; a lab without it is still a lab, so a failed fetch only warns."""
+    try:
+        return fetch_compose()
+    except ReleaseUnavailable as err:
+        print(f"lab: no `docker compose` in the hosts: {err}", file=sys.stderr)
+        return None
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -95,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--hosts", type=int, default=2, help="number of Docker hosts (default: 2)")
     up.add_argument("--no-etcd", action="store_true", help="no etcd server")
     up.add_argument("--no-pynet", action="store_true", help="do not start pynet in the hosts")
+    up.add_argument(
+        "--no-compose", action="store_true", help="no `docker compose` (Compose is fetched from Debian unstable)"
+    )
     up.add_argument("--docker", choices=RELEASES, default=MACHINE.name, help="Docker release (default: the machine's)")
     command("down", _down, "remove everything the lab made")
     command("status", _status, "show hosts, addresses and what is running")

@@ -151,7 +151,11 @@ class Lab:
                 "pynet": self.use_pynet,
                 "pynet_args": self.pynet_args,
                 "pynet_cmd": self.pynet_cmd,
-                "docker": {"name": self.docker.name, "bin_dir": self.docker.bin_dir and str(self.docker.bin_dir)},
+                "docker": {
+                    "name": self.docker.name,
+                    "bin_dir": self.docker.bin_dir and str(self.docker.bin_dir),
+                    "compose": self.docker.compose and str(self.docker.compose),
+                },
             },
             "created_base": created_base,
             "netns": [],
@@ -223,6 +227,7 @@ class Lab:
 
     def _bring_up(self, host: Host, image: Future[Path], etcd: Future[None] | None) -> None:
         host.start_holder()
+        host.install_cli_plugins()
         if self.use_pynet and self.use_etcd:  # names across hosts need etcd
             host.install_dns()
         host.start_dockerd()
@@ -360,7 +365,11 @@ class Lab:
 def _release_from_json(value: dict[str, Any] | None) -> DockerRelease:
     if value is None:  # a lab from before releases were recorded
         return MACHINE
-    return DockerRelease(value["name"], Path(value["bin_dir"]) if value["bin_dir"] else None)
+
+    def path(key: str) -> Path | None:
+        return Path(value[key]) if value.get(key) else None  # no "compose" in a lab from before it
+
+    return DockerRelease(value["name"], path("bin_dir"), path("compose"))
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:

@@ -150,10 +150,30 @@ class Host(Node):
     def env(self) -> dict[str, str]:
         """The caller's environment with DOCKER_HOST, so a plain `docker` talks to this host,
         minus the variables that would point the docker CLI somewhere else, and with the
-        host's Docker release first on PATH."""
+        host's Docker release first on PATH (and its CLI plugins in DOCKER_CONFIG, if any)."""
         env = {k: v for k, v in os.environ.items() if k not in _DOCKER_CLIENT_VARS}
         path = self.lab.docker.path(os.environ.get("PATH", os.defpath))
+        if self.lab.docker.compose is not None:
+            env["DOCKER_CONFIG"] = str(self.docker_config)
         return {**env, "DOCKER_HOST": self.docker_host, "PATH": path}
+
+    @property
+    def docker_config(self) -> Path:
+        """The host's DOCKER_CONFIG, holding the CLI plugins `install_cli_plugins` linked."""
+        return self.root / "docker-config"
+
+    def install_cli_plugins(self) -> None:
+        """Link Compose into the host's cli-plugins directory, where every docker CLI since 19.03
+        looks ($DOCKER_CONFIG/cli-plugins), so `docker compose` works on each release's CLI and
+        the machine's /usr/libexec/docker/cli-plugins stays as it is."""
+        compose = self.lab.docker.compose
+        if compose is None:
+            return
+        plugins = self.docker_config / "cli-plugins"
+        plugins.mkdir(parents=True, exist_ok=True)
+        link = plugins / compose.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(compose)
 
     def _set(self, role: str, proc: Proc | None) -> None:
         setattr(self, role, proc)

@@ -9,6 +9,10 @@ commands run in the host: the machine's runc stays in use (unstable's runc needs
 than Debian 12's). Each release has its own docker CLI: an older CLI would negotiate the API
 down to its own version (20.10's speaks 1.41) and could not ask for what a newer dockerd
 offers, such as `network create --ipv4=false` (API 1.47).
+
+Compose v2 is fetched the same way, from unstable whatever the release (`fetch_compose`, under
+CACHE/compose/), and a release given one (`DockerRelease.compose`) has a lab host run it as the
+docker CLI's plugin, so `docker compose` works on every release's CLI, 20.10's included.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,7 @@ class DockerRelease:
 
     name: str
     bin_dir: Path | None = None
+    compose: Path | None = None  # the docker-compose binary (fetch_compose), if the host has Compose
 
     def dockerd(self) -> str:
         return str(self.bin_dir / "dockerd") if self.bin_dir else "dockerd"
@@ -68,6 +73,9 @@ class Suite:
 MACHINE = DockerRelease("20.10")  # Debian 12's docker.io, installed by packaging/install.sh
 SUITES = {"26.1": Suite("trixie"), "28.5": Suite("sid")}
 RELEASES = (MACHINE.name, *SUITES)
+# A static Go binary (only glibc >= 2.34 needed, Debian 12 has 2.36); 2.40.3 in late 2026.
+COMPOSE = Suite("sid", ("docker-compose",))
+COMPOSE_BINARY = "docker-compose"
 
 
 class ReleaseUnavailable(RuntimeError):
@@ -81,24 +89,38 @@ def fetch(name: str, cache: Path = DEFAULT_CACHE) -> DockerRelease:
         return MACHINE
     if name not in SUITES:
         raise ReleaseUnavailable(f"unknown Docker release {name!r}: choose from {', '.join(RELEASES)}")
-    top = cache / name
+    tree = _fetch_tree(cache / name, SUITES[name], BINARIES, lambda versions: _check_version(name, versions))
+    return DockerRelease(name, tree / "bin")
+
+
+def fetch_compose(cache: Path = DEFAULT_CACHE) -> Path:
+    """The docker-compose binary of unstable's package, fetched as `fetch` fetches a release."""
+    return _fetch_tree(cache / "compose", COMPOSE, (COMPOSE_BINARY,)) / "bin" / COMPOSE_BINARY
+
+
+def _fetch_tree(
+    top: Path, suite: Suite, binaries: tuple[str, ...], check: Callable[[dict[str, str]], None] | None = None
+) -> Path:
+    """The tree under TOP holding SUITE's packages at their current versions (checked by CHECK),
+    with BINARIES linked into its bin/; offline, the last tree unpacked there."""
     top.mkdir(parents=True, exist_ok=True)
     with _locked(top / ".lock"):
-        apt = _Apt(top / "apt", SUITES[name].suite)
+        apt = _Apt(top / "apt", suite.suite)
         try:
             apt.update()
-            versions = apt.versions(SUITES[name].packages)
+            versions = apt.versions(suite.packages)
         except ReleaseUnavailable:
-            cached = _unpacked(top)
+            cached = _unpacked(top, binaries[0])
             if cached is None:
                 raise
-            return DockerRelease(name, cached / "bin")
-        _check_version(name, versions)
+            return cached
+        if check is not None:
+            check(versions)
         tree = top / "_".join(f"{p}={v}" for p, v in versions.items()).replace(":", "%")
-        if not (tree / "bin" / "dockerd").exists():
-            _unpack(apt, versions, tree)
+        if not (tree / "bin" / binaries[0]).exists():
+            _unpack(apt, versions, tree, binaries)
             _remove_others(top, keep=tree)
-    return DockerRelease(name, tree / "bin")
+    return tree
 
 
 def _check_version(name: str, versions: dict[str, str]) -> None:
@@ -114,12 +136,12 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _unpacked(top: Path) -> Path | None:
-    trees = sorted((t for t in top.iterdir() if (t / "bin" / "dockerd").exists()), key=os.path.getmtime)
+def _unpacked(top: Path, binary: str) -> Path | None:
+    trees = sorted((t for t in top.iterdir() if (t / "bin" / binary).exists()), key=os.path.getmtime)
     return trees[-1] if trees else None
 
 
-def _unpack(apt: _Apt, versions: dict[str, str], tree: Path) -> None:
+def _unpack(apt: _Apt, versions: dict[str, str], tree: Path, binaries: tuple[str, ...]) -> None:
     """Download, unpack into a scratch directory, link the binaries, check that they run, and
     only then rename it into place: an interrupted run leaves no tree that looks complete."""
     scratch = Path(tempfile.mkdtemp(prefix=".unpack-", dir=tree.parent))
@@ -130,22 +152,22 @@ def _unpack(apt: _Apt, versions: dict[str, str], tree: Path) -> None:
             run_cmd(["dpkg-deb", "-x", str(deb), str(scratch / "root")], timeout=_APT_TIMEOUT)
         shutil.rmtree(scratch / "debs")
         (scratch / "bin").mkdir()
-        for binary in BINARIES:
+        for binary in binaries:
             found = [p for d in ("usr/sbin", "usr/bin") if (p := scratch / "root" / d / binary).exists()]
             if not found:
                 raise ReleaseUnavailable(f"{binary} is in none of {', '.join(versions)} {list(versions.values())}")
             (scratch / "bin" / binary).symlink_to(os.path.relpath(found[0], scratch / "bin"))
-        _runs(scratch / "bin" / "dockerd")
+        _runs(scratch / "bin" / binaries[0])
         scratch.rename(tree)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _runs(dockerd: Path) -> None:
+def _runs(binary: Path) -> None:
     try:
-        run_cmd([str(dockerd), "--version"], timeout=30)
+        run_cmd([str(binary), "--version"], timeout=30)
     except CommandError as err:
-        raise ReleaseUnavailable(f"the unpacked {dockerd} does not run on this machine:\n{err}") from err
+        raise ReleaseUnavailable(f"the unpacked {binary} does not run on this machine:\n{err}") from err
 
 
 def _remove_others(top: Path, keep: Path) -> None:

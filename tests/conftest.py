@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar, cast
 
 import pytest
 
-from lab.releases import RELEASES, DockerRelease, ReleaseUnavailable, fetch
+from lab.releases import RELEASES, DockerRelease, ReleaseUnavailable, fetch, fetch_compose
 
 TIERS: dict[str, list[str]] = {
     "unit": [],
@@ -92,22 +95,40 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("docker_release", names, indirect=True, scope="module", ids=names)
 
 
-# One fetch per release and session: each costs an `apt-get update` even when cached.
-_fetched: dict[str, DockerRelease | str] = {}
+# One fetch per release (and Compose) and session: each costs an `apt-get update` even when cached.
+_fetched: dict[str, object] = {}
+T = TypeVar("T")
+
+
+def _fetched_once(what: str, fetcher: Callable[[], T]) -> T:
+    """FETCHER's result, cached for the session; a failed fetch fails the test under CI=true
+    and skips it otherwise, saying why."""
+    if what not in _fetched:
+        try:
+            _fetched[what] = fetcher()
+        except ReleaseUnavailable as err:
+            _fetched[what] = _Unavailable(f"{what} is unavailable: {err}")
+    found = _fetched[what]
+    if isinstance(found, _Unavailable):
+        if os.environ.get("CI") == "true":
+            pytest.fail(found.why, pytrace=False)
+        pytest.skip(found.why)
+    return cast(T, found)
+
+
+@dataclass(frozen=True)
+class _Unavailable:
+    why: str
 
 
 @pytest.fixture(scope="module")
 def docker_release(request: pytest.FixtureRequest) -> DockerRelease:
     """The Docker release a module's lab runs (see lab/releases.py), fetched once a session."""
     name: str = request.param
-    if name not in _fetched:
-        try:
-            _fetched[name] = fetch(name)
-        except ReleaseUnavailable as err:
-            _fetched[name] = f"Docker {name} is unavailable: {err}"
-    release = _fetched[name]
-    if isinstance(release, str):
-        if os.environ.get("CI") == "true":
-            pytest.fail(release, pytrace=False)
-        pytest.skip(release)
-    return release
+    return _fetched_once(f"Docker {name}", lambda: fetch(name))
+
+
+@pytest.fixture(scope="module")
+def compose_release(docker_release: DockerRelease) -> DockerRelease:
+    """docker_release with Compose v2 (unstable's, whatever the release) as its CLI plugin."""
+    return replace(docker_release, compose=_fetched_once("Compose", fetch_compose))

@@ -1,12 +1,16 @@
-"""The Docker release matrix's pure parts: which archive apt uses, and which releases a module runs."""
+"""The Docker release matrix's pure parts: which archive apt uses, which releases a module runs, and
+how a lab host gets Compose."""
 
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from lab import DockerRelease, Lab
+from lab.core import _release_from_json
 from lab.releases import ReleaseUnavailable, _check_version, machine_mirror
 from tests.conftest import DEFAULT_RELEASES, docker_releases
 
@@ -71,3 +75,27 @@ def test_default_matrix_and_the_command_line(pytestconfig: pytest.Config, monkey
     monkeypatch.setattr(pytestconfig.option, "docker_releases", "28.5,27.0")
     with pytest.raises(pytest.UsageError, match=re.escape("unknown 27.0;")):
         docker_releases(pytestconfig, tests / "docker" / "test_bridge.py")
+
+
+def test_a_lab_host_runs_compose_as_its_cli_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # a lab's socket paths must be short
+        base = Path(short)
+        compose = base / "docker-compose"
+        compose.write_text("")
+        host = Lab("c", hosts=1, base_dir=base, docker=DockerRelease("20.10", compose=compose)).hosts[0]
+        host.install_cli_plugins()
+        host.install_cli_plugins()  # again, as after a restart: the link is replaced
+        assert (host.docker_config / "cli-plugins" / "docker-compose").resolve() == compose
+        assert host.env()["DOCKER_CONFIG"] == str(host.docker_config)
+        plain = Lab("p", hosts=1, base_dir=base).hosts[0]
+        plain.install_cli_plugins()
+        assert "DOCKER_CONFIG" not in plain.env() and not plain.docker_config.exists()
+
+
+def test_a_lab_state_names_its_compose() -> None:
+    release = DockerRelease("28.5", Path("/cache/28.5/bin"), Path("/cache/compose/bin/docker-compose"))
+    recorded = {"name": "28.5", "bin_dir": "/cache/28.5/bin", "compose": "/cache/compose/bin/docker-compose"}
+    assert _release_from_json(recorded) == release
+    before_compose = {"name": "28.5", "bin_dir": "/cache/28.5/bin"}  # a lab brought up by an older checkout
+    assert _release_from_json(before_compose) == DockerRelease("28.5", Path("/cache/28.5/bin"))
