@@ -10,7 +10,7 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
 pkgs="iptables iproute2 kmod"
-[ "$want" = test ] && pkgs="$pkgs docker.io etcd-server etcd-client busybox-static iperf3 util-linux"
+[ "$want" = test ] && pkgs="$pkgs docker.io etcd-server etcd-client busybox-static iperf3 util-linux prometheus"
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv python3-pip"
 
 missing=""
