@@ -53,8 +53,9 @@ class Observer(Protocol):
     """Told about programming, for metrics (plugin/metrics.py implements it; drivers/ never
     imports plugin/)."""
 
-    def on_programmed(self, vni: int, vteps: int, seconds: float) -> None:
-        """`seconds` since the newest remote endpoint of the VNI was registered."""
+    def on_programmed(self, vni: int, vteps: int, lags: list[float]) -> None:
+        """`lags`: for each remote endpoint whose entries this programming added, the seconds
+        since this host could first have programmed it (see `Sync.program`)."""
 
     def forget(self, vni: int) -> None:
         """The last local network of the VNI is gone."""
@@ -235,6 +236,8 @@ class Sync:
         self.segments: dict[int, Remotes] = {}
         # VNIs with a local network: their device name and static peers.
         self.devices: dict[int, tuple[str, tuple[str, ...]]] = {}
+        # When each VNI's device was attached: no endpoint can be programmed here before that.
+        self._attached: dict[int, float] = {}
         self._locks = KeyedLocks()
         self.observer = observer
         self.synced = asyncio.Event()
@@ -246,11 +249,13 @@ class Sync:
         """Program a device from the current view, once there is one: before the first
         snapshot (just after a restart) an empty view would wipe entries traffic relies on."""
         self.devices[vni] = (device, static_peers)
+        self._attached.setdefault(vni, time.time())
         if self.synced.is_set():
             await self.program(vni)
 
     def detach(self, vni: int) -> None:
         self.devices.pop(vni, None)
+        self._attached.pop(vni, None)
         if self.observer:
             self.observer.forget(vni)
 
@@ -361,8 +366,20 @@ class Sync:
             for ip, mac in todo.set_neigh:
                 await fwd.set_neighbour(ip, mac)
         if self.observer:
-            newest = max((ep.time for ep in seg.endpoints.values()), default=0.0)
-            self.observer.on_programmed(vni, len(seg.vteps), time.time() - newest if newest else 0.0)
+            self.observer.on_programmed(vni, len(seg.vteps), self._lags(vni, seg, todo))
+
+    def _lags(self, vni: int, seg: Remotes, todo: Changes) -> list[float]:
+        """The programming lag of each endpoint whose entries `todo` added: from its
+        registration (its record's `time`, the registering host's clock), or from this VNI's
+        attach when that came later (a network created here after the endpoint, a restart
+        after a reboot wiped the entries), to now. Endpoints whose entries were already there
+        (a replayed event, a resync, a restart) are no lag: nothing waited for them."""
+        now, since = time.time(), self._attached.get(vni, 0.0)
+        return [
+            max(0.0, now - max(ep.time, since))
+            for ep in seg.endpoints.values()
+            if (ep.mac, ep.vtep) in todo.add_fdb or any((ip, ep.mac) in todo.set_neigh for ip in ep.ips)
+        ]
 
 
 def _parse(rest: str) -> tuple[int | None, str, str]:

@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 
 # nftables: `nft`, which the daemon uses instead of iptables where dockerd runs its nftables backend.
 pkgs="iptables nftables iproute2 kmod"
-[ "$want" = test ] && pkgs="$pkgs docker.io etcd-server etcd-client busybox-static iperf3 util-linux"
+[ "$want" = test ] && pkgs="$pkgs docker.io etcd-server etcd-client busybox-static iperf3 util-linux prometheus"
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv python3-pip"
 
 missing=""

@@ -12,16 +12,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from pynet.store.base import Compare, Event, KeyValue, Op, Store
 
 log = logging.getLogger("pynet.metrics")
+
+# In the text format pynet serves, prometheus_client adds a `<name>_created` gauge per counter
+# and histogram series, which Prometheus stores as series of their own (75 of a fresh daemon's
+# 638 samples) and no rule uses. The switch is process-wide: this module is the daemon's only
+# user of prometheus_client (tests/kernel/test_prometheus.py lists what Prometheus reads).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 T = TypeVar("T")
 
@@ -29,8 +43,22 @@ T = TypeVar("T")
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # An embedded write is well under a millisecond; an etcd round trip is a few; the deadline is 3 s.
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 3.0)
-# How long a scrape waits for the store before serving the IPAM gauge as last seen.
+# How long a scrape waits for the store: to answer a probe (an etcd Status, a few ms when it is
+# well; a stopped etcd takes the whole wait, since the client retries the connection until its
+# deadline), then to read the IPAM counts. 3 s at worst, within Prometheus's default
+# scrape_timeout (10 s), so a store away shows as `pynet_store_up 0`, not as a failed scrape
+# (`up 0`, pynet down); within a 2 s scrape_timeout too (tests/kernel/test_prometheus.py).
+PROBE_TIMEOUT = 1.0
 SCRAPE_STORE_TIMEOUT = 2.0
+# The `op` label of `pynet_store_seconds`: TimedStore's methods.
+STORE_OPS = ("get", "range", "put", "delete", "txn", "revision", "grant_lease", "refresh_lease", "revoke_lease")
+
+
+class PoolUsage(NamedTuple):
+    """One pool as a scrape reports it."""
+
+    allocated: int  # addresses allocated, on every host
+    size: int  # addresses it can allocate: the subnet less network and broadcast
 
 
 class Metrics:
@@ -48,11 +76,31 @@ class Metrics:
         self.store_seconds = Histogram(
             "pynet_store_seconds", "Time of one store operation", ["op"], buckets=STORE_BUCKETS, registry=r
         )
+        for op in STORE_OPS:  # at zero from the start, as the methods (declare_methods)
+            self.store_seconds.labels(op)
         self.ipam_allocations = Gauge(
             "pynet_ipam_allocations", "Addresses allocated in a pool (every host), read at scrape time",
             ["pool"], registry=r,
         )
+        self.ipam_pool_size = Gauge(
+            "pynet_ipam_pool_size", "Addresses a pool can allocate (the subnet less network and broadcast)",
+            ["pool"], registry=r,
+        )
+        self.store_up = Gauge(
+            "pynet_store_up",
+            "1 if the store (etcd, or the embedded one) answered this scrape's probe within 1 s, else 0",
+            registry=r,
+        )
         self.vxlan = VxlanMetrics(self.registry)
+
+    def declare_methods(self, methods: Iterable[str]) -> None:
+        """Every method's series from the start, at zero: Prometheus's rate() sees no increase
+        in a series whose first sample is already 1, so a method's first request (often its
+        only one for a while: a CreateNetwork) would be missing from rates and latencies."""
+        for method in methods:
+            self.requests.labels(method)
+            self.request_errors.labels(method)
+            self.request_seconds.labels(method)
 
     def observe_request(self, method: str, seconds: float, failed: bool) -> None:
         self.requests.labels(method).inc()
@@ -60,11 +108,13 @@ class Metrics:
         if failed:
             self.request_errors.labels(method).inc()
 
-    def set_allocations(self, counts: dict[str, int]) -> None:
-        """Replaces every pool's value, so a removed pool stops being reported."""
+    def set_pools(self, pools: dict[str, PoolUsage]) -> None:
+        """Replaces every pool's values, so a removed pool stops being reported."""
         self.ipam_allocations.clear()
-        for pool, count in counts.items():
-            self.ipam_allocations.labels(pool).set(count)
+        self.ipam_pool_size.clear()
+        for pool, usage in pools.items():
+            self.ipam_allocations.labels(pool).set(usage.allocated)
+            self.ipam_pool_size.labels(pool).set(usage.size)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
@@ -83,24 +133,29 @@ class VxlanMetrics:
         self._peers = Gauge("pynet_vxlan_peers", "Remote VTEPs programmed for a VNI", ["vni"], registry=registry)
         self._lag = Histogram(
             "pynet_fdb_programming_seconds",
-            "Time from a remote endpoint's registration in the store to its FDB and neighbour"
-            " entries being programmed here",
+            "Time from a remote endpoint's registration in the store (or from this host's network"
+            " of its VNI, if later) to its FDB and neighbour entries being programmed here",
+            ["vni"],
             buckets=REQUEST_BUCKETS,
             registry=registry,
         )
 
-    def on_programmed(self, vni: int, vteps: int, seconds: float) -> None:
-        """`seconds` is 0 when the segment has no remote endpoint yet: nothing was waited for."""
+    def on_programmed(self, vni: int, vteps: int, lags: list[float]) -> None:
+        """The VNI's histogram exists (all zero) from its first programming on, before any
+        lag: Prometheus's rate() sees no increase in a series whose first sample is already 1,
+        so a first slow programming would go unseen."""
         self._peers.labels(str(vni)).set(vteps)
-        if seconds > 0:
-            self._lag.observe(seconds)
+        lag = self._lag.labels(str(vni))
+        for seconds in lags:
+            lag.observe(seconds)
 
     def forget(self, vni: int) -> None:
         """For a VNI whose last network here is gone, so it stops being reported."""
-        try:
-            self._peers.remove(str(vni))
-        except KeyError:
-            pass
+        for metric in (self._peers, self._lag):
+            try:
+                metric.remove(str(vni))
+            except KeyError:
+                pass
 
 
 class TimedStore:
@@ -171,20 +226,38 @@ def parse_listen(addr: str) -> tuple[str, int] | str:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+async def read_store(
+    metrics: Metrics, probe: Callable[[], Awaitable[object]], pools: Callable[[], Awaitable[dict[str, PoolUsage]]]
+) -> None:
+    """What a scrape reads from the store: `probe` (any answer means reachable) sets
+    `pynet_store_up`, then `pools` the IPAM gauges. A slow or failing store leaves the IPAM
+    gauges as last seen rather than failing the scrape."""
+    try:
+        await asyncio.wait_for(probe(), PROBE_TIMEOUT)
+    except Exception as e:
+        metrics.store_up.set(0)
+        log.warning("metrics: store unreachable", extra={"error": str(e) or type(e).__name__})
+        return
+    metrics.store_up.set(1)
+    try:
+        metrics.set_pools(await asyncio.wait_for(pools(), SCRAPE_STORE_TIMEOUT))
+    except Exception as e:
+        log.warning("metrics: IPAM counts not refreshed", extra={"error": str(e) or type(e).__name__})
+
+
 async def serve_metrics(
-    addr: str, metrics: Metrics, refresh: Callable[[], Awaitable[dict[str, int]]]
+    addr: str,
+    metrics: Metrics,
+    probe: Callable[[], Awaitable[object]],
+    pools: Callable[[], Awaitable[dict[str, PoolUsage]]],
 ) -> web.AppRunner | None:
-    """Start `GET /metrics` on `addr` (None when `addr` is empty: the listener is optional).
-    `refresh` returns the IPAM counts per pool; a slow or failing store leaves them as last
-    seen rather than failing the scrape."""
+    """Start `GET /metrics` on `addr` (None when `addr` is empty: the listener is optional),
+    reading the store at each scrape (`read_store`)."""
     if not addr:
         return None
 
     async def scrape(_: web.Request) -> web.Response:
-        try:
-            metrics.set_allocations(await asyncio.wait_for(refresh(), SCRAPE_STORE_TIMEOUT))
-        except Exception as e:
-            log.warning("metrics: IPAM counts not refreshed", extra={"error": str(e) or type(e).__name__})
+        await read_store(metrics, probe, pools)
         return web.Response(body=metrics.text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()

@@ -244,7 +244,9 @@ async def serve(settings: Settings) -> None:
     agent: ClusterNetworks | None = None
     names: Engine | None = None
     try:
-        scrape = await serve_metrics(settings.metrics_listen, metrics, lambda: admin_api.allocation_counts(d.ipam))
+        scrape = await serve_metrics(
+            settings.metrics_listen, metrics, d.store.revision, lambda: admin_api.pool_usage(d.ipam)
+        )
         await d.netlink.open()
         await reconcile_until_done(d, stop)
         d.ready.set()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -17,22 +16,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-import pytest
-
-INSTALL_HINT = "needs etcd-server: run make install"
+from tests.tools import require
 
 
 def require_etcd() -> None:
     """Skip (or fail under CI=true) when the etcd binaries are not installed."""
-    if shutil.which("etcd") and shutil.which("etcdctl"):
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must not skip etcd tests: {INSTALL_HINT}", pytrace=False)
-    pytest.skip(INSTALL_HINT)
+    require("etcd", "etcdctl", package="etcd-server and etcd-client")
 
 
 def free_port() -> int:
@@ -86,6 +79,17 @@ def _thread_state(task: Path) -> str:
     except FileNotFoundError:
         return "T"  # the thread exited: it answers nothing either
     return stat[stat.rindex(")") + 2]
+
+
+def freeze(proc: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP: sockets stay open but nothing answers, the case only deadlines catch.
+
+    Returns once every thread has stopped: kill() returns before threads running on other
+    CPUs are, and a request can still be answered in between."""
+    proc.send_signal(signal.SIGSTOP)
+    tasks = Path(f"/proc/{proc.pid}/task")
+    while any(_thread_state(t) not in ("T", "t") for t in tasks.iterdir()):
+        time.sleep(0.005)
 
 
 @dataclass
@@ -148,15 +152,8 @@ class EtcdServer:
             self.proc = None
 
     def freeze(self) -> None:
-        """SIGSTOP: sockets stay open but nothing answers, the case only deadlines catch.
-
-        Returns once every thread has stopped: kill() returns before threads running on other
-        CPUs are, and a request can still be answered in between."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        tasks = Path(f"/proc/{self.proc.pid}/task")
-        while any(_thread_state(t) not in ("T", "t") for t in tasks.iterdir()):
-            time.sleep(0.005)
+        freeze(self.proc)
 
     def thaw(self) -> None:
         assert self.proc is not None

@@ -176,6 +176,7 @@ def make_app(
     app = web.Application(middlewares=[measure, json_errors], client_max_size=MAX_BODY)
     app[DAEMON] = daemon
     app[METRICS] = metrics or Metrics()
+    app[METRICS].declare_methods([*EARLY, *ROUTES, "unknown"])
     for method, handler in EARLY.items():
         app.router.add_post("/" + method, _endpoint(method, handler, early=True))
     for method, handler in ROUTES.items():

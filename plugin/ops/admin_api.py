@@ -32,6 +32,7 @@ from pynet.plugin.api.app import ADMIN_PREFIX, error_reply, failed
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import DAEMON, Daemon
 from pynet.plugin.daemon.state import State
+from pynet.plugin.metrics import PoolUsage
 from pynet.plugin.ops import gc
 from pynet.plugin.ops.iptables import Iptables
 from pynet.store.base import Store
@@ -216,9 +217,9 @@ async def pools(ipam: Ipam) -> list[PoolInfo]:
     return out
 
 
-async def allocation_counts(ipam: Ipam) -> dict[str, int]:
-    """For the `pynet_ipam_allocations` gauge."""
-    return {p.subnet: p.allocated for p in await pools(ipam)}
+async def pool_usage(ipam: Ipam) -> dict[str, PoolUsage]:
+    """For the `pynet_ipam_allocations` and `pynet_ipam_pool_size` gauges."""
+    return {p.subnet: PoolUsage(p.allocated, p.total) for p in await pools(ipam)}
 
 
 # -- routes -----------------------------------------------------------------------------------

@@ -14,14 +14,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pynet.plugin.ops.admin_api import allocation_counts
+from pynet.plugin.ops.admin_api import pool_usage
 from pynet.plugin.daemon.logs import JsonFormatter, KeyValueFormatter
 from pynet.plugin.metrics import serve_metrics
 from tests.api.test_admin_api import NET, Plugin, plugin, populate  # noqa: F401  (plugin is a fixture)
 
 
 async def scrape(p: Plugin, listen: str, url: str, connector: aiohttp.BaseConnector | None = None) -> str:
-    runner = await serve_metrics(listen, p.metrics, lambda: allocation_counts(p.daemon.ipam))
+    store = p.daemon.store
+    runner = await serve_metrics(listen, p.metrics, store.revision, lambda: pool_usage(p.daemon.ipam))
     assert runner is not None
     try:
         async with aiohttp.ClientSession(connector=connector) as s:
@@ -50,9 +51,14 @@ async def test_metrics_count_requests_errors_and_time_them(plugin: Plugin, tmp_p
     assert 'pynet_request_seconds_bucket{le="30.0",method="Plugin.Activate"} 2.0' in lines
     assert 'pynet_request_seconds_count{method="IpamDriver.RequestAddress"} 3.0' in lines
     assert "pynet/status" not in text, "the operator's routes are not Docker requests"
+    # Methods not called yet are there at zero, so that Prometheus's rate() counts their first call.
+    assert 'pynet_requests_total{method="NetworkDriver.Leave"} 0.0' in lines
+    assert 'pynet_request_seconds_count{method="NetworkDriver.Leave"} 0.0' in lines
     # The store is timed under the daemon, and the IPAM gauge is read at scrape time.
     assert any(line.startswith('pynet_store_seconds_count{op="txn"}') for line in lines)
     assert 'pynet_ipam_allocations{pool="10.1.0.0/24"} 3.0' in lines
+    assert 'pynet_ipam_pool_size{pool="10.1.0.0/24"} 254.0' in lines
+    assert "pynet_store_up 1.0" in lines
     assert "# TYPE pynet_vxlan_peers gauge" in lines and "# TYPE pynet_fdb_programming_seconds histogram" in lines
 
 

@@ -9,6 +9,7 @@ Topology, all in namespaces this test creates (no dockerd: the test plays Docker
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -69,10 +70,17 @@ def stored(etcd: EtcdServer, prefix: str) -> dict[str, int]:
     return {base64.b64decode(kv["key"]).decode(): int(kv.get("lease", 0)) for kv in out.get("kvs", [])}
 
 
-@pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    tag = secrets.token_hex(2)
-    a, b = f"pnf-a{tag}", f"pnf-b{tag}"
+@contextlib.contextmanager
+def vxlan_hosts(
+    tmp_path: Path,
+    tag: str,
+    *args: str,
+    garbage: dict[str, str] | None = None,
+    per_host: Callable[[str], list[str]] = lambda ip: [],
+) -> Iterator[Hosts]:
+    """Netns `<tag>a…` (etcd, pynet "ka") and `<tag>b…` (pynet "kb") on one veth; each pynet
+    gets ARGS and `per_host(its underlay IP)`; GARBAGE is put in etcd before they start."""
+    a, b = (f"{tag}-{h}{secrets.token_hex(2)}" for h in "ab")
     daemons: list[Pynet] = []
     try:
         for ns in (a, b):
@@ -83,19 +91,19 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "ul0")
             sh("ip", "-n", ns, "link", "set", "ul0", "up")
         with etcd_server(tmp_path / "etcd", netns=a, host=A_IP) as etcd:
-            for ns, name in ((a, "ka"), (b, "kb")):
+            for ns, name, ip in ((a, "ka", A_IP), (b, "kb", B_IP)):
                 home = tmp_path / name
                 home.mkdir()
                 daemon = Pynet(
                     SimpleNamespace(host=ns),  # type: ignore[arg-type]
                     home,
-                    "--host-id", name, "--etcd-endpoints", etcd.endpoint, "--underlay", "ul0", "--lease-ttl", "3",
+                    "--host-id", name, "--etcd-endpoints", etcd.endpoint, "--underlay", "ul0",
                     # No dockerd here: the agents find nothing there and retry, never the host's.
-                    "--docker-host", f"unix://{home}/no-docker.sock",
+                    "--docker-host", f"unix://{home}/no-docker.sock", *args, *per_host(ip),
                 )
                 daemons.append(daemon)
-            for ns_name, value in GARBAGE.items():
-                etcd.etcdctl("put", ns_name, "--", value)
+            for key, value in (garbage or {}).items():
+                etcd.etcdctl("put", key, "--", value)
             for daemon in daemons:
                 daemon.start()
             yield Hosts(etcd, *daemons)
@@ -104,6 +112,12 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
             daemon.stop(signal.SIGKILL)
         for ns in (a, b):
             sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    with vxlan_hosts(tmp_path, "pnf", "--lease-ttl", "3", garbage=GARBAGE) as h:
+        yield h
 
 
 async def ok(daemon: Pynet, method: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pynet.plugin.metrics import Metrics, TimedStore, parse_listen, timed
+from pynet.plugin.metrics import STORE_OPS, Metrics, PoolUsage, TimedStore, parse_listen, read_store, timed
 from pynet.store.base import Compare, Put
 from pynet.store.embedded import EmbeddedStore
-from pynet.store.errors import NotFound
+from pynet.store.errors import NotFound, StoreUnavailable
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -35,6 +35,15 @@ async def test_timed_store_times_each_operation_and_changes_nothing(tmp_path: Pa
     await store.close()
 
 
+def test_every_store_op_is_declared_at_zero() -> None:
+    """So that Prometheus's rate() counts an op's first call; the list is TimedStore's methods."""
+    metrics = Metrics()
+    timed_ops = {name for name in vars(TimedStore) if not name.startswith("_")} - {"watch", "close"}
+    assert timed_ops == set(STORE_OPS)
+    for op in STORE_OPS:
+        assert metrics.registry.get_sample_value("pynet_store_seconds_count", {"op": op}) == 0, op
+
+
 async def test_timed_store_times_failures_too(tmp_path: Path) -> None:
     metrics = Metrics()
     inner = EmbeddedStore(tmp_path / "store.sqlite")
@@ -53,14 +62,17 @@ def test_without_metrics_the_store_is_not_wrapped(tmp_path: Path) -> None:
 
 def test_vxlan_observer_reports_peers_and_programming_lag() -> None:
     metrics = Metrics()
-    metrics.vxlan.on_programmed(42, 3, 0.02)
-    metrics.vxlan.on_programmed(42, 2, 0.0)  # no remote endpoint yet: no lag to observe
-    assert sample(metrics, "pynet_vxlan_peers", vni="42") == 2
-    assert sample(metrics, "pynet_fdb_programming_seconds_count") == 1
-    assert sample(metrics, "pynet_fdb_programming_seconds_bucket", le="0.025") == 1
+    metrics.vxlan.on_programmed(42, 2, [])  # no remote endpoint yet: the histogram exists, at zero
+    assert metrics.registry.get_sample_value("pynet_fdb_programming_seconds_count", {"vni": "42"}) == 0
+    metrics.vxlan.on_programmed(42, 3, [0.02, 7.0])
+    assert sample(metrics, "pynet_vxlan_peers", vni="42") == 3
+    assert sample(metrics, "pynet_fdb_programming_seconds_count", vni="42") == 2
+    assert sample(metrics, "pynet_fdb_programming_seconds_bucket", vni="42", le="0.025") == 1
+    assert sample(metrics, "pynet_fdb_programming_seconds_bucket", vni="42", le="5.0") == 1
     metrics.vxlan.forget(42)
     metrics.vxlan.forget(42)
-    assert metrics.registry.get_sample_value("pynet_vxlan_peers", {"vni": "42"}) is None
+    for name in ("pynet_vxlan_peers", "pynet_fdb_programming_seconds_count"):
+        assert metrics.registry.get_sample_value(name, {"vni": "42"}) is None, name
 
 
 def test_registries_are_private_to_each_daemon() -> None:
@@ -70,12 +82,56 @@ def test_registries_are_private_to_each_daemon() -> None:
     assert sample(two, "pynet_requests_total", method="Plugin.Activate") == 0
 
 
-def test_ipam_gauge_forgets_removed_pools() -> None:
+def test_ipam_gauges_forget_removed_pools() -> None:
     metrics = Metrics()
-    metrics.set_allocations({"10.1.0.0/24": 3, "10.2.0.0/24": 1})
-    metrics.set_allocations({"10.1.0.0/24": 4})
+    metrics.set_pools({"10.1.0.0/24": PoolUsage(3, 254), "10.2.0.0/29": PoolUsage(1, 6)})
+    metrics.set_pools({"10.1.0.0/24": PoolUsage(4, 254)})
     assert sample(metrics, "pynet_ipam_allocations", pool="10.1.0.0/24") == 4
-    assert metrics.registry.get_sample_value("pynet_ipam_allocations", {"pool": "10.2.0.0/24"}) is None
+    assert sample(metrics, "pynet_ipam_pool_size", pool="10.1.0.0/24") == 254
+    for name in ("pynet_ipam_allocations", "pynet_ipam_pool_size"):
+        assert metrics.registry.get_sample_value(name, {"pool": "10.2.0.0/29"}) is None, name
+
+
+async def test_a_scrape_probes_the_store_then_reads_the_pools() -> None:
+    metrics = Metrics()
+    calls: list[str] = []
+
+    async def probe() -> int:
+        calls.append("probe")
+        return 7
+
+    async def pools() -> dict[str, PoolUsage]:
+        calls.append("pools")
+        return {"10.1.0.0/24": PoolUsage(3, 254)}
+
+    await read_store(metrics, probe, pools)
+    assert calls == ["probe", "pools"]
+    assert sample(metrics, "pynet_store_up") == 1 and sample(metrics, "pynet_ipam_allocations", pool="10.1.0.0/24") == 3
+
+
+async def test_an_unreachable_store_is_reported_and_the_pools_kept_as_last_seen() -> None:
+    metrics = Metrics()
+    metrics.set_pools({"10.1.0.0/24": PoolUsage(3, 254)})
+
+    async def down() -> int:
+        raise StoreUnavailable("pynet: etcd at http://10.0.0.1:2379 did not answer")
+
+    async def never() -> dict[str, PoolUsage]:
+        raise AssertionError("the pools are not read from a store that did not answer")
+
+    await read_store(metrics, down, never)
+    assert metrics.registry.get_sample_value("pynet_store_up") == 0
+    assert sample(metrics, "pynet_ipam_allocations", pool="10.1.0.0/24") == 3
+
+    async def up() -> int:
+        return 1
+
+    async def failing() -> dict[str, PoolUsage]:
+        raise StoreUnavailable("pynet: etcd went away between two reads")
+
+    await read_store(metrics, up, failing)
+    assert metrics.registry.get_sample_value("pynet_store_up") == 1, "it answered the probe"
+    assert sample(metrics, "pynet_ipam_allocations", pool="10.1.0.0/24") == 3
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
@@ -131,3 +132,35 @@ def test_garbage_over_a_good_record_drops_it() -> None:
     raw(s, endpoint_key("/pynet/", 7, "e1"), json.dumps(GOOD_EP).encode())
     assert raw(s, endpoint_key("/pynet/", 7, "e1"), b"garbage") == 7, "the VNI is reprogrammed"
     assert s.segments[7].endpoints == {}
+
+
+def test_lag_is_observed_only_for_endpoints_this_programming_added() -> None:
+    """The `pynet_fdb_programming_seconds` samples: an endpoint whose entries the device already
+    holds (a replay, a resync, a restart) waited for nothing; a new one waited since its
+    registration, or since this host's device was attached, whichever came later."""
+    s = sync()
+    now = time.time()
+    s._attached[42] = now - 3600.0
+    seg = Remotes(
+        vteps={"h2": "192.0.2.2"},
+        endpoints={
+            "new": RemoteEndpoint(host="h2", vtep="192.0.2.2", mac=MAC_A, ips=("10.1.0.2",), time=now - 7.0),
+            "old": RemoteEndpoint(host="h2", vtep="192.0.2.2", mac=MAC_B, ips=("10.1.0.3",), time=now - 60.0),
+        },
+    )
+    have = ({(ZERO_MAC, "192.0.2.2"), (MAC_B, "192.0.2.2")}, {("10.1.0.3", MAC_B)})
+    (lag,) = s._lags(42, seg, changes(seg.wanted(()), have))
+    assert 7.0 <= lag < 3600.0, "from the new endpoint's registration"
+    assert s._lags(42, seg, changes(seg.wanted(()), seg.wanted(()))) == [], "nothing added, no lag"
+    s._attached[42] = now - 2.0  # the network came here long after the endpoints registered
+    lags = s._lags(42, seg, changes(seg.wanted(()), (set(), set())))
+    assert len(lags) == 2 and all(2.0 <= lag < 7.0 for lag in lags), lags
+
+
+def test_a_moved_neighbour_counts_its_endpoint_as_programmed_now() -> None:
+    s = sync()
+    s._attached[42] = 0.0
+    ep = RemoteEndpoint(host="h2", vtep="192.0.2.2", mac=MAC_A, ips=("10.1.0.2",), time=time.time() - 9.0)
+    seg = Remotes(vteps={"h2": "192.0.2.2"}, endpoints={"e1": ep})
+    have = ({(ZERO_MAC, "192.0.2.2"), (MAC_A, "192.0.2.2")}, {("10.1.0.2", MAC_B)})  # the IP had another MAC
+    assert [lag >= 9.0 for lag in s._lags(42, seg, changes(seg.wanted(()), have))] == [True]
