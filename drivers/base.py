@@ -96,6 +96,12 @@ class PortMap(msgspec.Struct, frozen=True):
     container_ip: str
     container_port: int
 
+    def describe(self) -> str:
+        """As `docker ps` shows a port: a dual-stack `-p 8080:80` is two, `0.0.0.0:8080->80/tcp`
+        and `[::]:8080->80/tcp` (one DNAT rule per family)."""
+        host = self.host_ip or ("::" if ":" in self.container_ip else "0.0.0.0")
+        return f"{f'[{host}]' if ':' in host else host}:{self.host_port}->{self.container_port}/{self.proto}"
+
 
 class Network(msgspec.Struct):
     id: str

@@ -424,7 +424,7 @@ async def program_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
             extra={
                 "network": net.id,
                 "endpoint": ep.id,
-                "ports": ",".join(f"{p.host_ip or '*'}:{p.host_port}->{p.container_port}/{p.proto}" for p in ep.ports),
+                "ports": ",".join(p.describe() for p in ep.ports),
             },
         )
     return wire.Empty()
