@@ -79,6 +79,9 @@ class NetRules:
     icc: bool
     masquerade: bool
     ports: tuple[PortMap, ...]
+    # False for an IPv6-only network (Docker 28's --ipv4=false): none of its rules, isolation
+    # and icc included, goes in iptables, as Docker's bridge writes none there either.
+    ipv4: bool = True
 
     def __post_init__(self) -> None:
         # Validated here so that a bad value fails the request instead of a later restore,
@@ -290,6 +293,7 @@ def render_tables(
 ) -> str:
     """The restore text for one family; `extra` adds lines (jump fixes) per table before COMMIT;
     with `dns_address`, the PYNET-INPUT chain (in both families, so that both keep its jump)."""
+    nets = [(key, r) for key, r in nets if family == 6 or r.ipv4]
     dnat = dnat_rules(family, nets)
     jumps = (*JUMPS, INPUT_JUMP) if dns_address else JUMPS
     chains = {
