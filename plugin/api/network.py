@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -408,6 +409,10 @@ async def join(d: Daemon, body: bytes) -> wire.JoinResponse:
         await d.state.save_endpoint(ep)
         faults.hit("join.after_store")
     log.info("endpoint joined", extra={"network": net.id, "endpoint": ep.id, "sandbox": req.SandboxKey})
+    if log.isEnabledFor(logging.DEBUG):
+        # Docker makes the sandbox's netns before Join from 28.0 on (docs/protocol.md §2.6); pynet
+        # never enters it, but where it is missing a driver that would must wait.
+        log.debug("join sandbox", extra={"endpoint": ep.id, "sandbox_exists": os.path.exists(req.SandboxKey)})
     return wire.JoinResponse(
         InterfaceName=wire.InterfaceName(SrcName=info.src_name, DstPrefix="eth"),
         DisableGatewayService=info.disable_gateway,
@@ -439,6 +444,9 @@ async def leave(d: Daemon, body: bytes) -> wire.Empty:
 @route("ProgramExternalConnectivity")
 async def program_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.ExternalConnectivityRequest = decode(body, wire.ExternalConnectivityRequest)
+    # Which labels this Docker sends (28 adds one, docs/protocol.md §2.9).
+    keys = ",".join(sorted(req.Options or {}))
+    log.debug("external connectivity options", extra={"endpoint": req.EndpointID, "keys": keys})
     bindings = wire.port_bindings(req.Options)
     async with d.ports_lock, d.lock(req.NetworkID):
         net = await _network(d, req.NetworkID)
