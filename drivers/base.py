@@ -96,6 +96,12 @@ class PortMap(msgspec.Struct, frozen=True):
     container_ip: str
     container_port: int
 
+    def describe(self) -> str:
+        """As `docker ps` shows a port: a dual-stack `-p 8080:80` is two, `0.0.0.0:8080->80/tcp`
+        and `[::]:8080->80/tcp` (one DNAT rule per family)."""
+        host = self.host_ip or ("::" if ":" in self.container_ip else "0.0.0.0")
+        return f"{f'[{host}]' if ':' in host else host}:{self.host_port}->{self.container_port}/{self.proto}"
+
 
 class Network(msgspec.Struct):
     id: str
@@ -105,6 +111,8 @@ class Network(msgspec.Struct):
     ipv4: list[Subnet] = []
     ipv6: list[Subnet] = []
     internal: bool = False
+    # Docker 28's --ipv4=false makes an IPv6-only network: no IPv4 subnet, and no IPv4 rules.
+    enable_ipv4: bool = True
     enable_ipv6: bool = False
     # Unix time of CreateNetwork (0: a record older than the field), so gc leaves a network that
     # Docker is still creating alone (plugin/ops/gc.py).
@@ -126,6 +134,12 @@ class Draft(Protocol):
 
     @property
     def internal(self) -> bool: ...
+
+    @property
+    def enable_ipv4(self) -> bool: ...
+
+    @property
+    def enable_ipv6(self) -> bool: ...
 
 
 def config_of(net: Network, kind: type[C]) -> C:
@@ -181,6 +195,10 @@ class Backend(Protocol):
     link_prefixes: ClassVar[tuple[str, ...]]
     # Whether `-p` means anything here (not on macvlan: containers answer on their own address).
     publishes_ports: ClassVar[bool]
+    # Whether an --internal network of this mode uses its gateway address: a bridge holds it
+    # (the resolver's route goes through it); macvlan's internal parent holds none, so Docker
+    # 28+ need not reserve one (GwAllocCheck).
+    internal_gateway: ClassVar[bool]
 
     def parse_options(self, options: Mapping[str, str], net: Draft) -> Config:
         """Validate the user's `-o` options for this mode into its settings, defaults filled in.

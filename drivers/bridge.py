@@ -19,7 +19,7 @@ from pynet.drivers.naming import BRIDGE_PREFIX, bridge_mac, bridge_name
 from pynet.drivers.netlink import HostView, Netlink
 from pynet.drivers.options import Option, ifname, int_in, ipv4_address, parse_bool, parse_options
 from pynet.drivers.ports import HostPorts
-from pynet.drivers.segment import Segment, SegmentEndpoints
+from pynet.drivers.segment import Segment, SegmentEndpoints, check_families
 
 log = logging.getLogger("pynet.bridge")
 
@@ -58,12 +58,14 @@ class BridgeBackend(SegmentEndpoints):
     mode: ClassVar[str] = "bridge"
     link_prefixes: ClassVar[tuple[str, ...]] = (BRIDGE_PREFIX, *Segment.link_prefixes)
     publishes_ports: ClassVar[bool] = True
+    internal_gateway: ClassVar[bool] = True
 
     def __init__(self, netlink: Netlink, firewall: Firewall, ports: HostPorts) -> None:
         self.nl = netlink
         self.segment = Segment(netlink, firewall, ports)
 
     def parse_options(self, options: Mapping[str, str], net: Draft) -> BridgeConfig:
+        check_families(self.mode, net)
         cfg = parse_options(self.mode, OPTIONS, options)
         name = cfg["com.docker.network.bridge.name"] or bridge_name(net.id)
         return BridgeConfig(bridge=name, **segment_settings(cfg))

@@ -84,6 +84,9 @@ class NetRules:
     icc: bool
     masquerade: bool
     ports: tuple[PortMap, ...]
+    # False for an IPv6-only network (Docker 28's --ipv4=false): none of its rules, isolation
+    # and icc included, goes in iptables, as Docker's bridge writes none there either.
+    ipv4: bool = True
 
     def __post_init__(self) -> None:
         # Validated here so that a bad value fails the request instead of a later restore,
@@ -309,6 +312,7 @@ def chain_rules(
     """Every pynet chain's rules for one family, in iptables syntax: what both backends write
     (drivers/nftables.py translates them), so the two can never disagree on what is allowed;
     `closed` (nftables) as in forward_rules."""
+    nets = [(key, r) for key, r in nets if family == 6 or r.ipv4]
     dnat = dnat_rules(family, nets)
     chains = {
         "PYNET-INPUT": input_rules(family, dns_address),

@@ -183,6 +183,7 @@ class MacvlanBackend:
     link_prefixes: ClassVar[tuple[str, ...]] = (MACVLAN_PREFIX, SHIM_PREFIX, INTERNAL_PREFIX)
     # Containers answer on their own addresses on the parent's segment: nothing to publish.
     publishes_ports: ClassVar[bool] = False
+    internal_gateway: ClassVar[bool] = False
 
     def __init__(self, netlink: Netlink, pynet_links: tuple[str, ...]) -> None:
         self.nl = netlink

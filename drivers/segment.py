@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pynet.drivers.base import (
+    Draft,
     Endpoint,
     Failures,
     JoinInfo,
@@ -31,9 +32,18 @@ from pynet.drivers.firewall import Firewall, NetRules
 from pynet.drivers.naming import HOST_END_PREFIX, PEER_PREFIX, endpoint_links, gateway_ip, mac_for
 from pynet.drivers.netlink import Netlink, write_sysctl
 from pynet.drivers.ports import HostPorts
-from pynet.store.errors import Conflict, PynetError
+from pynet.store.errors import Conflict, InvalidRequest, PynetError
 
 log = logging.getLogger("pynet.segment")
+
+
+def check_families(mode: str, net: Draft) -> None:
+    """A bridged network routes: it needs an address family (Docker's bridge refuses the same)."""
+    if not (net.enable_ipv4 or net.enable_ipv6):
+        raise InvalidRequest(
+            f"pynet: a {mode} network needs IPv4 or IPv6, and com.docker.network.enable_ipv4 and "
+            "com.docker.network.enable_ipv6 are both false (add --ipv6 to --ipv4=false)"
+        )
 
 
 def resolved_mtu(cfg: BridgedConfig) -> int:
@@ -166,6 +176,7 @@ class Segment:
             icc=cfg.icc,
             masquerade=cfg.masquerade,
             ports=() if net.internal else ports,
+            ipv4=net.enable_ipv4,
         )
 
     async def _apply_rules(self, net: Network) -> None:

@@ -45,7 +45,7 @@ from pynet.drivers.netlink import HostView, Link, Netlink
 from pynet.drivers.options import Option, int_in, invalid, parse_bool, parse_options
 from pynet.drivers.peers import Observer, Registry, Sync, endpoint_key, vtep_key
 from pynet.drivers.ports import HostPorts
-from pynet.drivers.segment import Segment, SegmentEndpoints
+from pynet.drivers.segment import Segment, SegmentEndpoints, check_families
 from pynet.store import faults
 from pynet.store.base import Store
 from pynet.store.errors import InvalidRequest, PynetError
@@ -117,6 +117,7 @@ class VxlanBackend(SegmentEndpoints):
     mode: ClassVar[str] = "vxlan"
     link_prefixes: ClassVar[tuple[str, ...]] = (VXLAN_BRIDGE_PREFIX, VXLAN_DEVICE_PREFIX, *Segment.link_prefixes)
     publishes_ports: ClassVar[bool] = True
+    internal_gateway: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -144,6 +145,7 @@ class VxlanBackend(SegmentEndpoints):
         self.sync = Sync(store, prefix, host, netlink, observer)
 
     def parse_options(self, options: Mapping[str, str], net: Draft) -> VxlanConfig:
+        check_families(self.mode, net)
         cfg = parse_options(self.mode, OPTIONS, options)
         vni = cfg["vni"]
         if vni is None:

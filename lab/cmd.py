@@ -72,7 +72,8 @@ def unix_http(path: str, method: str, url: str, body: bytes = b"", timeout: floa
     """One request on a Unix socket; raises OSError while nobody listens there yet."""
     conn = _UnixHTTPConnection(path, timeout)
     try:
-        conn.request(method, url, body=body, headers={"Content-Length": str(len(body))})
+        json_body = {"Content-Type": "application/json"} if body else {}  # dockerd's API wants it
+        conn.request(method, url, body=body, headers={"Content-Length": str(len(body)), **json_body})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:

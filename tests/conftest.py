@@ -38,7 +38,11 @@ TIERS: dict[str, list[str]] = {
 # Every Docker tier on the oldest and the newest release; the bridge tier, which exercises most
 # of what dockerd sends a network plugin, on the release between them as well.
 DEFAULT_RELEASES = ("20.10", "28.5")
-DEFAULT_MATRIX = {"docker/test_bridge.py": ("20.10", "26.1", "28.5")}
+DEFAULT_MATRIX = {
+    "docker/test_bridge.py": ("20.10", "26.1", "28.5"),
+    # Where the releases differ (docs/protocol.md §8): each test asserts its release's side.
+    "docker/test_docker_releases.py": ("20.10", "26.1", "28.5"),
+}
 INSTALL_HINT = "run `make install` (apt-get install docker.io iptables nftables etcd-server busybox-static iperf3 prometheus)"
 
 

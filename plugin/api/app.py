@@ -123,7 +123,10 @@ def _endpoint(method: str, handler: Handler, early: bool) -> Callable[[web.Reque
             reply = await handler(daemon, body)
         except Exception as e:
             return failed(log, method, e, _ids(method, body))
-        log.debug("request", extra={"method": method, "ms": round((time.monotonic() - started) * 1000, 2)})
+        # The Host header too: Docker's differs by release and Go toolchain, and one Go refuses
+        # to send (docs/protocol.md §1.3); pynet never reads it.
+        ms = round((time.monotonic() - started) * 1000, 2)
+        log.debug("request", extra={"method": method, "ms": ms, "host_header": request.headers.get("Host", "")})
         return web.Response(body=msgspec.json.encode(reply), content_type="application/json")
 
     return serve

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pynet.drivers import vnis
 from pynet.drivers.base import Endpoint, Network, Subnet, undo_on_failure
 from pynet.drivers.claims import Claims
 from pynet.drivers.config import BridgedConfig
-from pynet.drivers.options import invalid
+from pynet.drivers.options import invalid, parse_bool
 from pynet.drivers.ports import PortRequest
 from pynet.plugin.api import wire
 from pynet.plugin.api.routes import Routes
@@ -34,6 +35,9 @@ log = logging.getLogger("pynet.network")
 route = Routes("NetworkDriver")
 
 GENERIC = "com.docker.network.generic"
+INTERNAL = "com.docker.network.internal"
+ENABLE_IPV4 = "com.docker.network.enable_ipv4"
+ENABLE_IPV6 = "com.docker.network.enable_ipv6"
 MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
@@ -45,13 +49,37 @@ class _Draft:
     ipv4: list[Subnet]
     ipv6: list[Subnet]
     internal: bool
+    enable_ipv4: bool
+    enable_ipv6: bool
 
 
 @route("GetCapabilities", early=True)
 async def get_capabilities(_: Daemon, __: bytes) -> wire.CapabilitiesResponse:
     # "local": per-host networks (there is no cluster store since Docker 23); pynet shares
     # what must be shared through its own store (docs/protocol.md §2.1, §4.4).
-    return wire.CapabilitiesResponse(Scope="local", ConnectivityScope="global")
+    return wire.CapabilitiesResponse(Scope="local", ConnectivityScope="global", GwAllocChecker=True)
+
+
+def _flag(opts: dict[str, Any], key: str, default: bool) -> bool:
+    """One of Docker's own network flags, a JSON bool; absent, its default (Docker before
+    28.0 sends no enable_ipv4: every network has IPv4 there)."""
+    value = opts.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"pynet: Options.{key} must be true or false, got {value!r}")
+    return value
+
+
+@route("GwAllocCheck")
+async def gw_alloc_check(d: Daemon, body: bytes) -> wire.GwAllocCheckResponse:
+    """Docker 28+ asks, before its IPAM reserves the gateways, whether the network needs them
+    (docs/protocol.md §2.1); as Docker's own macvlan: only an --internal network of a mode
+    whose internal networks hold no gateway address. A gateway the user names is reserved
+    all the same (a router's address must never go to a container)."""
+    req: wire.GwAllocCheckRequest = decode(body, wire.GwAllocCheckRequest)
+    opts = req.Options or {}
+    backend = d.backend(_generic(opts).get("mode", "bridge"))
+    skip = _flag(opts, INTERNAL, False) and not backend.internal_gateway
+    return wire.GwAllocCheckResponse(SkipIPv4=skip, SkipIPv6=skip)
 
 
 # -- networks ----------------------------------------------------------------------------------
@@ -96,19 +124,40 @@ def _generic(opts: dict[str, Any]) -> dict[str, str]:
     return generic
 
 
+def _families(opts: dict[str, Any], generic: dict[str, str], req: wire.CreateNetworkRequest) -> tuple[bool, bool]:
+    """(IPv4, IPv6) as Docker decided them. Docker 28+ also reads them from `-o` and leaves
+    them there; an earlier Docker only passes them on, so a `-o` Docker did not act on is
+    refused rather than silently not applied."""
+    families = (_flag(opts, ENABLE_IPV4, True), _flag(opts, ENABLE_IPV6, False))
+    for version, key, applied in zip((4, 6), (ENABLE_IPV4, ENABLE_IPV6), families, strict=True):
+        if key in generic and parse_bool(key, generic[key]) != applied:
+            raise InvalidRequest(
+                f"pynet: option {key}={generic[key]} was not applied by Docker: the network has IPv{version} "
+                f"{'on' if applied else 'off'} (Docker reads the option from 28.0 on; "
+                f"the flag is --ipv{version}={str(not applied).lower()})"
+            )
+    if not families[0] and req.IPv4Data and any(d.AddressSpace != "null" and d.Pool for d in req.IPv4Data):
+        raise InvalidRequest(f"pynet: IPv4Data must be empty with Options.{ENABLE_IPV4} false")
+    return families
+
+
 @route("CreateNetwork")
 async def create_network(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.CreateNetworkRequest = decode(body, wire.CreateNetworkRequest)
     opts = req.Options or {}
     generic = _generic(opts)
-    user_opts = {k: v for k, v in generic.items() if k != "mode"}
+    enable_ipv4, enable_ipv6 = _families(opts, generic, req)
+    # Docker's own keys (the families it applied, checked above) are no option of a mode.
+    user_opts = {k: v for k, v in generic.items() if k not in ("mode", ENABLE_IPV4, ENABLE_IPV6)}
     mode = generic.get("mode", "bridge")
     backend = d.backend(mode)
     draft = _Draft(
         id=req.NetworkID,
         ipv4=_subnets(req.IPv4Data, 4, "IPv4Data"),
         ipv6=_subnets(req.IPv6Data, 6, "IPv6Data"),
-        internal=opts.get("com.docker.network.internal") is True,
+        internal=_flag(opts, INTERNAL, False),
+        enable_ipv4=enable_ipv4,
+        enable_ipv6=enable_ipv6,
     )
     async with d.lock(draft.id):
         existing = await d.state.network(draft.id)
@@ -145,7 +194,8 @@ async def create_network(d: Daemon, body: bytes) -> wire.Empty:
                 ipv4=draft.ipv4,
                 ipv6=draft.ipv6,
                 internal=draft.internal,
-                enable_ipv6=opts.get("com.docker.network.enable_ipv6") is True,
+                enable_ipv4=draft.enable_ipv4,
+                enable_ipv6=draft.enable_ipv6,
                 created=time.time(),
             )
             claims = net.config.claims()
@@ -359,6 +409,10 @@ async def join(d: Daemon, body: bytes) -> wire.JoinResponse:
         await d.state.save_endpoint(ep)
         faults.hit("join.after_store")
     log.info("endpoint joined", extra={"network": net.id, "endpoint": ep.id, "sandbox": req.SandboxKey})
+    if log.isEnabledFor(logging.DEBUG):
+        # Docker makes the sandbox's netns before Join from 28.0 on (docs/protocol.md §2.6); pynet
+        # never enters it, but where it is missing a driver that would must wait.
+        log.debug("join sandbox", extra={"endpoint": ep.id, "sandbox_exists": os.path.exists(req.SandboxKey)})
     return wire.JoinResponse(
         InterfaceName=wire.InterfaceName(SrcName=info.src_name, DstPrefix="eth"),
         DisableGatewayService=info.disable_gateway,
@@ -390,6 +444,9 @@ async def leave(d: Daemon, body: bytes) -> wire.Empty:
 @route("ProgramExternalConnectivity")
 async def program_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
     req: wire.ExternalConnectivityRequest = decode(body, wire.ExternalConnectivityRequest)
+    # Which labels this Docker sends (28 adds one, docs/protocol.md §2.9).
+    keys = ",".join(sorted(req.Options or {}))
+    log.debug("external connectivity options", extra={"endpoint": req.EndpointID, "keys": keys})
     bindings = wire.port_bindings(req.Options)
     async with d.ports_lock, d.lock(req.NetworkID):
         net = await _network(d, req.NetworkID)
@@ -424,7 +481,7 @@ async def program_external_connectivity(d: Daemon, body: bytes) -> wire.Empty:
             extra={
                 "network": net.id,
                 "endpoint": ep.id,
-                "ports": ",".join(f"{p.host_ip or '*'}:{p.host_port}->{p.container_port}/{p.proto}" for p in ep.ports),
+                "ports": ",".join(p.describe() for p in ep.ports),
             },
         )
     return wire.Empty()

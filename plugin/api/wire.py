@@ -54,6 +54,9 @@ class ActivateResponse(msgspec.Struct):
 class CapabilitiesResponse(msgspec.Struct):
     Scope: str
     ConnectivityScope: str
+    # Docker 28+ then asks GwAllocCheck before allocating a network's gateways; earlier
+    # releases ignore the field (docs/protocol.md §2.1).
+    GwAllocChecker: bool
 
 
 class IPAMData(msgspec.Struct):
@@ -71,6 +74,19 @@ class CreateNetworkRequest(Request):
     Options: dict[str, Any] | None = None
     IPv4Data: list[IPAMData] | None = None
     IPv6Data: list[IPAMData] | None = None
+
+
+class GwAllocCheckRequest(msgspec.Struct):
+    """Docker 28+, before IPAM: the Options CreateNetwork will carry (the network has no ID yet)."""
+
+    Options: dict[str, Any] | None = None
+
+
+class GwAllocCheckResponse(msgspec.Struct):
+    """True: Docker reserves no gateway address of that family, unless the user named one."""
+
+    SkipIPv4: bool
+    SkipIPv6: bool
 
 
 class NetworkRequest(Request):

@@ -21,7 +21,7 @@ State = Literal["active", "removing"]
 
 
 class ClusterSpec(msgspec.Struct, kw_only=True):
-    network: NetworkSpec  # Name, Driver, IPAM, Options, Labels, Internal, EnableIPv6 as inspected
+    network: NetworkSpec  # Name, Driver, IPAM, Options, Labels, Internal, EnableIPv4/6 as inspected
     vni: int = 0  # the reserved VNI (drivers/vnis.py); 0 for macvlan
     origin: str  # the host it was created on
     origin_id: str  # its Docker ID there
@@ -47,6 +47,7 @@ def spec_from_inspect(net: Network, vni: int, host: str) -> ClusterSpec:
         Name=net.Name,
         Driver=net.Driver,
         Internal=net.Internal,
+        EnableIPv4=net.EnableIPv4,
         EnableIPv6=net.EnableIPv6,
         Labels=dict(net.Labels),
         Options=dict(net.Options),

@@ -52,6 +52,9 @@ class NetworkSpec(msgspec.Struct, omit_defaults=True):
     Name: str
     Driver: str = "bridge"
     Internal: bool = False
+    # API 1.48+ (Docker 28): False is an IPv6-only network. None: the engine does not say
+    # (older ones have IPv4 on every network), and a create leaves it out.
+    EnableIPv4: bool | None = None
     EnableIPv6: bool = False
     Labels: dict[str, str] = {}
     Options: dict[str, str] = {}

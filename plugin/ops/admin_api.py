@@ -191,7 +191,7 @@ async def endpoints(state: State) -> list[EndpointInfo]:
             mac=ep.mac,
             link=ep.peer or ep.ifname,
             joined=ep.joined,
-            ports=[f"{p.host_ip or '*'}:{p.host_port}->{p.container_port}/{p.proto}" for p in ep.ports],
+            ports=[p.describe() for p in ep.ports],
         )
         for ep in await state.endpoints()
     ]

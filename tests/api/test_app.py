@@ -47,6 +47,7 @@ class RecordingBackend:
     mode: ClassVar[str] = "bridge"
     link_prefixes: ClassVar[tuple[str, ...]] = ("pnh-", "pnc-")
     publishes_ports: ClassVar[bool] = True
+    internal_gateway: ClassVar[bool] = True
 
     def __init__(self, ports: HostPorts) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -182,7 +183,11 @@ def endpoint_body(address: str = "10.1.0.2/24", mac: str = "") -> dict[str, Any]
 
 async def test_activate_and_capabilities_take_empty_bodies(client: Client) -> None:
     assert await client.ok("Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
-    assert await client.ok("NetworkDriver.GetCapabilities") == {"Scope": "local", "ConnectivityScope": "global"}
+    assert await client.ok("NetworkDriver.GetCapabilities") == {
+        "Scope": "local",
+        "ConnectivityScope": "global",
+        "GwAllocChecker": True,
+    }
     assert await client.ok("IpamDriver.GetCapabilities") == {
         "RequiresMACAddress": False,
         "RequiresRequestReplay": False,

@@ -208,8 +208,8 @@ def test_port_range_publishes_the_first_free_port(docker: Docker, lab: Lab, host
     assert docker("port", a).stdout == ""
     _, eps = cli_json(host, "endpoints")
     by_id = {e["id"]: e["ports"] for e in eps}
-    assert by_id[docker.ip(a, net, "EndpointID")] == ["*:8101->80/tcp"]
-    assert by_id[docker.ip(b, net, "EndpointID")] == ["*:8102->80/tcp"]
+    assert by_id[docker.ip(a, net, "EndpointID")] == ["0.0.0.0:8101->80/tcp"]
+    assert by_id[docker.ip(b, net, "EndpointID")] == ["0.0.0.0:8102->80/tcp"]
 
 
 def test_dual_stack(docker: Docker) -> None:

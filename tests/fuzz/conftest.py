@@ -73,6 +73,7 @@ class KernelDouble:
         self.real = real
         self.mode = real.mode
         self.publishes_ports = real.publishes_ports
+        self.internal_gateway = real.internal_gateway
         self.kernel = kernel
 
     def parse_options(self, options: Mapping[str, str], net: Draft) -> Config:

@@ -116,6 +116,7 @@ network_options = shaped(
     {
         "com.docker.network.generic": generic_options,
         "com.docker.network.internal": st.one_of(st.booleans(), any_json),
+        "com.docker.network.enable_ipv4": st.one_of(st.booleans(), any_json),
         "com.docker.network.enable_ipv6": st.one_of(st.booleans(), any_json),
     }
 )
@@ -186,6 +187,7 @@ SHAPES: dict[str, dict[str, st.SearchStrategy[Json]]] = {
         "Options": network_options,
         "IPv4Data": listed(ipam_data),
     },
+    "NetworkDriver.GwAllocCheck": {"Options": network_options},
     "NetworkDriver.DeleteNetwork": {"NetworkID": docker_ids},
     "NetworkDriver.FreeNetwork": {"NetworkID": docker_ids},
     "NetworkDriver.CreateEndpoint": {**ids, "Interface": st.one_of(st.none(), interface), "Options": endpoint_options},

@@ -180,3 +180,24 @@ def test_macvlan_opt_in(dockers: list[Docker]) -> None:
     b = dockers[1].run("mb", "--network", shared)
     assert dockers[1].pings(b, dockers[0].ip(a, shared))
     assert inspect(dockers[1], alone) is None
+
+
+def test_ipv6_only_vxlan_network(dockers: list[Docker], docker_release: DockerRelease) -> None:
+    """Docker 28's --ipv4=false on a cluster VXLAN network: the copies are IPv6-only too (the
+    agent passes EnableIPv4 on), and containers on two hosts reach each other and the gateway
+    over IPv6 alone. Before 28 there is no such network (tests/docker/test_docker_releases.py)."""
+    args = (*VXLAN, "--ipv4=false", "--ipv6", "--subnet", "fd00:72::/64")
+    if docker_release.name in ("20.10", "26.1"):
+        r = dockers[0]("network", "create", *args, dockers[0].name("six"), check=False)
+        assert r.returncode != 0 and "unknown flag: --ipv4" in r.stderr, r.stderr
+        return
+    name = create(dockers, "six", *args)
+    copy = appears(dockers[1], name)
+    assert copy["EnableIPv4"] is False and copy["EnableIPv6"] is True
+    a = dockers[0].run("a", "--network", name)
+    b = dockers[1].run("b", "--network", name)
+    assert dockers[0].ip(a, name) == dockers[1].ip(b, name) == ""
+    ip_b = dockers[1].ip(b, name, "GlobalIPv6Address")
+    assert wait_for(lambda: dockers[0].pings(a, ip_b, v6=True), 5), "across hosts, IPv6 only"
+    assert dockers[1].pings(b, "fd00:72::1", v6=True), "the gateway, on its own host"
+    assert "inet " not in dockers[1].exec(b, "ip", "-4", "addr", "show", "dev", "eth0").stdout

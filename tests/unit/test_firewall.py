@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 
@@ -238,6 +239,18 @@ def test_v6_keeps_only_bridge_rules_of_v4_only_networks() -> None:
         COMMIT
         """
     ) + golden(EMPTY_NAT) + raw()
+
+
+def test_ipv6_only_network_has_no_ipv4_rule_at_all() -> None:
+    """Docker 28's --ipv4=false: nothing in iptables names its bridge, and ip6tables has all
+    its rules; an IPv4 network next to it keeps its own."""
+    v6only = rules("pnb-six", subnets4=(), subnets6=("fd00:99::/64",), ipv4=False, ports=PORTS)
+    fw = firewall({"n6": v6only, "n4": rules("pnb-four")})
+    assert "pnb-six" not in fw.render(4)
+    assert "pnb-four" in fw.render(4)
+    assert "-s fd00:99::/64 ! -o pnb-six" in fw.render(6)
+    assert firewall({"n6": v6only}).render(6) == firewall({"n6": replace(v6only, ipv4=True)}).render(6)
+    assert firewall({"n6": v6only}).render(4) == firewall({}).render(4)
 
 
 def test_two_networks_are_isolated_once_each_way_and_from_extra_bridges() -> None:

@@ -155,3 +155,17 @@ def test_mtu_limits_per_mode() -> None:
     parent = mtu_limit(MacvlanConfig(parent="eth1", mtu=9000), HOST)
     assert parent is not None and parent.limit == 9000
     assert mtu_limit(MacvlanConfig(parent="eth7"), HOST) is None
+
+
+def test_a_bridged_network_needs_an_address_family() -> None:
+    """Docker 28's --ipv4=false without --ipv6: refused as Docker's bridge refuses it."""
+    neither = Network(NET, "bridge", {}, BridgeConfig(bridge=""), enable_ipv4=False, enable_ipv6=False)
+    v6only = Network(NET, "bridge", {}, BridgeConfig(bridge=""), ipv6=[Subnet("fd00::/64")], enable_ipv4=False, enable_ipv6=True)
+    backends = (
+        BridgeBackend(Netlink(), None, HostPorts()),  # type: ignore[arg-type]
+        VxlanBackend(Netlink(), None, HostPorts(), None, "/pynet/", "h1"),  # type: ignore[arg-type]
+    )
+    for backend in backends:
+        with pytest.raises(InvalidRequest, match=f"a {backend.mode} network needs IPv4 or IPv6.*enable_ipv4"):
+            backend.parse_options({"vni": "42"} if backend.mode == "vxlan" else {}, neither)
+        assert backend.parse_options({"vni": "42"} if backend.mode == "vxlan" else {}, v6only)

@@ -109,3 +109,14 @@ def test_retake_reports_ports_taken_meanwhile() -> None:
     assert lost == [f"{first + 1}/tcp ({LOOPBACK}:{first + 1}: Address already in use)"]
     assert not bindable(first), "the other port is held again"
     ports.release(EP)
+
+
+def test_a_dual_stack_port_reads_as_docker_ps_shows_it() -> None:
+    """One DNAT per family: the log and `pynet endpoints` printed `*:8080->80/tcp` twice."""
+    shown = [
+        PortMap("tcp", "", 8080, "10.1.0.2", 80).describe(),
+        PortMap("tcp", "", 8080, "fd00::2", 80).describe(),
+        PortMap("udp", "127.0.0.1", 53, "10.1.0.2", 5353).describe(),
+        PortMap("tcp", "::1", 8081, "fd00::2", 80).describe(),
+    ]
+    assert shown == ["0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp", "127.0.0.1:53->5353/udp", "[::1]:8081->80/tcp"]
