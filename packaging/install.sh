@@ -10,7 +10,8 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
 pkgs="iptables iproute2 kmod"
-[ "$want" = test ] && pkgs="$pkgs docker.io etcd-server etcd-client busybox-static iperf3 util-linux"
+# docker-registry: the tests run its binary in a lab namespace with their own config (lab/registry.py).
+[ "$want" = test ] && pkgs="$pkgs docker.io etcd-server etcd-client busybox-static iperf3 util-linux docker-registry"
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv python3-pip"
 
 missing=""

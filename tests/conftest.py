@@ -36,7 +36,7 @@ TIERS: dict[str, list[str]] = {
 # of what dockerd sends a network plugin, on the release between them as well.
 DEFAULT_RELEASES = ("20.10", "28.5")
 DEFAULT_MATRIX = {"docker/test_bridge.py": ("20.10", "26.1", "28.5")}
-INSTALL_HINT = "run `make install` (apt-get install docker.io iptables etcd-server busybox-static iperf3)"
+INSTALL_HINT = "run `make install` (apt-get install docker.io iptables etcd-server busybox-static iperf3 docker-registry)"
 
 
 def missing_requirements(tier: str) -> list[str]:
