@@ -204,19 +204,24 @@ def test_dockerd_restart_keeps_the_network(docker: Docker, host: Host) -> None:
 def test_make_plugin_again_replaces_it_keeping_settings_and_networks(
     docker: Docker, host: Host, plugin_dir: Path, state_dir: Path, plugin_ids: list[str]
 ) -> None:
-    """The upgrade path: no registry, so no `docker plugin upgrade`; `make plugin` recreates."""
-    set_plugin(host, "PYNET_LOG_LEVEL=debug")
+    """The upgrade path for a local build: `make plugin` recreates the plugin. The state mount's
+    source is set after dockerd restarted (the test above), where .Settings.Mounts no longer
+    follows `docker plugin set`: the source carried over must be the one the plugin runs with.
+    It is the same directory by another path, so the later tests find their files there."""
+    link = host.root / "plugin-state-link"
+    link.symlink_to(state_dir)
+    set_plugin(host, "PYNET_LOG_LEVEL=debug", f"state.source={link}")
     net = docker.network("upgrade", *PYNET, "--subnet", "10.53.0.0/24")
     a = docker.run("a", "--network", net, "--restart", "always", "--stop-timeout", "1")
     old = plugin_id(host)
     refused = make_plugin(host, plugin_dir, state_dir, check=False)
     assert "FORCE=1" in refused and plugin_id(host) == old, f"in use: replaced only when asked\n{refused}"
-    make_plugin(host, plugin_dir, state_dir, "FORCE=1")
+    make_plugin(host, plugin_dir, state_dir, "FORCE=1", "PLUGIN_SET=")  # only what it carries over
     plugin_ids.append(plugin_id(host))
     assert plugin_id(host) != old
     assert env_of(host)["PYNET_LOG_LEVEL"] == "debug", "`docker plugin set` values survive"
-    mounts = host.docker("plugin", "inspect", "-f", "{{json .Settings.Mounts}}", REF).stdout
-    assert {m["Name"]: m["Source"] for m in json.loads(mounts)}["state"] == str(state_dir)
+    mounts = host.docker("plugin", "inspect", "-f", "{{json .Config.Mounts}}", REF).stdout
+    assert {m["Name"]: m["Source"] for m in json.loads(mounts)}["state"] == str(link)
     assert docker.pings(a, "10.53.0.1"), "the running container kept its link"
     b = docker.run("b", "--network", net)
     assert docker.pings(b, a)
