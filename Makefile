@@ -57,19 +57,29 @@ clean:
 # PLUGIN_CACHE, so a rebuild after a code change takes seconds); plugin then (re)creates
 # pynet:latest in the dockerd DOCKER_HOST names and enables it, keeping its `docker plugin
 # set` values. PLUGIN_SET="KEY=VALUE ..." sets more before enabling; FORCE=1 replaces a
-# plugin that networks use.
+# plugin that networks use. plugin-push builds, then pushes REGISTRY/pynet:VERSION (README,
+# "Install from a registry"); VERSION (default: pyproject.toml's) is the version the wheel in
+# the rootfs is built with, so the tag names the pynet inside.
 PLUGIN_CACHE ?= /var/cache/pynet-plugin
 PLUGIN_DIR ?= $(PLUGIN_CACHE)/plugin
 PLUGIN_SET ?=
 FORCE ?= 0
-.PHONY: plugin plugin-rootfs install-service
+REGISTRY ?=
+VERSION ?=
+.PHONY: plugin plugin-rootfs plugin-push install-service
 
 plugin-rootfs:
 	@packaging/install.sh run
-	PYNET_PLUGIN_CACHE=$(PLUGIN_CACHE) packaging/plugin/build.sh $(PLUGIN_DIR)
+	VERSION="$(VERSION)" PYNET_PLUGIN_CACHE=$(PLUGIN_CACHE) packaging/plugin/build.sh $(PLUGIN_DIR)
 
 plugin: plugin-rootfs
 	PLUGIN_SET="$(PLUGIN_SET)" FORCE=$(FORCE) packaging/plugin/create.sh $(PLUGIN_DIR)
+
+# The check comes before the build, which takes minutes on a machine that never built one.
+plugin-push:
+	@[ -n "$(REGISTRY)" ] || { echo "pynet-plugin: REGISTRY is empty: make plugin-push REGISTRY=host:port" >&2; exit 2; }
+	@$(MAKE) --no-print-directory plugin-rootfs
+	REGISTRY="$(REGISTRY)" packaging/plugin/push.sh $(PLUGIN_DIR)
 
 # pynet as a systemd service (README, "Install as a system service"): a venv in PREFIX, the
 # unit, /etc/default/pynet if missing; DESTDIR stages it under another root.

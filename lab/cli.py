@@ -3,6 +3,7 @@
 up --hosts 3            build the lab "pnlab" (etcd and pynet included unless --no-...)
 up --docker 28.5        ... with a newer Debian suite's dockerd (lab/releases.py fetches it)
                         (and `docker compose` in every host, unless --no-compose)
+up --registry           ... with a plain-HTTP registry in the outside namespace (lab/registry.py)
 status                  hosts, addresses, DOCKER_HOST values, what runs
 shell 2                 an interactive shell in host 2, where `docker` talks to host 2
 exec 1 -- docker ps     one command in host 1
@@ -29,7 +30,14 @@ def _up(args: argparse.Namespace) -> int:
     docker = fetch(args.docker)
     if not args.no_compose:
         docker = replace(docker, compose=_compose())
-    lab = Lab(args.name, hosts=args.hosts, etcd=not args.no_etcd, pynet=not args.no_pynet, docker=docker)
+    lab = Lab(
+        args.name,
+        hosts=args.hosts,
+        etcd=not args.no_etcd,
+        pynet=not args.no_pynet,
+        docker=docker,
+        registry=args.registry,
+    )
     lab.up()
     print(f"lab {lab.name} up in {time.monotonic() - started:.1f} s")
     _print_status(lab)
@@ -65,6 +73,9 @@ def _print_status(lab: Lab) -> None:
     if lab.etcd_endpoint:
         print(f"  etcd      {lab.etcd_endpoint}  {state(lab.etcd is not None and lab.etcd.alive())}")
     print(f"  outside   {lab.outside.address}  (netns {lab.outside.netns})")
+    if lab.registry:
+        running = lab.registry_proc is not None and lab.registry_proc.alive()
+        print(f"  registry  {lab.registry}  {state(running)}  (plain HTTP; every host's dockerd trusts it)")
     for host in lab.hosts:
         print(
             f"  {host.name}  {host.address}  dockerd {state(host.dockerd_running())}, "
@@ -113,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         "--no-compose", action="store_true", help="no `docker compose` (Compose is fetched from Debian unstable)"
     )
     up.add_argument("--docker", choices=RELEASES, default=MACHINE.name, help="Docker release (default: the machine's)")
+    up.add_argument("--registry", action="store_true", help="a plain-HTTP registry at the outside's address, port 5000")
     command("down", _down, "remove everything the lab made")
     command("status", _status, "show hosts, addresses and what is running")
     shell = command("shell", _shell, "interactive shell inside a host, with DOCKER_HOST set")

@@ -27,6 +27,8 @@ from .cmd import LabError, run_cmd
 from .image import build_image_rootfs, build_image_tar
 from .nodes import Host, Node, Outside
 from .procs import Proc, is_live, kill_all_in, netns_id
+from .registry import PORT as REGISTRY_PORT
+from .registry import start as start_registry
 from .releases import MACHINE, DockerRelease
 
 DEFAULT_BASE_DIR = Path("/var/lib/pynet-lab")
@@ -52,6 +54,7 @@ class Lab:
         pynet_args: Sequence[str] = (),
         pynet_cmd: Sequence[str] | None = None,
         docker: DockerRelease = MACHINE,
+        registry: bool = False,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"lab name {name!r}: use up to 24 of a-z 0-9 _ -, starting with a-z 0-9")
@@ -70,8 +73,11 @@ class Lab:
         self.outside = Outside(f"{name}-ext", addresses[-1])
         self.etcd_node = Node(f"{name}-etcd", addresses[-2])
         self.etcd_endpoint = f"http://{self.etcd_node.address}:2379" if etcd else ""
+        # A plain-HTTP registry in the outside namespace (lab/registry.py), host:port, or "".
+        self.registry = f"{self.outside.address}:{REGISTRY_PORT}" if registry else ""
         self.etcd: Proc | None = None
         self.upstream: Proc | None = None  # the outside's stand-in resolver
+        self.registry_proc: Proc | None = None
         self.hosts = [Host(self, i, addresses[i - 1]) for i in range(1, hosts + 1)]
         longest = self.hosts[-1].root / _LONGEST_SOCKET
         if len(str(longest).encode()) > _MAX_SOCKET_PATH:
@@ -100,6 +106,7 @@ class Lab:
             cfg["pynet_args"],
             cfg["pynet_cmd"],
             _release_from_json(cfg.get("docker")),
+            cfg.get("registry", False),
         )
         procs = state["procs"]
         for host in lab.hosts:
@@ -110,6 +117,8 @@ class Lab:
             lab.etcd = Proc.from_json(procs["etcd"])
         if "upstream" in procs:
             lab.upstream = Proc.from_json(procs["upstream"])
+        if "registry" in procs:
+            lab.registry_proc = Proc.from_json(procs["registry"])
         lab._state = state
         return lab
 
@@ -156,6 +165,7 @@ class Lab:
                     "bin_dir": self.docker.bin_dir and str(self.docker.bin_dir),
                     "compose": self.docker.compose and str(self.docker.compose),
                 },
+                "registry": bool(self.registry),
             },
             "created_base": created_base,
             "netns": [],
@@ -220,9 +230,10 @@ class Lab:
         with ThreadPoolExecutor(max_workers=len(self.hosts) + 2) as pool:
             etcd = pool.submit(self._start_etcd) if self.use_etcd else None
             pool.submit(self._start_upstream).result()
+            registry = pool.submit(self._start_registry) if self.registry else None
             image = pool.submit(self._build_image)
             jobs: list[Future[Any]] = [pool.submit(self._bring_up, host, image, etcd) for host in self.hosts]
-            for job in [*jobs, image, *([etcd] if etcd else [])]:
+            for job in [*jobs, image, *([etcd] if etcd else []), *([registry] if registry else [])]:
                 job.result()
 
     def _bring_up(self, host: Host, image: Future[Path], etcd: Future[None] | None) -> None:
@@ -250,6 +261,15 @@ class Lab:
             if not self.upstream.alive() or time.monotonic() > deadline:
                 raise LabError(f"the outside's resolver did not start:\n{log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.05)
+
+    def _start_registry(self) -> None:
+        """Recorded as soon as it runs, so down() stops it even if it never got ready."""
+
+        def record(proc: Proc) -> None:
+            self.registry_proc = proc
+            self.record_proc("registry", proc)
+
+        start_registry(self.outside, self.dir / "registry", record)
 
     def _build_image(self) -> Path:
         rootfs = build_image_rootfs(self.dir / "image")
@@ -337,7 +357,7 @@ class Lab:
     def _own_procs(self) -> list[Proc]:
         """Processes this object started: they are its children, and must be reaped by it."""
         procs = [p for h in self.hosts for p in (h.holder, h.dockerd, h.pynet) if p is not None]
-        return procs + [p for p in (self.etcd, self.upstream) if p is not None]
+        return procs + [p for p in (self.etcd, self.upstream, self.registry_proc) if p is not None]
 
     def _forget_procs(self) -> None:
         for proc in self._own_procs():
@@ -345,7 +365,7 @@ class Lab:
                 proc.popen.wait(timeout=10)
         for host in self.hosts:
             host.holder = host.dockerd = host.pynet = None
-        self.etcd = self.upstream = None
+        self.etcd = self.upstream = self.registry_proc = None
 
     def _remove_files(self, created_base: bool) -> None:
         """The state file goes last, so an interrupted down can be run again."""

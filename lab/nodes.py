@@ -223,10 +223,15 @@ class Host(Node):
         """The host's own daemon config, so a /etc/docker/daemon.json of the machine does not
         apply. Its "dns" (never the --dns flag: dockerd refuses a key given both ways) is the
         outside's stand-in resolver, where names fail or answer at once, with pynet's resolver
-        first once `install_dns` ran. Kept across dockerd restarts."""
+        first once `install_dns` ran. With the lab's registry (lab/registry.py), "insecure-registries"
+        names it: dockerd pulls and pushes over plain HTTP only from registries listed there.
+        Kept across dockerd restarts."""
         path = self.root / "daemon.json"
         if not path.exists():
-            path.write_text(json.dumps({"dns": [self.lab.outside.address]}) + "\n")
+            config: dict[str, Any] = {"dns": [self.lab.outside.address]}
+            if self.lab.registry:
+                config["insecure-registries"] = [self.lab.registry]
+            path.write_text(json.dumps(config) + "\n")
         return path
 
     def install_dns(self) -> None:

@@ -9,9 +9,10 @@ want=${1:-run}
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
+# docker-registry: the tests run its binary in a lab namespace with their own config (lab/registry.py).
 # nftables: `nft`, which the daemon uses instead of iptables where dockerd runs its nftables backend.
 pkgs="iptables nftables iproute2 kmod"
-[ "$want" = test ] && pkgs="$pkgs docker.io etcd-server etcd-client busybox-static iperf3 util-linux prometheus"
+[ "$want" = test ] && pkgs="$pkgs docker.io etcd-server etcd-client busybox-static iperf3 util-linux prometheus docker-registry"
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv python3-pip"
 
 missing=""

@@ -8,12 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from pynet.plugin.daemon import config
+from pynet.plugin.daemon.version import VERSION
 from pynet.plugin.ops import cli as ops
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="pynet", description="Docker network and IPAM plugin")
+    parser.add_argument("--version", action="version", version=f"pynet {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
     config.add_arguments(sub.add_parser("serve", help="run the plugin daemon in the foreground"))
     ops.add_parsers(sub)

@@ -34,6 +34,7 @@ from pynet.plugin.daemon.daemon import Daemon, open_store
 from pynet.plugin.daemon.instance import AlreadyRunning, claim_socket, lock_state_dir
 from pynet.plugin.daemon.marker import Marker
 from pynet.plugin.daemon.state import State
+from pynet.plugin.daemon.version import VERSION
 from pynet.plugin.dns.records import NameTable
 from pynet.plugin.dns.server import DnsServer, Resolver
 from pynet.plugin.dns.subnets import SubnetTable
@@ -239,7 +240,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner = await bind(application(d, metrics), sock)
     kind = "etcd" if settings.etcd_endpoints else "embedded"  # d.store is wrapped for timing
-    log.info("listening", extra={"socket": str(sock), "host": d.host, "store": kind})
+    log.info("listening", extra={"socket": str(sock), "host": d.host, "store": kind, "version": VERSION})
     scrape: web.AppRunner | None = None
     agent: ClusterNetworks | None = None
     names: Engine | None = None

@@ -43,7 +43,7 @@ DEFAULT_MATRIX = {
     # Where the releases differ (docs/protocol.md §8): each test asserts its release's side.
     "docker/test_docker_releases.py": ("20.10", "26.1", "28.5"),
 }
-INSTALL_HINT = "run `make install` (apt-get install docker.io iptables nftables etcd-server busybox-static iperf3 prometheus)"
+INSTALL_HINT = "run `make install` (apt-get install docker.io iptables nftables etcd-server busybox-static iperf3 prometheus docker-registry)"
 
 
 def missing_requirements(tier: str) -> list[str]:

@@ -6,12 +6,15 @@ import json
 import re
 import secrets
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from lab import Host
 
 IMAGE = "pnbusybox:latest"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Docker:
@@ -91,3 +94,18 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: flo
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def ask_plugin(host: Host, plugin: str, route: str) -> tuple[int, dict[str, object]]:
+    """POST to a managed plugin's socket as dockerd does, from inside the host: the path seen
+    from the machine (/proc/<pid>/root/run/docker/plugins/<64 hex>/pynet.sock) is too long for
+    a socket. PLUGIN is its name (pynet:latest)."""
+    plugin_id = host.docker("plugin", "inspect", "-f", "{{.Id}}", plugin).stdout.strip()
+    sock = f"/run/docker/plugins/{plugin_id}/pynet.sock"
+    # The lab is not installed (a development tool): import it from the checkout.
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[3]); import lab.cmd as c; "
+        "s, b = c.unix_http(sys.argv[1], 'POST', sys.argv[2], b'{}'); print(s, b.decode())"
+    )
+    status, _, body = host.run(sys.executable, "-c", code, sock, route, str(REPO)).stdout.partition(" ")
+    return int(status), json.loads(body)

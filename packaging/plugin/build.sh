@@ -10,11 +10,15 @@
 #   2. the venv with pynet's dependencies (pyproject.toml's list), from wheels that the
 #      build machine's pip downloads for the rootfs's Python into the cache;
 #   3. pynet itself, a wheel of the working tree (`pip wheel --no-deps`), reinstalled when a
-#      source file changed.
-# What went into a rootfs is written to its /opt/pynet/build-info.
+#      source file or the version changed.
+# What went into a rootfs is written to its /opt/pynet/build-info; its version= line is the
+# tag `make plugin-push` pushes the plugin under (packaging/plugin/push.sh).
 #
-# Settings (environment): PYNET_PLUGIN_CACHE (/var/cache/pynet-plugin), SUITE (bookworm),
-# MIRROR (http://deb.debian.org/debian), PIP (the repo's .venv pip, else `python3 -m pip`).
+# Settings (environment): VERSION (pyproject.toml's version: the wheel is built with this one
+# instead, so that pynet reports it; a canonical PEP 440 version such as 0.2.0, 0.2.0rc1 or
+# 0.2.0.dev3, which is also a valid Docker tag), PYNET_PLUGIN_CACHE (/var/cache/pynet-plugin),
+# SUITE (bookworm), MIRROR (http://deb.debian.org/debian), PIP (the repo's .venv pip, else
+# `python3 -m pip`).
 set -eu
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -35,6 +39,13 @@ INFO=$ROOTFS/opt/pynet/build-info
 
 say() { echo "pynet-plugin: $*" >&2; }
 die() { say "$*"; exit 1; }
+
+# The version the wheel gets: VERSION, else pyproject.toml's. Canonical PEP 440 (no epoch, no
+# local part) so that pip keeps it as written and it is a Docker tag too ([A-Za-z0-9_.-]).
+PEP440='^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?$'
+VERSION=${VERSION:-$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml")}
+echo "$VERSION" | grep -Eq "$PEP440" ||
+    die "VERSION=$VERSION is not a canonical PEP 440 version (such as 0.2.0, 0.2.0rc1, 0.2.0.post1, 0.2.0.dev3)"
 hash_of() { printf '%s' "$*" | sha256sum | cut -c1-16; }
 info_get() { sed -n "s/^$1=//p" "$INFO" 2>/dev/null; }
 in_root() { chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
@@ -178,15 +189,17 @@ source_hash() {
 
 # Layer 3: pynet itself, built from a copy of the working tree so the repo gets no build/ dir.
 install_pynet() {
-    key=$(source_hash)
-    if [ "$(info_get source)" = "$key" ]; then say "pynet unchanged since the last build"; return; fi
-    say "installing pynet from $REPO"
+    key=$(hash_of "$(source_hash) $VERSION")
+    if [ "$(info_get source)" = "$key" ]; then say "pynet $VERSION unchanged since the last build"; return; fi
+    say "installing pynet $VERSION from $REPO"
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     mkdir "$tmp/src" "$tmp/wheel"
     # shellcheck disable=SC2046
     (cd "$REPO" && tar -cf - --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md $(pyproject folders)) |
         tar -C "$tmp/src" -xf -
+    sed -i "s/^version = \".*\"$/version = \"$VERSION\"/" "$tmp/src/pyproject.toml"
+    grep -q "^version = \"$VERSION\"$" "$tmp/src/pyproject.toml" || die "could not set the version in pyproject.toml"
     # Offline from the cache's wheels when it can (a code change then needs no network), else
     # from the index (a cache whose wheels were removed).
     pip_host wheel -q --disable-pip-version-check --no-deps --no-index --find-links "$CACHE/wheels" \
@@ -197,8 +210,8 @@ install_pynet() {
     in_root sh -c "$VENV/bin/pip install -q --disable-pip-version-check --no-cache-dir --no-deps --force-reinstall /tmp/pynet-wheels/pynet-*.whl"
     rm -rf "$ROOTFS/tmp/pynet-wheels" "$tmp"
     trap - EXIT
-    sed -i '/^source=/d; /^built=/d' "$INFO"
-    printf 'source=%s\nbuilt=%s\n' "$key" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$INFO"
+    sed -i '/^source=/d; /^version=/d; /^built=/d' "$INFO"
+    printf 'source=%s\nversion=%s\nbuilt=%s\n' "$key" "$VERSION" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$INFO"
 }
 
 # What the plugin runtime needs in the rootfs: mount points, and nothing of the build machine
@@ -211,6 +224,8 @@ finish() {
     echo pynet >"$ROOTFS/etc/hostname"
     in_root "$VENV/bin/python" -c 'import pynet.plugin.cli, pynet.drivers.bridge, pynet.store.embedded' ||
         die "the rootfs's pynet does not import"
+    built=$(in_root "$VENV/bin/pynet" --version)
+    [ "$built" = "pynet $VERSION" ] || die "the rootfs's pynet says \"$built\", not pynet $VERSION"
     cp "$REPO/config.json" "$OUT/config.json"
 }
 

@@ -37,9 +37,12 @@ is_local() {
 # values and mount sources (everything a user can set; PATH and the like are not settable).
 # {{.Source}} is a *string: printed directly the template dereferences it, through println
 # it would print the pointer.
+# Mount sources come from .Config.Mounts, the ones the plugin runs with: `docker plugin set`
+# writes there, and .Settings.Mounts is a copy that stops following it once dockerd restarted
+# (docs/protocol.md, 5.2).
 saved_settings() {
     docker plugin inspect -f '{{range .Settings.Env}}{{println .}}{{end}}' "$REF" | grep '^PYNET_' || true
-    docker plugin inspect -f '{{range .Settings.Mounts}}{{if .Name}}{{.Name}}.source={{.Source}}{{"\n"}}{{end}}{{end}}' "$REF" |
+    docker plugin inspect -f '{{range .Config.Mounts}}{{if .Name}}{{.Name}}.source={{.Source}}{{"\n"}}{{end}}{{end}}' "$REF" |
         grep -v '^$' || true
 }
 

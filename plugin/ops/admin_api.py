@@ -33,6 +33,7 @@ from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import DAEMON, Daemon
 from pynet.plugin.daemon.state import State
 from pynet.plugin.metrics import PoolUsage
+from pynet.plugin.daemon.version import VERSION
 from pynet.plugin.ops import gc
 from pynet.plugin.ops.iptables import Iptables
 from pynet.store.base import Store
@@ -49,6 +50,7 @@ class DaemonInfo(msgspec.Struct):
     uptime: float = 0.0
     ready: bool = False
     error: str = ""
+    version: str = ""  # the running daemon's: after a plugin upgrade, the build that now runs
 
 
 class StoreInfo(msgspec.Struct):
@@ -240,7 +242,7 @@ Route = Callable[[Daemon, Admin, bytes], Awaitable[Any]]
 
 async def _status(d: Daemon, admin: Admin, _: bytes) -> Status:
     uptime = round(time.monotonic() - admin.started, 3)
-    info = DaemonInfo(d.settings.socket, True, os.getpid(), uptime, d.ready.is_set())
+    info = DaemonInfo(d.settings.socket, True, os.getpid(), uptime, d.ready.is_set(), version=VERSION)
     st = await status(info, d.host, d.settings, d.store)
     st.tasks = [
         TaskInfo(t.name, t.state, t.restarts, t.last_error, t.since, dict(t.detail))

@@ -47,7 +47,8 @@ async def _status_from_store(settings: Settings, daemon: DaemonInfo) -> Status:
 def _status_text(st: Status) -> str:
     d = st.daemon
     if d.answers:
-        daemon = f"answers on {d.socket} (pid {d.pid}, up {duration(d.uptime)}, {'ready' if d.ready else 'starting'})"
+        state = "ready" if d.ready else "starting"
+        daemon = f"answers on {d.socket} (pynet {d.version}, pid {d.pid}, up {duration(d.uptime)}, {state})"
     else:
         daemon = f"DOWN: {d.error}"
     reach = "reachable" if st.store.reachable else f"UNREACHABLE: {st.store.error}"

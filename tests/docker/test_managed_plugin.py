@@ -9,20 +9,14 @@ one to three minutes (the Debian mirror), later ones seconds. Tests run in file 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lab import DockerRelease, Host, Lab
-from lab.cmd import run_cmd
-from lab.core import _cgroup_mounts
-from tests.dockercli import Docker, http_get, wait_for
+from tests.dockercli import Docker, ask_plugin, http_get, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 REF = "pynet:latest"
@@ -30,36 +24,6 @@ PYNET = ("-d", REF, "--ipam-driver", REF)
 HTTPD = ("sh", "-c", "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www")
 # A cold build (debootstrap plus the wheels) runs in the first test's setup.
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def plugin_dir() -> Iterator[Path]:
-    """The plugin directory, built on the machine (its pip reaches the package index; the lab
-    hosts do not), so `make plugin` inside the host finds it up to date. It is this run's own
-    directory (the base and the wheels stay cached): the shared /var/cache/pynet-plugin/plugin
-    holds whichever checkout built last, and two checkouts testing at once would swap code."""
-    out = Path(tempfile.mkdtemp(prefix="pynet-plugin-"))
-    try:
-        run_cmd([str(REPO / "packaging" / "plugin" / "build.sh"), str(out)], timeout=900)
-        yield out
-    finally:
-        shutil.rmtree(out)
-
-
-@pytest.fixture(scope="module")
-def plugin_ids() -> Iterator[list[str]]:
-    """Every plugin ID the module made. dockerd puts a plugin's cgroup at the top of each
-    hierarchy, not under the host's --cgroup-parent, so the lab's teardown does not know it: a
-    clean disable removes it, and this, running after the lab is down, catches a plugin that
-    died with its dockerd."""
-    ids: list[str] = []
-    yield ids
-    for mount in _cgroup_mounts():
-        for found in (p for i in ids for p in mount.rglob(i) if p.is_dir()):
-            for sub in sorted(found.rglob("*"), reverse=True):
-                if sub.is_dir():
-                    sub.rmdir()
-            found.rmdir()
 
 
 @pytest.fixture(scope="module")
@@ -114,19 +78,6 @@ def docker(host: Host, plugin: str) -> Iterator[Docker]:
     d.cleanup()
 
 
-def ask_plugin(host: Host, route: str) -> tuple[int, dict[str, object]]:
-    """POST to the plugin's socket as dockerd does, from inside the host: the path seen from the
-    machine (/proc/<pid>/root/run/docker/plugins/<64 hex>/pynet.sock) is too long for a socket."""
-    sock = f"/run/docker/plugins/{plugin_id(host)}/pynet.sock"
-    # The lab is not installed (a development tool): import it from the checkout.
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[3]); import lab.cmd as c; "
-        "s, b = c.unix_http(sys.argv[1], 'POST', sys.argv[2], b'{}'); print(s, b.decode())"
-    )
-    status, _, body = host.run(sys.executable, "-c", code, sock, route, str(REPO)).stdout.partition(" ")
-    return int(status), json.loads(body)
-
-
 def running(docker: Docker, container: str) -> bool:
     return docker("inspect", "-f", "{{.State.Running}}", container, check=False).stdout.strip() == "true"
 
@@ -148,7 +99,7 @@ def set_plugin(host: Host, *settings: str) -> None:
 
 def test_make_plugin_enables_pynet_latest(host: Host, plugin: str, state_dir: Path) -> None:
     assert host.docker("plugin", "inspect", "-f", "{{.Name}} {{.Enabled}}", REF).stdout.split() == [REF, "true"]
-    status, reply = ask_plugin(host, "/NetworkDriver.GetCapabilities")
+    status, reply = ask_plugin(host, REF, "/NetworkDriver.GetCapabilities")
     assert status == 200 and reply["Scope"] == "local"
     assert (state_dir / "store.sqlite").exists(), "the embedded store lives in the state mount"
     assert state_dir.stat().st_mode & 0o777 == 0o700, "`make plugin` made it as pynet would"
@@ -253,19 +204,24 @@ def test_dockerd_restart_keeps_the_network(docker: Docker, host: Host) -> None:
 def test_make_plugin_again_replaces_it_keeping_settings_and_networks(
     docker: Docker, host: Host, plugin_dir: Path, state_dir: Path, plugin_ids: list[str]
 ) -> None:
-    """The upgrade path: no registry, so no `docker plugin upgrade`; `make plugin` recreates."""
-    set_plugin(host, "PYNET_LOG_LEVEL=debug")
+    """The upgrade path for a local build: `make plugin` recreates the plugin. The state mount's
+    source is set after dockerd restarted (the test above), where .Settings.Mounts no longer
+    follows `docker plugin set`: the source carried over must be the one the plugin runs with.
+    It is the same directory by another path, so the later tests find their files there."""
+    link = host.root / "plugin-state-link"
+    link.symlink_to(state_dir)
+    set_plugin(host, "PYNET_LOG_LEVEL=debug", f"state.source={link}")
     net = docker.network("upgrade", *PYNET, "--subnet", "10.53.0.0/24")
     a = docker.run("a", "--network", net, "--restart", "always", "--stop-timeout", "1")
     old = plugin_id(host)
     refused = make_plugin(host, plugin_dir, state_dir, check=False)
     assert "FORCE=1" in refused and plugin_id(host) == old, f"in use: replaced only when asked\n{refused}"
-    make_plugin(host, plugin_dir, state_dir, "FORCE=1")
+    make_plugin(host, plugin_dir, state_dir, "FORCE=1", "PLUGIN_SET=")  # only what it carries over
     plugin_ids.append(plugin_id(host))
     assert plugin_id(host) != old
     assert env_of(host)["PYNET_LOG_LEVEL"] == "debug", "`docker plugin set` values survive"
-    mounts = host.docker("plugin", "inspect", "-f", "{{json .Settings.Mounts}}", REF).stdout
-    assert {m["Name"]: m["Source"] for m in json.loads(mounts)}["state"] == str(state_dir)
+    mounts = host.docker("plugin", "inspect", "-f", "{{json .Config.Mounts}}", REF).stdout
+    assert {m["Name"]: m["Source"] for m in json.loads(mounts)}["state"] == str(link)
     assert docker.pings(a, "10.53.0.1"), "the running container kept its link"
     b = docker.run("b", "--network", net)
     assert docker.pings(b, a)

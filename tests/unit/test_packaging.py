@@ -160,7 +160,7 @@ def test_default_file_names_only_real_settings() -> None:
     assert not re.search(r"^PYNET_", text, re.MULTILINE), "everything stays at its default until the user edits it"
 
 
-@pytest.mark.parametrize("script", ["plugin/build.sh", "plugin/create.sh", "install-service.sh"])
+@pytest.mark.parametrize("script", ["plugin/build.sh", "plugin/create.sh", "plugin/push.sh", "install-service.sh"])
 def test_scripts_are_executable(script: str) -> None:
     assert (REPO / "packaging" / script).stat().st_mode & 0o111
 

@@ -27,7 +27,7 @@ def test_a_network_is_described_by_what_its_mode_sits_on() -> None:
 
 
 def status(answers: bool) -> Status:
-    daemon = DaemonInfo("/run/p.sock", True, 42, 3725.0, True)
+    daemon = DaemonInfo("/run/p.sock", True, 42, 3725.0, True, version="0.3.1")
     if not answers:
         daemon = DaemonInfo("/run/p.sock", False, error="stale socket /run/p.sock")
     store = StoreInfo("etcd", "http://127.0.0.1:2379", answers, "" if answers else "deadline exceeded")
@@ -36,7 +36,7 @@ def status(answers: bool) -> Status:
 
 def test_status_text_for_a_healthy_and_a_broken_host() -> None:
     up = reports._status_text(status(True))
-    assert "answers on /run/p.sock (pid 42, up 1h02m05s, ready)" in up
+    assert "answers on /run/p.sock (pynet 0.3.1, pid 42, up 1h02m05s, ready)" in up
     assert "etcd http://127.0.0.1:2379: reachable" in up
     assert "42   10.99.0.2  h2" in up
     down = reports._status_text(status(False))
