@@ -32,8 +32,8 @@ from pynet.plugin.api.app import ADMIN_PREFIX, error_reply, failed
 from pynet.plugin.daemon.config import Settings
 from pynet.plugin.daemon.daemon import DAEMON, Daemon
 from pynet.plugin.daemon.state import State
-from pynet.plugin.metrics import PoolUsage
 from pynet.plugin.daemon.version import VERSION
+from pynet.plugin.metrics import PoolUsage
 from pynet.plugin.ops import gc
 from pynet.plugin.ops.iptables import Iptables
 from pynet.store.base import Store
