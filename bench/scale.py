@@ -10,6 +10,8 @@ its own per store, and drawn into `bench/scale-<curve>.png`.
   an empty pool of the same daemon: the median of their ratios ("paired") cancels the load
   that drifts between points on a shared machine. Target: the last point costs at most 1.2
   times the first.
+- `vxlan`: VXLAN convergence p50/p99 against the number of hosts (2, 4, 6) on etcd, 50
+  endpoints per host; bench/scale_vxlan.py.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import scale_vxlan
 from bench.common import PluginClient, percentile
 from lab import PLUGIN_SOCKET, Lab
 
@@ -123,7 +126,7 @@ def ipam(quick: bool, lab_name: str) -> None:
     _plot(curves, HERE / "scale-ipam.png")
 
 
-CURVES: dict[str, Callable[[bool, str], None]] = {"ipam": ipam}
+CURVES: dict[str, Callable[[bool, str], None]] = {"ipam": ipam, "vxlan": scale_vxlan.vxlan}
 
 
 def main(curves: Sequence[str] = (), quick: bool = False, lab_name: str = "pnscale") -> None:
