@@ -39,6 +39,7 @@ HOST_COUNTS = (2, 4, 6)
 PER_HOST = 50
 SAMPLES = 120  # new endpoints per host count, created in turn on each host
 QUICK_HOST_COUNTS, QUICK_PER_HOST, QUICK_SAMPLES = (2, 3), 5, 12
+IDLE = 10.0  # seconds of nothing before the samples, to show pynet's background CPU
 TIMEOUT = 10.0  # seconds: an entry not seen by then counts as never programmed
 TARGET_P99_MS = 200.0  # with 6 hosts
 NETWORK = "pvscale"
@@ -95,6 +96,9 @@ class Watch:
 @dataclass
 class Sample:
     origin: int  # index of the host the endpoint was created on
+    # ms to CreateEndpoint's reply on the origin host: the veth, the registration's put in etcd
+    # (which the other hosts watch), then the endpoint's record and its address binding
+    reply: float
     added: dict[int, float]  # other host -> ms from CreateEndpoint until both entries were there
     removed: dict[int, float]  # other host -> ms from DeleteEndpoint until both were gone
 
@@ -113,6 +117,7 @@ class Curve:
     samples: list[Sample] = field(default_factory=list)
     cpu_s: list[float] = field(default_factory=list)  # per host: pynet's CPU seconds during the samples
     seconds: float = 0.0  # wall time of the samples
+    idle_cpu_s: list[float] = field(default_factory=list)  # per host: pynet's CPU seconds in IDLE s of nothing
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after the samples
 
     def last(self, removed: bool = False) -> list[float]:
@@ -156,8 +161,8 @@ class Endpoints:
         self.network_id = network_id
         self.pool = pool_id(SUBNET)
 
-    async def create(self) -> tuple[dict[str, str], str, str, float]:
-        """(ids, IP, MAC, perf_counter time CreateEndpoint was sent)."""
+    async def create(self) -> tuple[dict[str, str], str, str, float, float]:
+        """(ids, IP, MAC, perf_counter times CreateEndpoint was sent and answered)."""
         reply = await self.api.call("IpamDriver.RequestAddress", {"PoolID": self.pool, "Address": "", "Options": None})
         address = str(reply["Address"])
         ids = {"NetworkID": self.network_id, "EndpointID": secrets.token_hex(32)}
@@ -165,9 +170,10 @@ class Endpoints:
         made = await self.api.call(
             "NetworkDriver.CreateEndpoint", {**ids, "Interface": {"Address": address}, "Options": {}}
         )
+        replied = time.perf_counter()
         sandbox = f"/var/run/docker/netns/{ids['EndpointID'][:12]}"  # recorded by pynet, never opened
         await self.api.call("NetworkDriver.Join", {**ids, "SandboxKey": sandbox})
-        return ids, address.split("/")[0], str(made["Interface"]["MacAddress"]), sent
+        return ids, address.split("/")[0], str(made["Interface"]["MacAddress"]), sent, replied
 
     async def remove(self, ids: dict[str, str], ip: str) -> float:
         """perf_counter time DeleteEndpoint was sent."""
@@ -199,16 +205,18 @@ async def _measure(lab: Lab, per_host: int, samples: int) -> Curve:
         eps = [Endpoints(api, nid) for api, nid in zip(apis, ids, strict=True)]
 
         async def fill(k: int) -> list[tuple[str, str]]:
-            return [(mac, ip) for _, ip, mac, _ in [await eps[k].create() for _ in range(per_host)]]
+            return [(mac, ip) for _, ip, mac, _, _ in [await eps[k].create() for _ in range(per_host)]]
 
-        filled = await asyncio.gather(*(fill(k) for k in range(len(hosts))))
+        # One host after another: all at once, etcd on this loaded machine missed pynet's 3 s
+        # store timeout (a Join failed).
+        filled = [await fill(k) for k in range(len(hosts))]
         for k, host in enumerate(hosts):
             await _settle(host, {m for j, made in enumerate(filled) if j != k for m in made})
         print(f"  {len(hosts)} hosts x {per_host} endpoints programmed everywhere", flush=True)
 
         async def sample(k: int) -> Sample:
             others = [j for j in range(len(hosts)) if j != k]
-            ep, ip, mac, sent = await eps[k].create()
+            ep, ip, mac, sent, replied = await eps[k].create()
             arrived = await asyncio.gather(*(_both(watches[j], mac, ip, True) for j in others))
             deleted = await eps[k].remove(ep, ip)
             gone = await asyncio.gather(*(_both(watches[j], mac, ip, False) for j in others))
@@ -217,6 +225,7 @@ async def _measure(lab: Lab, per_host: int, samples: int) -> Curve:
                 watch.forget(ip)
             return Sample(
                 k,
+                (replied - sent) * 1000,
                 {j: (t - sent) * 1000 for j, t in zip(others, arrived, strict=True)},
                 {j: (t - deleted) * 1000 for j, t in zip(others, gone, strict=True)},
             )
@@ -224,6 +233,9 @@ async def _measure(lab: Lab, per_host: int, samples: int) -> Curve:
         # Not counted: proves every monitor listens (an entry missed here would be "never").
         if float("inf") in (await sample(0)).added.values():
             raise RuntimeError("a host's monitor saw nothing for the first endpoint")
+        cpu0 = _cpu(hosts)
+        await asyncio.sleep(IDLE)
+        curve.idle_cpu_s = [after - before for before, after in zip(cpu0, _cpu(hosts), strict=True)]
         curve.load = (os.getloadavg()[0], 0.0)
         cpu0, wall0 = _cpu(hosts), time.perf_counter()
         for i in range(samples):
@@ -265,12 +277,17 @@ def _report(curve: Curve) -> None:
         if (ms := [s.added[j] for s in curve.samples if j in s.added])
     )
     print(f"    per receiving host, p50/p99 ms: {per_host}")
+    replies = [s.reply for s in curve.samples]
+    p50, p99 = percentile(replies, 50), percentile(replies, 99)
+    print(f"    CreateEndpoint reply on the origin: p50 {p50:.1f}, p99 {p99:.1f} ms")
     cpu = " ".join(f"{s:.2f}" for s in curve.cpu_s)
     print(
         f"    pynet CPU s per host over the {curve.seconds:.1f} s of samples: {cpu} (sum {sum(curve.cpu_s):.2f},"
         f" {sum(curve.cpu_s) / max(1, len(curve.samples)) * 1000:.1f} ms per sample);"
         f" load {curve.load[0]:.1f} -> {curve.load[1]:.1f}"
     )
+    idle = " ".join(f"{s:.2f}" for s in curve.idle_cpu_s)
+    print(f"    pynet CPU s per host in {IDLE:.0f} s of nothing before the samples: {idle}")
 
 
 def _plot(curves: list[Curve], per_host: int, path: Path) -> None:
@@ -316,12 +333,13 @@ def vxlan(quick: bool, lab_name: str) -> None:
             curves.append(asyncio.run(_measure(lab, per_host, samples)))
         _report(curves[-1])
     print(f"\n{'hosts':>5}{'p50 ms':>9}{'p99 ms':>9}{'one host p99':>14}{'removed p99':>13}{'never':>7}", end="")
-    print(f"{'CPU ms/sample':>15}")
+    print(f"{'reply p50':>11}{'CPU ms/sample':>15}")
     for c in curves:
         last = c.last()
         print(
             f"{c.hosts:>5}{percentile(last, 50):>9.1f}{percentile(last, 99):>9.1f}{percentile(c.each(), 99):>14.1f}"
             f"{percentile(c.last(removed=True), 99):>13.1f}{sum(ms == float('inf') for ms in last):>7}"
+            f"{percentile([s.reply for s in c.samples], 50):>11.1f}"
             f"{sum(c.cpu_s) / max(1, len(c.samples)) * 1000:>15.1f}"
         )
     p99 = percentile(curves[-1].last(), 99)
