@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import scale_vxlan
-from bench.common import PluginClient, percentile
+from bench.common import PluginClient, percentile, save_plot
 from lab import PLUGIN_SOCKET, Lab
 
 HERE = Path(__file__).parent
@@ -99,13 +99,7 @@ def _plot(curves: dict[str, list[Point]], path: Path) -> None:
         ax.plot(xs, [p.p99_ms for p in points], marker="x", linestyle="--", color=line.get_color(), label=f"{store}: p99")
     ax.set_xlabel(f"addresses already allocated in the pool {SUBNET}")
     ax.set_ylabel("RequestAddress latency on the socket (ms)")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    ax.set_title("pynet IPAM: RequestAddress latency against pool occupancy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"\nplot: {path}")
+    save_plot(fig, ax, "pynet IPAM: RequestAddress latency against pool occupancy", path)
 
 
 def ipam(quick: bool, lab_name: str) -> None:

@@ -27,7 +27,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import PluginClient, percentile
+from bench.common import PluginClient, percentile, save_plot
 from bench.vxlan import pool_id
 from lab import PLUGIN_SOCKET, Host, Lab
 from pynet.drivers.naming import vxlan_device
@@ -308,13 +308,7 @@ def _plot(curves: list[Curve], per_host: int, path: Path) -> None:
     ax.set_xticks(xs)
     ax.set_xlabel(f"lab hosts on one etcd ({per_host} endpoints each)")
     ax.set_ylabel("convergence (ms): endpoint made on one host\nto FDB + neighbour entries on all others")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    ax.set_title("pynet VXLAN: convergence against the number of hosts")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"\nplot: {path}")
+    save_plot(fig, ax, "pynet VXLAN: convergence against the number of hosts", path)
 
 
 def vxlan(quick: bool, lab_name: str) -> None:
