@@ -7,6 +7,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable
 
@@ -43,6 +44,17 @@ def timed(fn: Callable[[], object]) -> float:
 def percentile(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def save_plot(fig: Any, ax: Any, title: str, path: Path) -> None:
+    """The finish every bench plot shares: y from 0, a light grid, the legend, the title, PNG."""
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"\nplot: {path}")
 
 
 def container_ip(host: Host, container: str) -> str:

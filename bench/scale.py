@@ -10,6 +10,8 @@ its own per store, and drawn into `bench/scale-<curve>.png`.
   an empty pool of the same daemon: the median of their ratios ("paired") cancels the load
   that drifts between points on a shared machine. Target: the last point costs at most 1.2
   times the first.
+- `vxlan`: VXLAN convergence p50/p99 against the number of hosts (2, 4, 6) on etcd, 50
+  endpoints per host; bench/scale_vxlan.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import PluginClient, percentile
+from bench import scale_vxlan
+from bench.common import PluginClient, percentile, save_plot
 from lab import PLUGIN_SOCKET, Lab
 
 HERE = Path(__file__).parent
@@ -96,13 +99,7 @@ def _plot(curves: dict[str, list[Point]], path: Path) -> None:
         ax.plot(xs, [p.p99_ms for p in points], marker="x", linestyle="--", color=line.get_color(), label=f"{store}: p99")
     ax.set_xlabel(f"addresses already allocated in the pool {SUBNET}")
     ax.set_ylabel("RequestAddress latency on the socket (ms)")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    ax.set_title("pynet IPAM: RequestAddress latency against pool occupancy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"\nplot: {path}")
+    save_plot(fig, ax, "pynet IPAM: RequestAddress latency against pool occupancy", path)
 
 
 def ipam(quick: bool, lab_name: str) -> None:
@@ -123,7 +120,7 @@ def ipam(quick: bool, lab_name: str) -> None:
     _plot(curves, HERE / "scale-ipam.png")
 
 
-CURVES: dict[str, Callable[[bool, str], None]] = {"ipam": ipam}
+CURVES: dict[str, Callable[[bool, str], None]] = {"ipam": ipam, "vxlan": scale_vxlan.vxlan}
 
 
 def main(curves: Sequence[str] = (), quick: bool = False, lab_name: str = "pnscale") -> None:

@@ -18,8 +18,12 @@ upcalls, no learning):
   answers ARP and neighbour solicitations itself and sends none over the tunnel, so a
   gateway address present on every host is always resolved by the local bridge.
 
-Programming is a diff of the wanted entries against a dump of the device, so replaying an
-event, a resync after a compaction or a restart all converge to the same state.
+Programming is a diff of the wanted entries against what the device holds, so replaying an
+event, a resync after a compaction or a restart all converge to the same state. What it holds
+is a dump of the device when the sync (re)starts, a device is attached, a programming failed or
+the last dump is older than REDUMP_AFTER; otherwise it is what the last programming left there,
+so an event costs the netlink requests of its own entries, not a dump of every entry of the
+VNI (bench/README.md, "scale: vxlan", has the numbers).
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ from pynet.store.malformed import Malformed
 log = logging.getLogger("pynet.peers")
 # A VNI whose programming failed (a kernel error) is tried again after this many seconds.
 PROGRAM_RETRY = 5.0
+# What the last programming left on a device stands for a dump for this many seconds. A dump of
+# 300 FDB and 300 neighbour entries costs 35 ms of CPU (pyroute2 parsing them in Python), which
+# every host paid for every event; the occasional dump still repairs what someone else changed
+# (`ip link set down` flushes the neighbour entries) without waiting for a restart.
+REDUMP_AFTER = 30.0
 
 _UNICAST_MAC = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}", re.IGNORECASE)
 
@@ -243,6 +252,8 @@ class Sync:
         self.synced = asyncio.Event()
         self._malformed = Malformed(log)
         self._dirty: set[int] = set()  # VNIs with events not programmed yet
+        # Per VNI: (device ifindex, when it was dumped, its FDB and neighbour entries now).
+        self._held: dict[int, tuple[int, float, tuple[set[tuple[str, str]], set[tuple[str, str]]]]] = {}
         self._programmer: asyncio.Task[None] | None = None
 
     async def attach(self, vni: int, device: str, static_peers: tuple[str, ...]) -> None:
@@ -250,12 +261,14 @@ class Sync:
         snapshot (just after a restart) an empty view would wipe entries traffic relies on."""
         self.devices[vni] = (device, static_peers)
         self._attached.setdefault(vni, time.time())
+        self._held.pop(vni, None)  # a device made again (a reconcile) holds nothing yet
         if self.synced.is_set():
             await self.program(vni)
 
     def detach(self, vni: int) -> None:
         self.devices.pop(vni, None)
         self._attached.pop(vni, None)
+        self._held.pop(vni, None)
         if self.observer:
             self.observer.forget(vni)
 
@@ -286,6 +299,7 @@ class Sync:
         for kv in await self.store.range(self.root):
             self._record(segments, kv.key, kv.value)
         self.segments = segments
+        self._held.clear()  # a resync reads the devices afresh
         for vni in list(self.devices):
             await self.program(vni)
         self.synced.set()
@@ -328,7 +342,8 @@ class Sync:
         """Fold the event in now, program its VNI soon: once for all the events that arrive
         before the programmer runs. A host that starts registers its N endpoints as N events,
         and programming each one (a dump and a diff of the whole device) cost the other hosts
-        O(N^2); tests/kernel/test_peers.py counts the dumps."""
+        O(N^2); tests/kernel/test_peers.py counts the dumps. Since the device's entries are
+        no longer dumped per event either (`program`), an event costs O(1) netlink requests."""
         vni = self._record(self.segments, event.key, event.value if event.kind == "put" else b"")
         if vni is not None and vni in self.devices:
             self._dirty.add(vni)
@@ -355,7 +370,12 @@ class Sync:
                 return
             seg = self.segments.get(vni, Remotes())
             fwd = Forwarding(self.nl, link.index)
-            todo = changes(seg.wanted(static_peers), (await fwd.fdb(), await fwd.neighbours()))
+            want = seg.wanted(static_peers)
+            # Taken out while the kernel is being changed: a failure half-way leaves it unknown.
+            held = self._held.pop(vni, None)
+            if held is None or held[0] != link.index or time.monotonic() - held[1] > REDUMP_AFTER:
+                held = (link.index, time.monotonic(), (await fwd.fdb(), await fwd.neighbours()))
+            todo = changes(want, held[2])
             for mac, dst in todo.del_fdb:
                 await fwd.del_fdb(mac, dst)
             for mac, dst in todo.add_fdb:
@@ -365,6 +385,7 @@ class Sync:
                 await fwd.del_neighbour(ip)
             for ip, mac in todo.set_neigh:
                 await fwd.set_neighbour(ip, mac)
+            self._held[vni] = (link.index, held[1], want)
         if self.observer:
             self.observer.on_programmed(vni, len(seg.vteps), self._lags(vni, seg, todo))
 
