@@ -9,6 +9,14 @@ both share one port, as it demultiplexes a port's VXLAN devices by VNI (overlay'
 4096). Docker-level figures alternate pynet and overlay so drift on this shared 2-core machine
 hits both alike.
 
+TCP is measured on four paths in the same rounds, each round in a rotated order: pynet, the
+overlay, the underlay itself (iperf3 between the two hosts' own addresses) and a bare pair of
+VXLAN devices (`BareVxlan`: pynet's device settings, no bridge, no veth, no netfilter inside),
+the ceiling VXLAN leaves on this machine; every path's iperf3 runs in a lab container (`Pair`). A fifth path, pynet with br_netfilter switched off in
+both hosts (`net.bridge.bridge-nf-call-iptables=0`, only while it runs), bounds what any way
+of keeping pynet's bridged frames out of netfilter could gain; Docker needs the setting on, so
+that path is a measurement, not an option.
+
 Two figures are pynet's alone, taken on its socket: convergence (CreateEndpoint sent on host 1
 to the FDB entry for the endpoint's MAC appearing on host 2's VXLAN device, seen by `bridge
 monitor fdb` running in host 2) and the IPAM allocation rate with both hosts allocating from
@@ -19,22 +27,29 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import re
 import secrets
 import statistics
 import time
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 
-from bench.common import PluginClient, Row, cross_host_rows, percentile, print_table
+from bench.common import PluginClient, Row, iperf_gbits, percentile, print_table, rtt, run_time, start_peers
 from pynet.drivers.naming import VXLAN_DEVICE_PREFIX as DEVICE_PREFIX
 from pynet.ipam import LOCAL_SPACE, PoolId
-from lab import PLUGIN_SOCKET, Host, Lab
+from lab import IMAGE, PLUGIN_SOCKET, Host, Lab
+from lab.cmd import run_cmd
 
 VNI = 80
 PYNET_SUBNET = "10.80.0.0/24"
 OVERLAY_SUBNET = "10.81.0.0/24"
 IPAM_SUBNET = "10.82.0.0/16"
+BARE_SUBNET = "10.83.0.0/24"  # the bare VXLAN pair's two addresses, .1 on host 1, .2 on host 2
+BARE_VNI = 83
+PYNET_PORT = 4789  # pynet's default VXLAN port, which the bare pair shares (the VNI tells them apart)
+MTU = 1450  # what pynet and the overlay both give their devices on the lab's 1500-byte underlay
 DATA_PATH_PORT = 4790  # Docker's VXLAN port; pynet keeps its default, 4789
 FDB_TIMEOUT = 10.0  # seconds: an entry not seen by then counts as never converged
 IN_FLIGHT = 4  # concurrent RequestAddress calls per host, as parallel `docker run`s make
@@ -53,6 +68,136 @@ def start_swarm(lab: Lab) -> None:
     manager.docker("swarm", "init", "--advertise-addr", manager.address, "--data-path-port", str(DATA_PATH_PORT))
     token = manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
     worker.docker("swarm", "join", "--token", token, f"{manager.address}:2377")
+
+
+class Pair:
+    """A long-lived container on each host (`sleep infinity`) whose namespace a path's iperf3
+    runs in, by `docker exec`: every path's iperf3 then runs in a container of the lab's dockerd,
+    so all get the same CPU share on the busy machine (a process started from the bench itself
+    sits in another cgroup and, in a first run, got far less of the CPU)."""
+
+    def __init__(self, lab: Lab, name: str, network: str) -> None:
+        self.hosts, self.name, self.network = lab.hosts, name, network
+        self.addresses = [h.address for h in lab.hosts]
+
+    def __enter__(self) -> Pair:
+        try:
+            for host in self.hosts:
+                host.docker("run", "-d", "--name", self.name, "--network", self.network, IMAGE, "sleep", "infinity")
+            self.setup()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def setup(self) -> None:
+        """What a path adds to the containers (nothing for the underlay)."""
+
+    def __exit__(self, *exc: object) -> None:
+        for host in self.hosts:
+            host.docker("rm", "-f", self.name, check=False)
+
+    def gbits(self, seconds: int) -> float:
+        """iperf3 from host 1's container to host 2's, one run: Gbit/s received."""
+        h1, h2 = self.hosts
+        h2.docker("exec", "-d", self.name, "iperf3", "-s", "-1")
+        time.sleep(0.3)
+        argv = ("exec", self.name, "iperf3", "-c", self.addresses[1], "-t", str(seconds), "-J")
+        out = json.loads(h1.docker(*argv, timeout=seconds + 60).stdout)
+        if "error" in out:
+            raise RuntimeError(f"iperf3 to {self.addresses[1]}: {out['error']}")
+        return float(out["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def underlay(lab: Lab) -> Pair:
+    """The hosts' own addresses (eth0 to eth0 across the lab's bridge), `--network host`."""
+    return Pair(lab, "bench-underlay", "host")
+
+
+class BareVxlan(Pair):
+    """A VXLAN device per host with pynet's settings (`ip -d link` of `pnx-<vni>`: learning
+    off, proxy ARP answered from static neighbours, the underlay's eth0 as link, MTU 1450),
+    each moved into a `--network none` container: no bridge, no veth, no netfilter rules around
+    the inner frames. The UDP socket stays in the lab host, as pynet's does (and the overlay's,
+    whose devices Docker moves the same way), so the outer packets take the same path."""
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(lab, "bench-bare-vxlan", "none")
+        self.addresses = [str(ip) for ip in list(ipaddress.ip_network(BARE_SUBNET).hosts())[: len(lab.hosts)]]
+
+    def setup(self) -> None:
+        macs = [f"02:00:0a:53:00:{i:02x}" for i in range(1, len(self.hosts) + 1)]
+        for i, (host, other) in enumerate(zip(self.hosts, self.hosts[::-1])):
+            pid = host.docker("inspect", "-f", "{{.State.Pid}}", self.name).stdout.strip()
+            ip = ["ip", "-n", host.netns]
+            run_cmd([*ip, "link", "add", "bx0", "address", macs[i], "mtu", str(MTU), "type", "vxlan",
+                     "id", str(BARE_VNI), "local", host.address, "remote", other.address, "dev", "eth0",
+                     "dstport", str(PYNET_PORT), "nolearning", "proxy"])  # fmt: skip
+            run_cmd([*ip, "link", "set", "bx0", "netns", pid])  # deleted with the container's namespace
+            peer = 1 - i
+            neigh = ["neigh", "add", self.addresses[peer], "lladdr", macs[peer], "dev", "bx0", "nud", "permanent"]
+            for cmd in (["addr", "add", f"{self.addresses[i]}/24", "dev", "bx0"], ["link", "set", "bx0", "up"], neigh):
+                run_cmd(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", *cmd])
+
+
+@contextmanager
+def bridge_netfilter_off(lab: Lab) -> Iterator[None]:
+    """br_netfilter off in every lab host (a per-namespace setting) for the duration: the upper
+    bound of keeping bridged frames out of netfilter. The per-bridge `nf_call_iptables 0` would
+    not do it: the kernel ORs it with this setting, which Docker turns on."""
+    key = "net.bridge.bridge-nf-call-iptables"
+    for host in lab.hosts:
+        host.run("sysctl", "-qw", f"{key}=0")
+    try:
+        yield
+    finally:
+        for host in lab.hosts:
+            host.run("sysctl", "-qw", f"{key}=1")
+
+
+@dataclass
+class Paths:
+    """TCP samples per path, taken in rounds (one sample of every path per round)."""
+
+    samples: dict[str, list[float]]
+
+    def median(self, path: str) -> float:
+        return statistics.median(self.samples[path])
+
+    def paired(self, a: str, b: str) -> float:
+        """Median of the per-round ratios a/b (cancels load that drifts between rounds)."""
+        return statistics.median(x / y for x, y in zip(self.samples[a], self.samples[b]) if y)
+
+    def row(self, a: str, b: str) -> Row:
+        return Row("TCP host1 ctr -> host2 ctr", self.median(a), self.median(b), "Gbit/s, median", "higher", self.paired(a, b))
+
+
+def tcp_rounds(measures: dict[str, Callable[[], float]], rounds: int) -> Paths:
+    """Every path once per round, the order rotated by one each round so no path always runs
+    first (or right after the same neighbour) on this shared machine."""
+    names = list(measures)
+    paths = Paths({name: [] for name in names})
+    for i in range(rounds):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            paths.samples[name].append(measures[name]())
+    return paths
+
+
+RATIOS = (("pynet", "overlay"), ("pynet", "underlay"), ("bare-vxlan", "underlay"), ("pynet", "bare-vxlan"),
+          ("overlay", "underlay"), ("pynet-nf-off", "pynet"), ("pynet-nf-off", "overlay"))  # fmt: skip
+
+
+def print_paths(paths: Paths, seconds: int) -> None:
+    n = len(next(iter(paths.samples.values())))
+    print(f"\nTCP host 1 -> host 2 by path: iperf3 {seconds} s, {n} rounds, Gbit/s")
+    print(f"{'path':<16}{'median':>9}{'min':>9}{'max':>9}")
+    for name, got in paths.samples.items():
+        print(f"{name:<16}{statistics.median(got):>9.2f}{min(got):>9.2f}{max(got):>9.2f}")
+    print(f"{'ratio':<26}{'of medians':>11}{'paired':>9}{'paired min-max':>17}")
+    for a, b in RATIOS:
+        per_round = [x / y for x, y in zip(paths.samples[a], paths.samples[b]) if y]
+        spread = f"{min(per_round):.3f}-{max(per_round):.3f}"
+        print(f"{a + '/' + b:<26}{paths.median(a) / paths.median(b):>11.3f}{paths.paired(a, b):>9.3f}{spread:>17}")
 
 
 def create_networks(lab: Lab) -> dict[str, str]:
@@ -218,14 +363,36 @@ def print_pynet_alone(fdb: list[float], replies: list[float], allocs: Allocation
         print(f"  refused {allocs.refused.count(message)}x: {message}")
 
 
-def main(quick: bool = False) -> None:
-    n_run, n_iperf, secs, n_ping, count, n_conv, n_alloc = (5, 1, 2, 1, 5, 20, 100) if quick else (20, 3, 5, 5, 20, 100, 1000)
-    with Lab(name="pnbenchvx", hosts=2, etcd=True) as lab:
+def main(quick: bool = False, lab_name: str = "pnbenchvx") -> None:
+    n_run, n_iperf, secs, n_ping, count, n_conv, n_alloc = (5, 1, 2, 1, 5, 20, 100) if quick else (20, 8, 5, 5, 20, 100, 1000)
+    with Lab(name=lab_name, hosts=2, etcd=True) as lab:
         h1, h2 = lab.hosts
         start_swarm(lab)
         networks = create_networks(lab)
-        rows = cross_host_rows(lab, networks, n_run, n_iperf, secs, n_ping, count)
+        for net in networks.values():  # first-use costs paid before anything is timed
+            h1.docker("run", "--rm", "--network", net, IMAGE, "true")
+
+        def container_gbits(driver: str) -> Callable[[], float]:
+            return lambda: iperf_gbits(h2, networks[driver], secs, driver, client=h1)
+
+        def without_netfilter() -> float:
+            with bridge_netfilter_off(lab):
+                return container_gbits("pynet")()
+
+        with underlay(lab) as ul, BareVxlan(lab) as bare:
+            paths = tcp_rounds(
+                {
+                    "pynet": container_gbits("pynet"),
+                    "overlay": container_gbits("docker"),
+                    "underlay": lambda: ul.gbits(secs),
+                    "bare-vxlan": lambda: bare.gbits(secs),
+                    "pynet-nf-off": without_netfilter,
+                },
+                n_iperf,
+            )
+        rows = [run_time(h1, networks, n_run), paths.row("pynet", "overlay"), rtt(lab, networks, start_peers(h2, networks), n_ping, count)]
         print_table("vxlan: pynet vs Docker's swarm overlay driver (2 lab hosts, same run)", rows)
+        print_paths(paths, secs)
 
         network_id = h1.docker("network", "inspect", "-f", "{{.Id}}", networks["pynet"]).stdout.strip()
         fdb, replies = asyncio.run(convergence(h1, h2, network_id, n_conv))
