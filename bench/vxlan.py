@@ -27,9 +27,10 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from bench.common import PluginClient, Row, cross_host_rows, percentile, print_table
+from lab import PLUGIN_SOCKET, Host, Lab
+from lab.releases import MACHINE, fetch
 from pynet.drivers.naming import VXLAN_DEVICE_PREFIX as DEVICE_PREFIX
 from pynet.ipam import LOCAL_SPACE, PoolId
-from lab import PLUGIN_SOCKET, Host, Lab
 
 VNI = 80
 PYNET_SUBNET = "10.80.0.0/24"
@@ -218,9 +219,9 @@ def print_pynet_alone(fdb: list[float], replies: list[float], allocs: Allocation
         print(f"  refused {allocs.refused.count(message)}x: {message}")
 
 
-def main(quick: bool = False) -> None:
+def main(quick: bool = False, lab_name: str | None = None, docker: str = MACHINE.name) -> None:
     n_run, n_iperf, secs, n_ping, count, n_conv, n_alloc = (5, 1, 2, 1, 5, 20, 100) if quick else (20, 3, 5, 5, 20, 100, 1000)
-    with Lab(name="pnbenchvx", hosts=2, etcd=True) as lab:
+    with Lab(name=lab_name or "pnbenchvx", docker=fetch(docker), hosts=2, etcd=True) as lab:
         h1, h2 = lab.hosts
         start_swarm(lab)
         networks = create_networks(lab)
