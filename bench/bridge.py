@@ -17,6 +17,7 @@ import os
 import secrets
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -81,8 +82,16 @@ async def request_latency(sock: str, n: int) -> dict[str, list[float]]:
     return times
 
 
-def print_latency(times: dict[str, list[float]], n: int) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process PID so far: unlike latency, it barely moves with
+    the machine's load, so it compares runs taken at different loads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def print_latency(times: dict[str, list[float]], n: int, cpu_ms: float) -> None:
     print(f"\npynet per-request latency on its socket, embedded store, n={n} (load average {load()})")
+    print(f"pynet's CPU time (user + system) per round of {len(METHODS)} requests: {cpu_ms:.2f} ms")
     print(f"{'request':<20}{'p50 ms':>10}{'p99 ms':>10}  target p99 <= {TARGET_P99_MS} ms")
     for method, samples in times.items():
         p99 = percentile(samples, 99)
@@ -115,4 +124,7 @@ def main(quick: bool = False, lab_name: str | None = None, docker: str = MACHINE
         rows += run_share(host, networks, n_run)
         rows.append(throughput(host, networks, n_iperf, secs))
         print_table(f"bridge: pynet vs Docker's bridge driver (same lab host, same run; load average {load()})", rows)
-        print_latency(asyncio.run(request_latency(str(host.inside(PLUGIN_SOCKET)), n_req)), n_req)
+        assert host.pynet is not None
+        before = cpu_seconds(host.pynet.pid)
+        times = asyncio.run(request_latency(str(host.inside(PLUGIN_SOCKET)), n_req))
+        print_latency(times, n_req, (cpu_seconds(host.pynet.pid) - before) * 1000 / n_req)
