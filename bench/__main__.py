@@ -1,4 +1,4 @@
-"""`python -m bench [bridge ...] [scale [curve ...]] [--quick]`: run benchmarks and print their figures.
+"""`python -m bench [bridge ...] [scale [curve ...]] [--quick] [--docker R] [--lab N]`: run benchmarks, print figures.
 
 `scale` takes the names of its curves (bench/scale.py: `ipam`); with none it draws them all.
 """
