@@ -1,4 +1,4 @@
-"""`python -m bench [bridge ...] [scale [curve ...]] [--quick]`: run benchmarks and print their figures.
+"""`python -m bench [bridge ...] [scale [curve ...]] [--quick] [--docker R] [--lab N]`: run benchmarks, print figures.
 
 `scale` takes the names of its curves (bench/scale.py: `ipam`); with none it draws them all.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from bench import bridge, cluster, macvlan, scale, vxlan
+from lab.releases import MACHINE, RELEASES
 
 SUITES = {"bridge": bridge.main, "cluster": cluster.main, "macvlan": macvlan.main, "vxlan": vxlan.main}
 
@@ -18,7 +19,12 @@ def main() -> None:
         "suites", nargs="*", help=f"some of: {', '.join([*SUITES, 'scale'])}, then scale's curves (default: all)"
     )
     parser.add_argument("--quick", action="store_true", help="few repetitions, to check the bench runs")
-    parser.add_argument("--lab", default="pnscale", help="name prefix of the labs `scale` starts")
+    parser.add_argument(
+        "--lab", default=None, help="name (prefix, for `scale`) of the labs the suites start; default: each suite's own"
+    )
+    parser.add_argument(
+        "--docker", default=MACHINE.name, choices=RELEASES, help="Docker release of the suites' labs, not scale's"
+    )
     args = parser.parse_args()
     suites, curves = args.suites, []
     if "scale" in suites:
@@ -32,9 +38,9 @@ def main() -> None:
         )
     for name in suites or [*SUITES, "scale"]:
         if name == "scale":
-            scale.main(curves, quick=args.quick, lab_name=args.lab)
+            scale.main(curves, quick=args.quick, lab_name=args.lab or "pnscale")
         else:
-            SUITES[name](quick=args.quick)
+            SUITES[name](quick=args.quick, lab_name=args.lab, docker=args.docker)
 
 
 main()

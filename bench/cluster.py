@@ -44,6 +44,7 @@ from bench.common import Row, compare, per_driver, percentile, print_table
 from bench.vxlan import OVERLAY_SUBNET, start_swarm
 from lab import IMAGE, Host, Lab
 from lab.cmd import unix_http
+from lab.releases import MACHINE, fetch
 from pynet.plugin.daemon.config import Settings
 
 VXLAN = ("-d", "pynet", "--ipam-driver", "pynet", "-o", "mode=vxlan")  # no vni: a cluster network
@@ -332,9 +333,9 @@ def report_ratios(names: NameTimes, lookups: list[Series]) -> None:
     )
 
 
-def main(quick: bool = False) -> None:
+def main(quick: bool = False, lab_name: str | None = None, docker: str = MACHINE.name) -> None:
     n_net, n_names, n_lookups, batch = (2, 2, 20, 10) if quick else (20, 20, 200, 20)
-    with Lab(name="pnxbench", hosts=3, etcd=True) as lab:
+    with Lab(name=lab_name or "pnxbench", docker=fetch(docker), hosts=3, etcd=True) as lab:
         print(f"cluster: 3 lab hosts, etcd; {machine(lab)}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
         report_networks(lab, *network_rounds(lab, n_net))
         rig, kinds = make_rig(lab)

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import aiohttp
 
@@ -73,6 +73,50 @@ def compare(metric: str, unit: str, better: str, n: int, pynet: Callable[[], flo
             samples.append(fn())
     paired = statistics.median(p / d for p, d in zip(ours, theirs) if d)
     return Row(metric, statistics.median(ours), statistics.median(theirs), unit, better, paired)
+
+
+def paired_row(metric: str, unit: str, better: str, samples: dict[str, list[float]]) -> Row:
+    """A Row of `samples["pynet"]` against `samples["docker"]`, taken in the same rounds."""
+    ours, theirs = samples["pynet"], samples["docker"]
+    paired = statistics.median(p / d for p, d in zip(ours, theirs) if d)
+    return Row(metric, statistics.median(ours), statistics.median(theirs), unit, better, paired)
+
+
+def network_lifecycle(host: Host, create_args: dict[str, Callable[[int], Sequence[str]]], n: int) -> list[Row]:
+    """`docker network create` then `rm` of a new network, N rounds, each driver once a round,
+    who goes first swapping every round; `create_args[driver](i)` are round i's arguments
+    (driver, options, a subnet of the round's own)."""
+    created: dict[str, list[float]] = {"pynet": [], "docker": []}
+    removed: dict[str, list[float]] = {"pynet": [], "docker": []}
+    for i in range(n):
+        for driver in ("pynet", "docker") if i % 2 == 0 else ("docker", "pynet"):
+            name = f"bench-net-{driver}-{i}"
+            args = create_args[driver](i)
+            created[driver].append(timed(lambda: host.docker("network", "create", *args, name)))
+            removed[driver].append(timed(lambda: host.docker("network", "rm", name)))
+    return [
+        paired_row("docker network create", "ms, median", "lower", created),
+        paired_row("docker network rm", "ms, median", "lower", removed),
+    ]
+
+
+def run_share(host: Host, networks: dict[str, str], n: int) -> list[Row]:
+    """`docker run --rm` on each driver's network and with `--network none`, N rounds of the
+    three in turns (the order rotates every round). The network's own share of a run is its
+    time less the same round's `--network none`: what the driver and its network add."""
+    times: dict[str, list[float]] = {"pynet": [], "docker": [], "none": []}
+    nets = {**networks, "none": "none"}
+    order = list(nets)
+    for i in range(n):
+        for kind in order[i % 3 :] + order[: i % 3]:
+            times[kind].append(timed(lambda: host.docker("run", "--rm", "--network", nets[kind], IMAGE, "true")))
+    share = {k: [t - none for t, none in zip(times[k], times["none"])] for k in networks}
+    med = statistics.median
+    return [
+        paired_row("docker run --rm (true)", "ms, median", "lower", times),
+        Row("docker run --rm --network none", med(times["none"]), med(times["none"]), "ms, median", "lower"),
+        Row("network's share of docker run", med(share["pynet"]), med(share["docker"]), "ms, median of run - none", "lower"),
+    ]
 
 
 def ping_rtt_us(host: Host, network: str, target: str, count: int = 20, interval: float = 0.2) -> float:

@@ -37,10 +37,11 @@ from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 
 from bench.common import PluginClient, Row, iperf_gbits, percentile, print_table, rtt, run_time, start_peers
-from pynet.drivers.naming import VXLAN_DEVICE_PREFIX as DEVICE_PREFIX
-from pynet.ipam import LOCAL_SPACE, PoolId
 from lab import IMAGE, PLUGIN_SOCKET, Host, Lab
 from lab.cmd import run_cmd
+from lab.releases import MACHINE, fetch
+from pynet.drivers.naming import VXLAN_DEVICE_PREFIX as DEVICE_PREFIX
+from pynet.ipam import LOCAL_SPACE, PoolId
 
 VNI = 80
 PYNET_SUBNET = "10.80.0.0/24"
@@ -363,9 +364,9 @@ def print_pynet_alone(fdb: list[float], replies: list[float], allocs: Allocation
         print(f"  refused {allocs.refused.count(message)}x: {message}")
 
 
-def main(quick: bool = False, lab_name: str = "pnbenchvx") -> None:
+def main(quick: bool = False, lab_name: str | None = None, docker: str = MACHINE.name) -> None:
     n_run, n_iperf, secs, n_ping, count, n_conv, n_alloc = (5, 1, 2, 1, 5, 20, 100) if quick else (20, 8, 5, 5, 20, 100, 1000)
-    with Lab(name=lab_name, hosts=2, etcd=True) as lab:
+    with Lab(name=lab_name or "pnbenchvx", docker=fetch(docker), hosts=2, etcd=True) as lab:
         h1, h2 = lab.hosts
         start_swarm(lab)
         networks = create_networks(lab)

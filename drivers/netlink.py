@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from pynet.drivers.rtnl import LinkSocket, group_request, veth_request
 from pynet.store.errors import Conflict, PynetError
 
 IFNAMSIZ = 15
@@ -83,6 +84,8 @@ def _link(msg: Any) -> Link:
 class Netlink:
     def __init__(self) -> None:
         self._ipr: AsyncIPRoute | None = None
+        # The endpoint path's two link requests, built by hand (drivers/rtnl.py).
+        self._links: LinkSocket | None = None
         self._dump_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
         # Bridge indexes, learnt by ensure_bridge: a `link get` per endpoint costs 0.8 ms of
@@ -93,18 +96,28 @@ class Netlink:
         if self._ipr is None:
             self._ipr = AsyncIPRoute()
             await self._ipr.setup_endpoint()
+            self._links = LinkSocket()
 
     async def close(self) -> None:
         await self.settle()
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._links is not None:
+            self._links.close()
+            self._links = None
 
     @property
     def ipr(self) -> AsyncIPRoute:
         if self._ipr is None:
             raise RuntimeError("Netlink.open() was not called")
         return self._ipr
+
+    @property
+    def _link_socket(self) -> LinkSocket:
+        if self._links is None:
+            raise RuntimeError("Netlink.open() was not called")
+        return self._links
 
     # -- links -------------------------------------------------------------------------------
 
@@ -145,8 +158,9 @@ class Netlink:
         32 ms p99 here), stalling every netlink request meanwhile; retired links are deleted
         together after REAP_DELAY, or at once by `settle()` when something needs them gone.
         A retired link is still found by its name after a crash."""
+        sock = self._link_socket
         try:
-            await self.set_link(name, group=RETIRED_GROUP)
+            await sock.request(group_request(sock.next_seq(), name, RETIRED_GROUP))
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return
@@ -178,10 +192,14 @@ class Netlink:
     async def add_link(self, name: str, kind: str, **attrs: Any) -> bool:
         """Create a link; False if one of that name and kind exists already, Conflict if
         the name is taken by another kind."""
+        return await self._add(name, kind, lambda: self.ipr.link("add", ifname=name, kind=kind, **attrs))
+
+    async def _add(self, name: str, kind: str, send: Callable[[], Awaitable[object]]) -> bool:
+        """`add_link` with the request sent by `send`."""
         if len(name) > IFNAMSIZ:
             raise PynetError(f"pynet: interface name {name!r} is longer than {IFNAMSIZ} characters")
         try:
-            await self.ipr.link("add", ifname=name, kind=kind, **attrs)
+            await send()
             return True
         except NetlinkError as e:
             if e.code != errno.EEXIST:
@@ -210,27 +228,29 @@ class Netlink:
         into the container, so its MAC and MTU are set here, once, on both ends. On failure
         nothing created here is left."""
         index = self._bridges.get(master) or await self._bridge_index(master)
-        peer_attrs: dict[str, Any] = {"ifname": peer, "mtu": mtu}
-        if peer_mac:
-            peer_attrs["address"] = peer_mac
-        # One request creates, enslaves and brings up the port (half the time of three).
-        attrs = {"mtu": mtu, "peer": peer_attrs, "master": index, "state": "up"}
         try:
-            created = await self.add_link(name, "veth", **attrs)
+            created = await self._add_veth(name, peer, mtu, peer_mac, index)
         except PynetError:
             if master not in self._bridges:
                 raise
             # The cached index may be stale (the bridge was recreated): look it up once more.
             del self._bridges[master]
-            attrs["master"] = await self._bridge_index(master)
-            created = await self.add_link(name, "veth", **attrs)
+            index = await self._bridge_index(master)
+            created = await self._add_veth(name, peer, mtu, peer_mac, index)
         if not created:
             existing = await self.link(name)
-            if existing is not None and existing.master == attrs["master"]:
+            if existing is not None and existing.master == index:
                 return  # a retry: the pair is in place, its peer perhaps in the container already
             # Left over from a failed attempt: start again from nothing.
             await self.delete_link(name)
-            await self.add_link(name, "veth", **attrs)
+            await self._add_veth(name, peer, mtu, peer_mac, index)
+
+    async def _add_veth(self, name: str, peer: str, mtu: int, peer_mac: str, master: int) -> bool:
+        """One request creates, enslaves and brings up the port, hand-built: pyroute2 took
+        0.65 ms of Python more than the kernel's 0.4 ms (drivers/rtnl.py)."""
+        sock = self._link_socket
+        request = veth_request(sock.next_seq(), name, peer, mtu, peer_mac, master)
+        return await self._add(name, "veth", lambda: sock.request(request))
 
     async def _bridge_index(self, name: str) -> int:
         link = await self.link(name)

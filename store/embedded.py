@@ -9,7 +9,11 @@ respect to other coroutines without a lock.
 
 Watches are in-process (only this daemon writes the file). History kept for resuming a watch
 is the last `history` events since the store was opened; older start revisions raise
-`RevisionCompacted`, exactly as etcd does after compaction.
+`RevisionCompacted`, exactly as etcd does after compaction. Leases are this process's too: the
+earliest expiry is kept in memory, so a read asks SQLite about leases only once one is due.
+Each statement outside a transaction takes and drops SQLite's read lock (`fcntl` calls): that
+query on every call, and a put reading its revision back, made the requests of a `docker run`
+148 `fcntl` calls instead of 92 (strace, Dec 2026).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import sqlite3
 import time
@@ -69,6 +74,7 @@ class EmbeddedStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._history: collections.deque[Event] = collections.deque(maxlen=history)
+        self._next_expiry = self._earliest_expiry()
         self._compacted = self._current_revision() + 1
         self._watchers: set[asyncio.Queue[Event]] = set()
 
@@ -94,8 +100,8 @@ class EmbeddedStore:
     # -- writes ------------------------------------------------------------------------------
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        await self.txn((), (Put(key, value, lease),))
-        return self._current_revision()
+        self._expire_leases()
+        return self._apply((Put(key, value, lease),))
 
     async def delete(self, key: str, prefix: bool = False) -> int:
         before = len(await self.range(key)) if prefix else int(self._get(key) is not None)
@@ -134,10 +140,10 @@ class EmbeddedStore:
     # -- leases ------------------------------------------------------------------------------
 
     async def grant_lease(self, ttl: int) -> int:
+        expires = time.time() + ttl
         with self._transaction():
-            cur = self._db.execute(
-                "INSERT INTO leases (ttl, expires) VALUES (?, ?)", (ttl, time.time() + ttl)
-            )
+            cur = self._db.execute("INSERT INTO leases (ttl, expires) VALUES (?, ?)", (ttl, expires))
+        self._next_expiry = min(self._next_expiry, expires)
         return int(cur.lastrowid or 0)
 
     async def refresh_lease(self, lease: int) -> None:
@@ -179,10 +185,11 @@ class EmbeddedStore:
         ).fetchone()
         return _row(r) if r else None
 
-    def _apply(self, ops: Sequence[Op]) -> None:
-        """Run `ops` as one SQLite transaction at one new revision, then notify watchers."""
+    def _apply(self, ops: Sequence[Op]) -> int:
+        """Run `ops` as one SQLite transaction at one new revision, then notify watchers;
+        returns the store's revision after it."""
         if not ops:
-            return
+            return self._current_revision()
         events: list[Event] = []
         with self._transaction():
             rev = self._current_revision() + 1
@@ -221,13 +228,21 @@ class EmbeddedStore:
             self._history.append(ev)
             for q in self._watchers:
                 q.put_nowait(ev)
+        return rev if events else rev - 1
 
     def _expire_leases(self) -> None:
-        expired = [
-            i for (i,) in self._db.execute("SELECT id FROM leases WHERE expires < ?", (time.time(),))
-        ]
+        now = time.time()
+        if now <= self._next_expiry:
+            return
+        expired = [i for (i,) in self._db.execute("SELECT id FROM leases WHERE expires < ?", (now,))]
         if expired:
             self._drop_leases(expired)
+        # A refresh only ever moves an expiry later, so this stays a lower bound until then.
+        self._next_expiry = self._earliest_expiry()
+
+    def _earliest_expiry(self) -> float:
+        (earliest,) = self._db.execute("SELECT MIN(expires) FROM leases").fetchone()
+        return math.inf if earliest is None else float(earliest)
 
     def _drop_leases(self, leases: list[int]) -> None:
         marks = ",".join("?" * len(leases))

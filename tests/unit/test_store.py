@@ -143,6 +143,35 @@ async def test_revoke_lease_deletes_keys(store: Store) -> None:
     assert await store.get("/l/a") is None
 
 
+async def test_embedded_reads_are_one_statement_and_writes_one_transaction(tmp_path: Path) -> None:
+    """Every statement outside a transaction takes and drops SQLite's read lock (fcntl calls):
+    a get is its one SELECT, a put nothing outside its transaction. Before, each call also
+    asked for expired leases, and a put read the revision again after committing; those
+    were about a third of the statements of a `docker run`'s plugin requests."""
+    s = EmbeddedStore(tmp_path / "store.sqlite")
+    statements: list[str] = []
+    s._db.set_trace_callback(statements.append)
+    try:
+        revision = await s.put("/k", b"v")
+        assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+        assert revision == await s.revision()
+        statements.clear()
+        assert (await s.get("/k")) is not None
+        assert len(statements) == 1 and statements[0].startswith("SELECT key, value")
+        # A lease makes the next call past its expiry look for expired leases, once.
+        lease = await s.grant_lease(60)
+        await s.put("/leased", b"v", lease=lease)
+        s._next_expiry = 0.0  # as if its expiry had come: the store then asks SQLite
+        statements.clear()
+        assert (await s.get("/leased")) is not None
+        assert sum("FROM leases" in q for q in statements) == 2  # the expired ones (none), the next expiry
+        statements.clear()
+        await s.get("/leased")
+        assert not any("leases" in q for q in statements)
+    finally:
+        await s.close()
+
+
 def test_embedded_survives_kill_9(tmp_path: Path) -> None:
     """A writer killed mid-stream leaves a readable store holding every committed write."""
     path = tmp_path / "store.sqlite"
