@@ -12,20 +12,42 @@ its own per store, and drawn into `bench/scale-<curve>.png`.
   times the first.
 - `vxlan`: VXLAN convergence p50/p99 against the number of hosts (2, 4, 6) on etcd, 50
   endpoints per host; bench/scale_vxlan.py.
+- `containers`: `docker run -d` time against the number of containers already on one /24
+  network, 0 to 249, pynet's bridge (with pynet's IPAM) interleaved with Docker's own bridge
+  driver in one lab host on Docker 28.5, who goes first swapping every turn; grouped by tens,
+  "paired" the median of the per-turn ratios. Target: pynet's last ten cost at most 1.2 times
+  its first ten.
+- `restart`: pynet's start-up against the networks and endpoints it holds, up to 250 networks
+  and 1,000 endpoints (4 a network), in one lab host on Docker 28.5 with the embedded store.
+  One network is made by `docker network create` and holds 4 real containers; the others are
+  made on the socket as dockerd makes them (RequestPool, the gateway's RequestAddress,
+  CreateNetwork; per endpoint RequestAddress, CreateEndpoint, Join), and each endpoint's
+  container end is moved into one of those containers, as dockerd moves it into its own: 1,000
+  containers would cost this 2-core machine more than the whole curve. At each point pynet is
+  stopped (SIGTERM) and started RESTARTS times for each of: the time until it answers
+  Plugin.Activate, until the first CreateEndpoint on an existing network succeeds (sent as
+  soon as the socket answers, so it waits for the start-up), and, in another restart, until
+  the first `docker run --rm` on the `docker network create` one succeeds (sent once the
+  socket answers, so none of dockerd's reconnect sleeps count); RSS after that CreateEndpoint.
+  Docker's bridge driver has no start-up of its own to pair with. Targets at 250 networks and
+  1,000 endpoints: RSS under 100 MB, the first CreateEndpoint within 5 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bench import scale_vxlan
-from bench.common import PluginClient, percentile, save_plot
-from lab import PLUGIN_SOCKET, Lab
+from bench.common import PluginClient, percentile, save_plot, timed
+from lab import IMAGE, PLUGIN_SOCKET, Host, Lab
+from lab.releases import fetch
 
 HERE = Path(__file__).parent
 SUBNET = "10.60.0.0/16"
@@ -86,20 +108,26 @@ async def _ipam_curve(sock: str, points: Sequence[int], samples: int) -> list[Po
         return curve
 
 
-def _plot(curves: dict[str, list[Point]], path: Path) -> None:
+# A curve as drawn: label -> (x, median, p99) per point.
+Series = dict[str, list[tuple[float, float, float]]]
+
+
+def _plot(series: Series, path: Path, xlabel: str, ylabel: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for store, points in curves.items():
-        xs = [p.allocated for p in points]
-        (line,) = ax.plot(xs, [p.median_ms for p in points], marker="o", label=f"{store}: median")
-        ax.plot(xs, [p.p99_ms for p in points], marker="x", linestyle="--", color=line.get_color(), label=f"{store}: p99")
-    ax.set_xlabel(f"addresses already allocated in the pool {SUBNET}")
-    ax.set_ylabel("RequestAddress latency on the socket (ms)")
-    save_plot(fig, ax, "pynet IPAM: RequestAddress latency against pool occupancy", path)
+    for label, points in series.items():
+        xs = [x for x, _, _ in points]
+        (line,) = ax.plot(xs, [m for _, m, _ in points], marker="o", label=f"{label}: median")
+        ax.plot(
+            xs, [p for _, _, p in points], marker="x", linestyle="--", color=line.get_color(), label=f"{label}: p99"
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    save_plot(fig, ax, title, path)
 
 
 def ipam(quick: bool, lab_name: str) -> None:
@@ -117,10 +145,312 @@ def ipam(quick: bool, lab_name: str) -> None:
                 f"{store:<10}{p.allocated:>10}{p.median_ms:>11.3f}{p.p99_ms:>9.3f}"
                 f"{p.median_ms / line[0].median_ms:>9.2f}{p.paired:>8.3f}{p.paired / line[0].paired:>9.2f}"
             )
-    _plot(curves, HERE / "scale-ipam.png")
+    _plot(
+        {store: [(p.allocated, p.median_ms, p.p99_ms) for p in line] for store, line in curves.items()},
+        HERE / "scale-ipam.png",
+        f"addresses already allocated in the pool {SUBNET}",
+        "RequestAddress latency on the socket (ms)",
+        "pynet IPAM: RequestAddress latency against pool occupancy",
+    )
 
 
-CURVES: dict[str, Callable[[bool, str], None]] = {"ipam": ipam, "vxlan": scale_vxlan.vxlan}
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# -- containers: docker run -d against the containers already on one network ---------------
+
+DOCKER_RELEASE = "28.5"
+# Samples taken at 0-9 networks already there make the first point, 10-19 the second, ...
+DECADE = 10
+CONTAINERS, QUICK_CONTAINERS = 250, 20
+# One /24 network per driver, so both hold 250 containers at the end.
+CONTAINER_NETWORKS = {
+    "pynet": ("-d", "pynet", "--ipam-driver", "pynet", "--subnet", "10.70.0.0/24"),
+    "docker": ("-d", "bridge", "--subnet", "10.71.0.0/24"),
+}
+
+
+@dataclass(frozen=True)
+class Decade:
+    first: int  # networks of the driver already on the host: first .. first + DECADE - 1
+    median_ms: dict[str, float]
+    p99_ms: dict[str, float]
+    paired: float  # median of the per-count ratios pynet / docker
+
+
+def _by_decade(samples: dict[str, list[float]]) -> list[Decade]:
+    """`samples[driver][n]` was taken with n networks of its driver already there."""
+    out = []
+    for first in range(0, len(samples["pynet"]), DECADE):
+        part = {d: s[first : first + DECADE] for d, s in samples.items()}
+        ratios = [p / d for p, d in zip(part["pynet"], part["docker"], strict=True)]
+        out.append(
+            Decade(
+                first,
+                {d: statistics.median(s) for d, s in part.items()},
+                {d: percentile(s, 99) for d, s in part.items()},
+                statistics.median(ratios),
+            )
+        )
+    return out
+
+
+def _docker_lab(name: str) -> Lab:
+    return Lab(name=name, hosts=1, etcd=False, docker=fetch(DOCKER_RELEASE))
+
+
+def containers(quick: bool, lab_name: str) -> None:
+    count = QUICK_CONTAINERS if quick else CONTAINERS
+    print(f"\ncontainers: docker run -d, 0 to {count - 1} containers already on the network, Docker {DOCKER_RELEASE}")
+    times: dict[str, list[float]] = {d: [] for d in CONTAINER_NETWORKS}
+    with _docker_lab(f"{lab_name}-ctr") as lab:
+        host = lab.hosts[0]
+        for driver, args in CONTAINER_NETWORKS.items():
+            host.docker("network", "create", *args, f"scale-{driver}")
+        for i in range(count):
+            # Turns, who goes first swapping: drift on the shared machine hits both alike.
+            for driver in list(CONTAINER_NETWORKS) if i % 2 == 0 else list(CONTAINER_NETWORKS)[::-1]:
+                run = ("run", "-d", "--name", f"c-{driver}-{i}", "--network", f"scale-{driver}", IMAGE, "sleep", "1d")
+                times[driver].append(timed(partial(host.docker, *run)))
+            if (i + 1) % 25 == 0:
+                print(f"  {i + 1} of each (load {_load()})", flush=True)
+    print(f"load at the end {_load()}")
+    decades = _by_decade(times)
+    print(
+        f"\n{'containers':>10}{'pynet p50':>11}{'p99':>9}{'docker p50':>12}{'p99':>9}{'pynet/docker':>14}{'paired':>8}"
+    )
+    for dec in decades:
+        med, p99 = dec.median_ms, dec.p99_ms
+        print(
+            f"{dec.first:>5}-{dec.first + DECADE - 1:<4}{med['pynet']:>11.1f}{p99['pynet']:>9.1f}"
+            f"{med['docker']:>12.1f}{p99['docker']:>9.1f}{med['pynet'] / med['docker']:>14.2f}{dec.paired:>8.2f}"
+        )
+    first, last = decades[0], decades[-1]
+    growth = {d: last.median_ms[d] / first.median_ms[d] for d in CONTAINER_NETWORKS}
+    print("  last / first: " + ", ".join(f"{d} {g:.2f}" for d, g in growth.items()), end="")
+    print(
+        f"; paired {last.paired / first.paired:.2f}"
+        f" (target: pynet at most 1.2: {'met' if growth['pynet'] <= 1.2 else 'MISSED'})"
+    )
+    _plot(
+        {d: [(x.first + DECADE / 2, x.median_ms[d], x.p99_ms[d]) for x in decades] for d in CONTAINER_NETWORKS},
+        HERE / "scale-containers.png",
+        f"containers already on the network (medians of {DECADE})",
+        "docker run -d (ms)",
+        f"docker run -d on one /24 network, pynet bridge vs Docker's bridge, Docker {DOCKER_RELEASE}",
+    )
+
+
+# -- restart: pynet's start-up against the networks and endpoints it holds --------------------
+
+RESTART_POINTS, QUICK_RESTART_POINTS = (2, 63, 125, 188, 250), (2, 4)  # dockerd knows the first
+PER_NETWORK = 4  # endpoints: 250 networks hold 1,000
+RESTARTS, QUICK_RESTARTS = 3, 1
+STARTED_WITHIN = 180.0  # seconds: a start-up slower than that fails the bench
+GATEWAY = {"RequestAddressType": "com.docker.network.gateway"}
+
+
+@dataclass(frozen=True)
+class Start:
+    networks: int
+    endpoints: int
+    socket_s: float  # from spawning pynet until it answers Plugin.Activate (medians of the restarts)
+    endpoint_s: float  # ... until the first CreateEndpoint on an existing network succeeds
+    run_s: float  # ... until the first `docker run` on an existing network succeeds
+    rss_mb: float  # VmRSS once it served that CreateEndpoint
+    load: str
+
+
+class Populated:
+    """The restart curve's state: networks and endpoints made through pynet's socket as dockerd
+    makes them (RequestPool, the gateway's RequestAddress, CreateNetwork; then per endpoint
+    RequestAddress, CreateEndpoint, Join), each endpoint's container end moved into one
+    container, as dockerd moves it into each."""
+
+    def __init__(self, sock: str, sink_pid: str) -> None:
+        self.sock = sock
+        self.sink = sink_pid
+        self.networks: list[tuple[str, str]] = []  # (network ID, pool ID)
+
+    async def grow(self, until: int, host: Host) -> None:
+        moves = []
+        async with PluginClient(self.sock) as c:
+            while len(self.networks) < until:
+                i = len(self.networks)
+                subnet = f"10.64.{i}.0/24"
+                pool = (
+                    await c.call("IpamDriver.RequestPool", {"AddressSpace": "pynet-local", "Pool": subnet, "V6": False})
+                )["PoolID"]
+                gateway = (
+                    await c.call("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": GATEWAY})
+                )["Address"]
+                net = secrets.token_hex(32)
+                ipv4 = [{"AddressSpace": "pynet-local", "Pool": subnet, "Gateway": gateway}]
+                body = {
+                    "NetworkID": net,
+                    "Options": {"com.docker.network.generic": {}},
+                    "IPv4Data": ipv4,
+                    "IPv6Data": [],
+                }
+                await c.call("NetworkDriver.CreateNetwork", body)
+                self.networks.append((net, str(pool)))
+                for _ in range(PER_NETWORK):
+                    moves.append(await self._endpoint(c, net, str(pool), secrets.token_hex(32), join=True))
+        host.run("ip", "-batch", "-", input="".join(f"link set {name} netns {self.sink}\n" for name in moves))
+
+    async def _endpoint(self, c: PluginClient, net: str, pool: str, ep: str, join: bool) -> str:
+        address = (await c.call("IpamDriver.RequestAddress", {"PoolID": pool, "Address": "", "Options": {}}))["Address"]
+        interface = {"Address": address, "AddressIPv6": "", "MacAddress": ""}
+        await c.call(
+            "NetworkDriver.CreateEndpoint", {"NetworkID": net, "EndpointID": ep, "Interface": interface, "Options": {}}
+        )
+        if not join:
+            return ""
+        reply = await c.call(
+            "NetworkDriver.Join", {"NetworkID": net, "EndpointID": ep, "SandboxKey": "", "Options": {}}
+        )
+        return str(reply["InterfaceName"]["SrcName"])
+
+    async def probe(self) -> None:
+        """The first CreateEndpoint after a restart, then its undoing. A request waits for
+        start-up up to 20 s, then is refused as "still starting": asked again until it passes."""
+        net, pool = self.networks[0]
+        ep = secrets.token_hex(32)
+        async with PluginClient(self.sock) as c:
+            await _until_started(lambda: self._endpoint(c, net, pool, ep, join=False))
+            await c.call("NetworkDriver.DeleteEndpoint", {"NetworkID": net, "EndpointID": ep})
+
+
+async def _until_started(call: Callable[[], Awaitable[object]]) -> None:
+    deadline = time.monotonic() + STARTED_WITHIN
+    while True:
+        try:
+            await call()
+            return
+        except RuntimeError as e:
+            if "still starting" not in str(e) or time.monotonic() > deadline:
+                raise
+
+
+def _restarted(host: Host) -> float:
+    """Stop pynet (SIGTERM) and start it again; returns when it started, once it answers."""
+    host.stop_pynet()
+    started = time.perf_counter()
+    host.start_pynet()
+    return started
+
+
+def _rss_mb(host: Host) -> float:
+    assert host.pynet is not None
+    for line in Path(f"/proc/{host.pynet.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _start_point(host: Host, state: Populated, restarts: int) -> Start:
+    sockets, endpoints, runs, rss = [], [], [], []
+    for _ in range(restarts):
+        started = _restarted(host)
+        sockets.append(time.perf_counter() - started)
+        asyncio.run(state.probe())
+        endpoints.append(time.perf_counter() - started)
+        rss.append(_rss_mb(host))
+        # Issued once the socket answers, so none of dockerd's reconnect sleeps (1, 2, 4 s) counts.
+        started = _restarted(host)
+        while host.docker("run", "--rm", "--network", "scale-restart", IMAGE, "true", check=False).returncode:
+            if time.perf_counter() - started > STARTED_WITHIN:  # refused as "still starting": again
+                raise RuntimeError(f"no docker run succeeded in {STARTED_WITHIN} s after a restart")
+        runs.append(time.perf_counter() - started)
+    med = statistics.median
+    n = len(state.networks) + 1
+    return Start(n, n * PER_NETWORK, med(sockets), med(endpoints), med(runs), max(rss), _load())
+
+
+def restart(quick: bool, lab_name: str) -> None:
+    points, restarts = (QUICK_RESTART_POINTS, QUICK_RESTARTS) if quick else (RESTART_POINTS, RESTARTS)
+    print(
+        f"\nrestart: pynet's start-up against the state it holds, {PER_NETWORK} endpoints a network,"
+        f" Docker {DOCKER_RELEASE}"
+    )
+    curve: list[Start] = []
+    with _docker_lab(f"{lab_name}-rst") as lab:
+        host = lab.hosts[0]
+        # One network dockerd knows, for `docker run`, with PER_NETWORK real containers.
+        host.docker("network", "create", *CONTAINER_NETWORKS["pynet"][:4], "--subnet", "10.72.0.0/24", "scale-restart")
+        for i in range(PER_NETWORK):
+            host.docker("run", "-d", "--name", f"held-{i}", "--network", "scale-restart", IMAGE, "sleep", "infinity")
+        sink = host.docker("inspect", "-f", "{{.State.Pid}}", "held-0").stdout.strip()
+        state = Populated(str(host.inside(PLUGIN_SOCKET)), sink)
+        warm = statistics.median(
+            timed(lambda: host.docker("run", "--rm", "--network", "scale-restart", IMAGE, "true")) for _ in range(3)
+        )
+        for networks in points:
+            asyncio.run(state.grow(networks - 1, host))
+            point = _start_point(host, state, restarts)
+            curve.append(point)
+            print(
+                f"  {point.networks:>4} networks, {point.endpoints:>5} endpoints: socket {point.socket_s:.2f} s,"
+                f" first CreateEndpoint {point.endpoint_s:.2f} s, first docker run {point.run_s:.2f} s,"
+                f" RSS {point.rss_mb:.1f} MB (load {point.load})",
+                flush=True,
+            )
+    print(f"\n`docker run --rm` on the same network with pynet warm: {warm:.0f} ms (median of 3)")
+    print(f"\n{'networks':>9}{'endpoints':>10}{'socket s':>10}{'endpoint s':>12}", end="")
+    print(f"{'docker run s':>14}{'RSS MB':>8}  load")
+    for p in curve:
+        print(
+            f"{p.networks:>9}{p.endpoints:>10}{p.socket_s:>10.2f}{p.endpoint_s:>12.2f}{p.run_s:>14.2f}{p.rss_mb:>8.1f}"
+            f"  {p.load}"
+        )
+    last = curve[-1]
+    print(
+        f"\ntargets at {last.networks} networks, {last.endpoints} endpoints: RSS {last.rss_mb:.1f} MB < 100:"
+        f" {'met' if last.rss_mb < 100 else 'MISSED'}; first CreateEndpoint {last.endpoint_s:.2f} s < 5:"
+        f" {'met' if last.endpoint_s < 5 else 'MISSED'}"
+    )
+    _plot_restart(curve)
+
+
+def _plot_restart(curve: list[Start]) -> None:
+    """Two panels over the endpoints held: the start-up's milestones (s), and RSS (MB)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [p.endpoints for p in curve]
+    fig, (times, rss) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for label, ys in (
+        ("socket answers (Activate)", [p.socket_s for p in curve]),
+        ("first CreateEndpoint succeeds", [p.endpoint_s for p in curve]),
+        ("first docker run succeeds", [p.run_s for p in curve]),
+    ):
+        times.plot(xs, ys, marker="o", label=label)
+    times.axhline(5, color="gray", linestyle=":", label="target 5 s")
+    times.set_ylabel("seconds from spawning pynet (median of restarts)")
+    rss.plot(xs, [p.rss_mb for p in curve], marker="o", color="tab:gray", label="RSS after the first request")
+    rss.axhline(100, color="gray", linestyle=":", label="target 100 MB")
+    rss.set_ylabel("RSS (MB)")
+    for ax in (times, rss):
+        ax.set_xlabel(f"endpoints held ({PER_NETWORK} a network: networks = endpoints / {PER_NETWORK})")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"pynet start-up against the state it holds (Docker {DOCKER_RELEASE}, one lab host)")
+    fig.tight_layout()
+    path = HERE / "scale-restart.png"
+    fig.savefig(path, dpi=100)
+    print(f"\nplot: {path}")
+
+
+CURVES: dict[str, Callable[[bool, str], None]] = {
+    "ipam": ipam,
+    "containers": containers,
+    "restart": restart,
+    "vxlan": scale_vxlan.vxlan,
+}
 
 
 def main(curves: Sequence[str] = (), quick: bool = False, lab_name: str = "pnscale") -> None:

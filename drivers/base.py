@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import msgspec
 
 from pynet.drivers.config import Config
-from pynet.drivers.netlink import Link
+from pynet.drivers.netlink import HostView, Link
 from pynet.store.errors import PynetError, StoreUnavailable
 
 C = TypeVar("C")
@@ -230,9 +230,11 @@ class Backend(Protocol):
 
     async def revoke_external(self, net: Network, ep: Endpoint) -> None: ...
 
-    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> Failures:
-        """Make the kernel match these records (all of this mode on this host). A network that
-        cannot be restored is returned with why; the others are restored all the same."""
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint], view: HostView) -> Failures:
+        """Make the kernel match these records (all of this mode on this host), judged against
+        `view`, the one look at the host's links and addresses every mode shares at start. A
+        network that cannot be restored is returned with why; the others are restored all the
+        same."""
         ...
 
     async def restore(self, net: Network, eps: list[Endpoint]) -> None:

@@ -88,8 +88,8 @@ class BridgeBackend(SegmentEndpoints):
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> Failures:
-        return await self.segment.reconcile(nets, eps, lambda n: bridge_mac(n.id))
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint], view: HostView) -> Failures:
+        return await self.segment.reconcile(nets, eps, lambda n: bridge_mac(n.id), view)
 
     async def restore(self, net: Network, eps: list[Endpoint]) -> None:
         await self.segment.restore(net, bridge_mac(net.id), eps)

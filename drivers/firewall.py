@@ -565,11 +565,10 @@ class Firewall:
             if not (self._active and self.desired.get(key) == rules):
                 await self._change(key, rules)
 
-    async def set_all(self, rules: Mapping[str, NetRules]) -> None:
-        """Several networks' rules in one apply (reconcile at start)."""
-        async with self._lock:
-            self.desired.update(rules)
-            await self._apply()
+    def stage(self, rules: Mapping[str, NetRules]) -> None:
+        """Several networks' rules, written by the next `apply` (reconcile at start: one apply
+        for every mode's networks)."""
+        self.desired.update(rules)
 
     async def remove(self, key: str) -> None:
         async with self._lock:

@@ -368,7 +368,7 @@ class MacvlanBackend:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> Failures:
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint], view: HostView) -> Failures:
         """A network whose parent is gone (an unplugged NIC, a sub-interface someone deleted)
         is returned with why: the others, and the daemon, must still come up."""
         self._nets = {n.id: n for n in nets}

@@ -271,14 +271,14 @@ class VxlanBackend(SegmentEndpoints):
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> Failures:
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint], view: HostView) -> Failures:
         """Rebuild devices, register this host's VTEPs and endpoints under a new lease; FDB and
         neighbour entries are reprogrammed from the store once the peer watch (`sync`) runs. A
         network whose bridge or underlay fails is left out, and the others still come up."""
-        failed = await self.segment.reconcile(nets, eps, lambda n: vni_mac(config_of(n, VxlanConfig).vni))
+        failed = await self.segment.reconcile(nets, eps, lambda n: vni_mac(config_of(n, VxlanConfig).vni), view)
         grouped = by_network(eps)
         failed |= await restore_each(
-            [n for n in nets if n.id not in failed], lambda n: self._attach(n, grouped.get(n.id, []))
+            [n for n in nets if n.id not in failed], lambda n: self._attach(n, grouped.get(n.id, []), view)
         )
         return failed
 
@@ -286,12 +286,13 @@ class VxlanBackend(SegmentEndpoints):
         await self.segment.restore(net, vni_mac(config_of(net, VxlanConfig).vni), eps)
         await self._attach(net, eps)
 
-    async def _attach(self, net: Network, eps: list[Endpoint]) -> None:
+    async def _attach(self, net: Network, eps: list[Endpoint], view: HostView | None = None) -> None:
         """The network's VXLAN device on the underlay address its record holds (the address
-        the other hosts know this VTEP by), its VTEP and endpoints registered."""
+        the other hosts know this VTEP by), its VTEP and endpoints registered. `view`: the
+        host as reconcile saw it (the underlay's address does not change meanwhile)."""
         cfg = config_of(net, VxlanConfig)
         underlay = cfg.underlay or cfg.local
-        link = underlay_link(underlay, await self.nl.host_view())
+        link = underlay_link(underlay, view or await self.nl.host_view())
         if link is None:
             raise PynetError(f"pynet: the underlay {underlay} of VNI {cfg.vni} is not on this host")
         await self._ensure_device(cfg, link)

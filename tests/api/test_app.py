@@ -23,7 +23,7 @@ from pynet.drivers.base import Draft, Endpoint, JoinInfo, Network, config_of
 from pynet.drivers.config import BridgeConfig
 from pynet.drivers.firewall import Firewall
 from pynet.drivers.naming import bridge_name
-from pynet.drivers.netlink import Netlink
+from pynet.drivers.netlink import HostView, Netlink
 from pynet.drivers.options import Option, parse_bool, parse_options
 from pynet.drivers.ports import HostPorts
 from pynet.ipam import Ipam
@@ -96,7 +96,7 @@ class RecordingBackend:
         self.calls.append(("revoke_external", ep.id))
         self.ports.release(ep.id)
 
-    async def reconcile(self, nets: list[Network], eps: list[Endpoint]) -> None:
+    async def reconcile(self, nets: list[Network], eps: list[Endpoint], view: HostView) -> None:
         self.calls.append(("reconcile", str(len(nets))))
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:

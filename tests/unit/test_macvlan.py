@@ -16,7 +16,7 @@ from msgspec.structs import replace
 from pynet.drivers.base import Endpoint, JoinInfo, Network, Subnet
 from pynet.drivers.config import MacvlanConfig
 from pynet.drivers.macvlan import MacvlanBackend, check_sharing, split_vlan
-from pynet.drivers.netlink import Link, Netlink, vlan_request
+from pynet.drivers.netlink import HostView, Link, Netlink, vlan_request
 from pynet.drivers.registry import LINK_PREFIXES
 from pynet.store.errors import Conflict, InvalidRequest, PynetError
 
@@ -288,6 +288,10 @@ class FakeNetlink:
 ETH0 = Link("eth0", 2, "", 1500, True, "52:54:00:00:00:01", 0, 0)
 
 
+# Reconcile's look at the host: the macvlan backend asks FakeNetlink instead.
+NO_VIEW = HostView({}, {}, None)
+
+
 def backend(*links: Link) -> tuple[MacvlanBackend, FakeNetlink]:
     nl = FakeNetlink(ETH0, *links)
     return MacvlanBackend(nl, LINK_PREFIXES), nl  # type: ignore[arg-type]
@@ -314,7 +318,7 @@ async def test_the_count_survives_a_restart() -> None:
     a, b = await create(mv, a), await create(mv, b)
     del nl.links_by_name["eth0.10"]
     restarted = MacvlanBackend(nl, LINK_PREFIXES)  # type: ignore[arg-type]
-    await restarted.reconcile([a, b], [])
+    await restarted.reconcile([a, b], [], NO_VIEW)
     assert nl.links_by_name["eth0.10"].kind == "vlan", "recreated: pynet owns it"
     await restarted.delete_network(b)
     assert "eth0.10" in nl.links_by_name

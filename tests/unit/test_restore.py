@@ -11,7 +11,7 @@ from pynet.drivers.macvlan import MacvlanBackend
 from pynet.drivers.netlink import Link
 from pynet.drivers.registry import LINK_PREFIXES
 from pynet.store.errors import Conflict, StoreUnavailable
-from tests.unit.test_macvlan import backend, create, network, other
+from tests.unit.test_macvlan import NO_VIEW, backend, create, network, other
 
 ETH1 = Link("eth1", 3, "", 1500, True, "52:54:00:00:00:02", 0, 0)
 
@@ -23,7 +23,7 @@ async def test_a_network_whose_parent_is_missing_waits_and_the_others_come_up() 
     del nl.links_by_name["eth1"], nl.links_by_name["pns-" + "a1" * 5 + "a"]  # unplugged; the shim gone
     restarted = MacvlanBackend(nl, LINK_PREFIXES)  # type: ignore[arg-type]
 
-    assert await restarted.reconcile([late, up], []) == {late.id: "pynet: option parent: interface 'eth1' does not exist"}
+    assert await restarted.reconcile([late, up], [], NO_VIEW) == {late.id: "pynet: option parent: interface 'eth1' does not exist"}
     assert "pns-" + "a1" * 5 + "a" in nl.links_by_name, "the other network is restored"
     with pytest.raises(Exception, match="does not exist"):
         await restarted.restore(late, [])
