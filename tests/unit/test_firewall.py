@@ -67,6 +67,8 @@ def test_no_networks_leaves_empty_chains() -> None:
         """
         *filter
         :PYNET-FORWARD - [0:0]
+        :PYNET-ISOLATION - [0:0]
+        :PYNET-ISOLATION-2 - [0:0]
         COMMIT
         """
     ) + golden(EMPTY_NAT) + raw()
@@ -77,13 +79,18 @@ def test_default_network() -> None:
         """
         *filter
         :PYNET-FORWARD - [0:0]
-        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
-        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
-        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
-        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        :PYNET-ISOLATION - [0:0]
+        :PYNET-ISOLATION-2 - [0:0]
+        -A PYNET-FORWARD -j PYNET-ISOLATION
         -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
         -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-a -o docker0 -j DROP
+        -A PYNET-ISOLATION -i docker0 -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o br-+ -j DROP
+        -A PYNET-ISOLATION -i br-+ -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a ! -o pnb-a -j PYNET-ISOLATION-2
+        -A PYNET-ISOLATION-2 -o pnb-a -j DROP
         COMMIT
         *nat
         :PYNET-PREROUTING - [0:0]
@@ -102,13 +109,18 @@ def test_internal_network_has_no_egress_nat_or_ports() -> None:
         """
         *filter
         :PYNET-FORWARD - [0:0]
-        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
-        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
-        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
-        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        :PYNET-ISOLATION - [0:0]
+        :PYNET-ISOLATION-2 - [0:0]
+        -A PYNET-FORWARD -j PYNET-ISOLATION
         -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j DROP
         -A PYNET-FORWARD -o pnb-a ! -i pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-a -o docker0 -j DROP
+        -A PYNET-ISOLATION -i docker0 -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o br-+ -j DROP
+        -A PYNET-ISOLATION -i br-+ -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a ! -o pnb-a -j PYNET-ISOLATION-2
+        -A PYNET-ISOLATION-2 -o pnb-a -j DROP
         COMMIT
         """
     ) + golden(EMPTY_NAT) + raw("-i pnb-a -d 10.99.0.0/24 -m addrtype ! --dst-type LOCAL -j NOTRACK")
@@ -121,14 +133,19 @@ def test_icc_off_and_masquerade_off() -> None:
         """
         *filter
         :PYNET-FORWARD - [0:0]
-        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
-        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
-        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        :PYNET-ISOLATION - [0:0]
+        :PYNET-ISOLATION-2 - [0:0]
+        -A PYNET-FORWARD -j PYNET-ISOLATION
         -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
         -A PYNET-FORWARD -o pnb-a -d 10.99.0.2 -p udp -m udp --dport 53 -m conntrack --ctstate DNAT -j ACCEPT
         -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
         -A PYNET-FORWARD -i pnb-a -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o docker0 -j DROP
+        -A PYNET-ISOLATION -i docker0 -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o br-+ -j DROP
+        -A PYNET-ISOLATION -i br-+ -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a ! -o pnb-a -j PYNET-ISOLATION-2
+        -A PYNET-ISOLATION-2 -o pnb-a -j DROP
         COMMIT
         *nat
         :PYNET-PREROUTING - [0:0]
@@ -161,15 +178,20 @@ def test_ports_v4() -> None:
         """
         *filter
         :PYNET-FORWARD - [0:0]
-        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
-        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
-        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
-        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        :PYNET-ISOLATION - [0:0]
+        :PYNET-ISOLATION-2 - [0:0]
+        -A PYNET-FORWARD -j PYNET-ISOLATION
         -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
         -A PYNET-FORWARD -o pnb-a -d 10.99.0.2 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -j ACCEPT
         -A PYNET-FORWARD -o pnb-a -d 10.99.0.3 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -j ACCEPT
         -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-a -o docker0 -j DROP
+        -A PYNET-ISOLATION -i docker0 -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o br-+ -j DROP
+        -A PYNET-ISOLATION -i br-+ -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a ! -o pnb-a -j PYNET-ISOLATION-2
+        -A PYNET-ISOLATION-2 -o pnb-a -j DROP
         COMMIT
         *nat
         :PYNET-PREROUTING - [0:0]
@@ -200,14 +222,19 @@ def test_ports_v6() -> None:
         """
         *filter
         :PYNET-FORWARD - [0:0]
-        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
-        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
-        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
-        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        :PYNET-ISOLATION - [0:0]
+        :PYNET-ISOLATION-2 - [0:0]
+        -A PYNET-FORWARD -j PYNET-ISOLATION
         -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
         -A PYNET-FORWARD -o pnb-a -d fd00:99::2 -p sctp -m sctp --dport 90 -m conntrack --ctstate DNAT -j ACCEPT
         -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-a -o docker0 -j DROP
+        -A PYNET-ISOLATION -i docker0 -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o br-+ -j DROP
+        -A PYNET-ISOLATION -i br-+ -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a ! -o pnb-a -j PYNET-ISOLATION-2
+        -A PYNET-ISOLATION-2 -o pnb-a -j DROP
         COMMIT
         *nat
         :PYNET-PREROUTING - [0:0]
@@ -230,11 +257,16 @@ def test_v6_keeps_only_bridge_rules_of_v4_only_networks() -> None:
         """
         *filter
         :PYNET-FORWARD - [0:0]
-        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
-        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
-        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
+        :PYNET-ISOLATION - [0:0]
+        :PYNET-ISOLATION-2 - [0:0]
+        -A PYNET-FORWARD -j PYNET-ISOLATION
         -A PYNET-FORWARD -i pnb-a -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o docker0 -j DROP
+        -A PYNET-ISOLATION -i docker0 -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o br-+ -j DROP
+        -A PYNET-ISOLATION -i br-+ -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a ! -o pnb-a -j PYNET-ISOLATION-2
+        -A PYNET-ISOLATION-2 -o pnb-a -j DROP
         COMMIT
         """
     ) + golden(EMPTY_NAT) + raw()
@@ -248,26 +280,31 @@ def test_two_networks_are_isolated_once_each_way_and_from_extra_bridges() -> Non
         """
         *filter
         :PYNET-FORWARD - [0:0]
-        -A PYNET-FORWARD -i pnb-a -o pnb-a -j ACCEPT
-        -A PYNET-FORWARD -i pnb-b -o pnb-b -j ACCEPT
-        -A PYNET-FORWARD -i pnb-a -o pnb-b -j DROP
-        -A PYNET-FORWARD -i pnb-b -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-a -o docker0 -j DROP
-        -A PYNET-FORWARD -i docker0 -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-a -o br-+ -j DROP
-        -A PYNET-FORWARD -i br-+ -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-a -o virbr0 -j DROP
-        -A PYNET-FORWARD -i virbr0 -o pnb-a -j DROP
-        -A PYNET-FORWARD -i pnb-b -o docker0 -j DROP
-        -A PYNET-FORWARD -i docker0 -o pnb-b -j DROP
-        -A PYNET-FORWARD -i pnb-b -o br-+ -j DROP
-        -A PYNET-FORWARD -i br-+ -o pnb-b -j DROP
-        -A PYNET-FORWARD -i pnb-b -o virbr0 -j DROP
-        -A PYNET-FORWARD -i virbr0 -o pnb-b -j DROP
+        :PYNET-ISOLATION - [0:0]
+        :PYNET-ISOLATION-2 - [0:0]
+        -A PYNET-FORWARD -j PYNET-ISOLATION
         -A PYNET-FORWARD -o pnb-a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
         -A PYNET-FORWARD -i pnb-a ! -o pnb-a -m comment --comment "pynet n1" -j ACCEPT
         -A PYNET-FORWARD -o pnb-b -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
         -A PYNET-FORWARD -i pnb-b ! -o pnb-b -m comment --comment "pynet n2" -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-a -o pnb-a -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-a -o docker0 -j DROP
+        -A PYNET-ISOLATION -i docker0 -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o br-+ -j DROP
+        -A PYNET-ISOLATION -i br-+ -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a -o virbr0 -j DROP
+        -A PYNET-ISOLATION -i virbr0 -o pnb-a -j DROP
+        -A PYNET-ISOLATION -i pnb-a ! -o pnb-a -j PYNET-ISOLATION-2
+        -A PYNET-ISOLATION -i pnb-b -o pnb-b -j ACCEPT
+        -A PYNET-ISOLATION -i pnb-b -o docker0 -j DROP
+        -A PYNET-ISOLATION -i docker0 -o pnb-b -j DROP
+        -A PYNET-ISOLATION -i pnb-b -o br-+ -j DROP
+        -A PYNET-ISOLATION -i br-+ -o pnb-b -j DROP
+        -A PYNET-ISOLATION -i pnb-b -o virbr0 -j DROP
+        -A PYNET-ISOLATION -i virbr0 -o pnb-b -j DROP
+        -A PYNET-ISOLATION -i pnb-b ! -o pnb-b -j PYNET-ISOLATION-2
+        -A PYNET-ISOLATION-2 -o pnb-a -j DROP
+        -A PYNET-ISOLATION-2 -o pnb-b -j DROP
         """
     )
 
