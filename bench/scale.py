@@ -19,7 +19,9 @@ its own per store, and drawn into `bench/scale-<curve>.png`.
 - `firewall`: one firewall update, ProgramExternalConnectivity publishing one port then its
   RevokeExternalConnectivity, on pynet's socket, against the number of networks already on the
   host that each publish a port (made on the socket: CreateNetwork, CreateEndpoint, Join,
-  ProgramExternalConnectivity). Docker's bridge has no socket to time this on.
+  ProgramExternalConnectivity). Docker's bridge has no socket to time this on; the control is
+  each sample's pair of the least a rule update costs here, an `iptables-restore --noflush`
+  committing nothing in each family (in the flavour pynet uses), timed right after it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import asyncio
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,6 +39,7 @@ from typing import Any
 from bench.common import PluginClient, percentile, timed
 from lab import PLUGIN_SOCKET, Host, Lab
 from lab.releases import fetch
+from pynet.drivers.firewall import detect_flavour
 
 HERE = Path(__file__).parent
 SUBNET = "10.60.0.0/16"
@@ -280,10 +283,15 @@ def _publish(host_port: int) -> dict[str, Any]:
     return {PORTMAP: [{"Proto": 6, "Port": 80, "HostPort": host_port}]}
 
 
+# A firewall curve as drawn (see Series), and its paired ratios per point.
+FirewallCurves = tuple[Series, dict[str, list[float]]]
+
+
 async def _firewall_curve(
-    sock: str, points: Sequence[int], samples: int
-) -> dict[str, list[tuple[float, float, float]]]:
-    curves: dict[str, list[tuple[float, float, float]]] = {"publish": [], "revoke": []}
+    sock: str, points: Sequence[int], samples: int, control: Callable[[], float]
+) -> FirewallCurves:
+    curves: Series = {"publish": [], "revoke": []}
+    paired: dict[str, list[float]] = {"publish": [], "revoke": []}
     async with PluginClient(sock) as c:
         probe = await _published_network(c, 255, 0)
 
@@ -292,39 +300,69 @@ async def _firewall_curve(
             await c.call(f"NetworkDriver.{method}", {**probe, "Options": options})
             return (time.perf_counter() - start) * 1000
 
+        calls: dict[str, Callable[[], Awaitable[float]]] = {
+            "publish": partial(timed_call, "ProgramExternalConnectivity", _publish(PROBE_PORT)),
+            "revoke": partial(timed_call, "RevokeExternalConnectivity", {}),
+        }
         for _ in range(samples):  # warm-up
-            await timed_call("ProgramExternalConnectivity", _publish(PROBE_PORT))
-            await timed_call("RevokeExternalConnectivity", {})
+            for call in calls.values():
+                await call()
         held = 0
         for target in points:
             while held < target:
                 await _published_network(c, held, FILL_PORT + held)
                 held += 1
-            times: dict[str, list[float]] = {"publish": [], "revoke": []}
+            times: dict[str, list[float]] = {op: [] for op in calls}
+            ratios: dict[str, list[float]] = {op: [] for op in calls}
             for _ in range(samples):
-                times["publish"].append(await timed_call("ProgramExternalConnectivity", _publish(PROBE_PORT)))
-                times["revoke"].append(await timed_call("RevokeExternalConnectivity", {}))
+                for op, call in calls.items():
+                    times[op].append(await call())
+                    ratios[op].append(times[op][-1] / control())
             for op, ms in times.items():
                 curves[op].append((target, statistics.median(ms), percentile(ms, 99)))
+                paired[op].append(statistics.median(ratios[op]))
             print(
                 f"  {target:>4} networks publishing: "
-                + ", ".join(f"{op} median {c[-1][1]:.1f} ms, p99 {c[-1][2]:.1f} ms" for op, c in curves.items())
+                + ", ".join(
+                    f"{op} median {line[-1][1]:.1f} ms, p99 {line[-1][2]:.1f} ms, paired {paired[op][-1]:.2f}"
+                    for op, line in curves.items()
+                )
                 + f" (load {_load()})",
                 flush=True,
             )
-    return curves
+    return curves, paired
+
+
+def _noop_restores(host: Host) -> Callable[[], float]:
+    """The control: one `iptables-restore --noflush` per family committing nothing, in the
+    flavour pynet uses on HOST, in milliseconds."""
+    flavour = detect_flavour(host.netns)
+    text = "*filter\nCOMMIT\n"
+
+    def run() -> float:
+        start = time.perf_counter()
+        for tool in ("iptables", "ip6tables"):
+            host.run(f"{tool}-{flavour}-restore", "-w", "--noflush", input=text)
+        return (time.perf_counter() - start) * 1000
+
+    return run
 
 
 def firewall(quick: bool, lab_name: str) -> None:
     points, samples = (QUICK_FIREWALL_POINTS, QUICK_FIREWALL_SAMPLES) if quick else (FIREWALL_POINTS, FIREWALL_SAMPLES)
     print(f"\nfirewall: publish / revoke one port on the socket, {samples} samples per point, load {_load()}")
     with Lab(name=f"{lab_name}-fw", hosts=1, etcd=False, docker=fetch(DOCKER_RELEASE)) as lab:
-        curves = asyncio.run(_firewall_curve(str(lab.hosts[0].inside(PLUGIN_SOCKET)), points, samples))
+        host = lab.hosts[0]
+        curves, paired = asyncio.run(
+            _firewall_curve(str(host.inside(PLUGIN_SOCKET)), points, samples, _noop_restores(host))
+        )
     print(f"load at the end {_load()}")
-    print(f"\n{'request':<30}{'networks':>9}{'median ms':>11}{'p99 ms':>9}{'/ first':>9}")
+    print(f"\n{'request':<30}{'networks':>9}{'median ms':>11}{'p99 ms':>9}{'/ first':>9}{'paired':>8}{'/ first':>9}")
     for op, line in curves.items():
-        for x, med, p99 in line:
-            print(f"{op:<30}{x:>9.0f}{med:>11.2f}{p99:>9.2f}{med / line[0][1]:>9.2f}")
+        ratios = paired[op]
+        for (x, med, p99), ratio in zip(line, ratios, strict=True):
+            growth = f"{med / line[0][1]:>9.2f}{ratio:>8.2f}{ratio / ratios[0]:>9.2f}"
+            print(f"{op:<30}{x:>9.0f}{med:>11.2f}{p99:>9.2f}{growth}")
     _plot(
         {f"{op} one port": line for op, line in curves.items()},
         HERE / "scale-firewall.png",
