@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from pynet.drivers.base import PortMap
-from pynet.drivers.firewall import HEAD, TABLES, Firewall, NetRules
+from pynet.drivers.firewall import TABLES, Firewall, NetRules, shared_chains
 from pynet.store.errors import PynetError
 
 BUILT_IN = {
@@ -92,19 +92,21 @@ def net(i: int, rng: random.Random | None = None) -> NetRules:
 
 
 def matches_full_render(fw: Firewall, kernel: Kernel) -> None:
-    """Each PYNET chain holds its head first, then every network's block, each in its order."""
+    """The kernel holds exactly the chains a full rewrite makes: each network's own chains
+    rule for rule, and each shared chain its head first, then the networks' jumps in any order."""
     for family, binary in ((4, "iptables-nft"), (6, "ip6tables-nft")):
-        for table, chains in fw._layout(family).items():
-            for name, blocks in chains.items():
-                held = kernel.chains(binary)[table][name]
-                head = list(blocks[HEAD])
-                assert held[: len(head)] == head, (family, name)
-                rest = held[len(head) :]
-                assert sorted(rest) == sorted(r for k, b in blocks.items() if k != HEAD for r in b), (family, name)
-                for key, block in blocks.items():
-                    if key != HEAD and block:
-                        at = rest.index(block[0])
-                        assert rest[at : at + len(block)] == list(block), (family, name, key)
+        w = fw._desired(family)
+        for table, shared in shared_chains(fw.dns_address).items():
+            held = {c: r for c, r in kernel.chains(binary)[table].items() if c.startswith("PYNET-")}
+            own = {chain: list(rules) for net in w.nets.values() for t, chain, rules in net.chains if t == table}
+            assert set(held) == set(shared) | set(own), (family, table)
+            for chain, rules in own.items():
+                assert held[chain] == rules, (family, chain)
+            for chain in shared:
+                head = list(w.heads.get(chain, ()))
+                jumps = [rule for net in w.nets.values() for t, c, rule in net.jumps if c == chain]
+                assert held[chain][: len(head)] == head, (family, chain)
+                assert sorted(held[chain][len(head) :]) == sorted(jumps), (family, chain)
 
 
 async def filled(n: int) -> tuple[Firewall, Kernel]:
@@ -132,9 +134,8 @@ async def test_one_change_writes_the_same_few_lines_with_5_or_50_networks(change
         else:
             await fw.remove("n3")
         assert len(kernel.restores) == 2, "one restore per family"
-        assert not any(line.startswith(":") for _, text in kernel.restores for line in text.splitlines()), (
-            "no chain rewritten"
-        )
+        flushed = {line.split()[0] for _, text in kernel.restores for line in text.splitlines() if line[0] == ":"}
+        assert flushed <= {f":PYNET-{c}-pnb-{i}" for c in "IFDPT" for i in (3, 99)}, "only the network's own chains"
         counts.append(restore_lines(kernel))
         matches_full_render(fw, kernel)
     assert counts[0] == counts[1], f"restore lines for one {change} at 5 and 50 networks: {counts}"
@@ -178,5 +179,13 @@ async def test_after_a_failed_restore_the_next_change_rewrites_everything() -> N
     matches_full_render(fw, kernel)
     kernel.restores.clear()
     await fw.set("n8", net(8))
-    assert not any(":PYNET-" in text for _, text in kernel.restores)
+    assert not any(":PYNET-FORWARD" in text for _, text in kernel.restores), "no full rewrite"
     matches_full_render(fw, kernel)
+
+
+async def test_a_full_rewrite_deletes_the_chains_of_networks_that_are_gone() -> None:
+    fw, kernel = await filled(3)
+    restarted = Firewall("nft", runner=kernel)  # pynet restarted after n2 went, as reconcile finds it
+    await restarted.set_all({k: v for k, v in fw.desired.items() if k != "n2"})
+    assert not [c for c in kernel.chains("iptables-nft")["filter"] if c.endswith("-pnb-2")]
+    matches_full_render(restarted, kernel)
