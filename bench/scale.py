@@ -207,11 +207,19 @@ def _network_samples(host: Host, count: int) -> dict[str, dict[str, list[float]]
             cmd = ("network", "create", *args, "--subnet", f"{prefix}.{i}.0/24", f"scale-{driver}-{i}")
             times["create"][driver][i] = timed(partial(host.docker, *cmd))
         if (i + 1) % DECADE == 0:
-            print(f"  created {i + 1} of each (load {_load()})", flush=True)
+            _progress("created", i + 1 - DECADE, times["create"])
     for i in reversed(range(count)):
         for driver in turns(i):
             times["rm"][driver][i] = timed(partial(host.docker, "network", "rm", f"scale-{driver}-{i}"))
+        if i % DECADE == 0:
+            _progress("removed", i, times["rm"])
     return times
+
+
+def _progress(done: str, first: int, samples: dict[str, list[float]]) -> None:
+    """One decade's medians as soon as it is taken: a long run stopped early keeps them."""
+    part = ", ".join(f"{d} {statistics.median(s[first : first + DECADE]):.0f} ms" for d, s in samples.items())
+    print(f"  {done} at {first}-{first + DECADE - 1} networks: {part} (load {_load()})", flush=True)
 
 
 def networks(quick: bool, lab_name: str) -> None:
