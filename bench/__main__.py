@@ -1,6 +1,6 @@
 """`python -m bench [bridge ...] [scale [curve ...]] [--quick]`: run benchmarks and print their figures.
 
-`scale` takes the names of its curves (bench/scale.py: `ipam`); with none it draws them all.
+`scale` takes the names of its curves (bench/scale.py: `ipam`, `networks`, `firewall`); with none it draws them all.
 """
 
 from __future__ import annotations
