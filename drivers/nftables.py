@@ -80,8 +80,8 @@ def _ifname(name: str) -> str:
 
 
 # Every change translates every network's rules again (the tables go whole), and shlex is
-# slow: 1.2 s for the 10,090 rules of 250 networks here, uncached. Most are unchanged, so the
-# translations are kept; about 50 rules a network (both families), so room for 1,300 networks.
+# slow: rendering 250 networks (10,090 rules) took 462 ms uncached here, 13 ms cached. Most are
+# unchanged, so the translations are kept: about 50 a network (both families), room for 1,300.
 @functools.lru_cache(maxsize=1 << 16)
 def translate(rule: str, family: int) -> str:
     """One rule of `chain_rules` in nft syntax, for the `ip` (4) or `ip6` (6) table."""
