@@ -1,6 +1,7 @@
 """`python -m bench [bridge ...] [scale [curve ...]] [--quick] [--docker R] [--lab N]`: run benchmarks, print figures.
 
-`scale` takes the names of its curves (bench/scale.py: `ipam`, `containers`, `restart`); with none it draws them all.
+`scale` takes the names of its curves (bench/scale.py: `ipam`, `networks`, `firewall`, `containers`, `restart`,
+`vxlan`); with none it draws them all.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from typing import Any
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_GETLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from pynet.drivers.rtnl import LinkSocket, group_request, veth_request
 from pynet.store.errors import Conflict, PynetError
@@ -31,6 +33,13 @@ RETIRED_GROUP = 0x706E
 REAP_DELAY = 2.0  # seconds
 IFA_F_NOPREFIXROUTE = 0x200
 SCOPE_LINK = 253
+MAIN_TABLE = 254
+RTN_UNICAST = 1
+# `route get` with RTM_F_FIB_MATCH answers with the route that matched, prefix length included.
+RTM_F_FIB_MATCH = 0x2000
+# TEST-NET-1 (RFC 5737): no host's own subnet, so a FIB lookup for it (nothing is sent) lands on
+# the default route where there is one.
+_DEFAULT_ROUTE_PROBE = "192.0.2.1"
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,19 @@ class Netlink:
     async def links(self) -> list[Link]:
         async with self._dump_lock:
             return [_link(m) async for m in await self.ipr.link("dump")]
+
+    async def ports(self, master: int) -> list[Link]:
+        """The links enslaved to the link with index MASTER. The kernel filters the dump
+        (IFLA_MASTER in the request), so its cost does not grow with the host's other links:
+        pyroute2's `link("dump", master=...)` parses every link and filters in Python, 0.8 s
+        with 392 links on the loaded 2-core VM against 0.2 ms. A kernel that ignores the
+        filter sends every link; they are filtered here too."""
+        request = ifinfmsg()
+        request["family"] = 0  # AF_UNSPEC
+        request["attrs"] = [("IFLA_MASTER", master)]
+        async with self._dump_lock:
+            links = [_link(m) async for m in await self.ipr.nlm_request(request, RTM_GETLINK)]
+        return [link for link in links if link.master == master]
 
     async def delete_link(self, name: str) -> bool:
         """True if it existed."""
@@ -425,7 +447,19 @@ class Netlink:
         return None if link is None or link.name == "lo" else link
 
     async def default_link(self) -> Link | None:
-        """The link of the IPv4 default route, where pynet's egress and underlay go."""
+        """The link of the IPv4 default route of the main table, where pynet's egress and
+        underlay go. A FIB lookup finds it (1 ms); every route is dumped only when the lookup
+        ends elsewhere (a route covering the probe address, policy routing, a multipath
+        route): the dump grows with the networks, a connected route each, 0.4 s for 392
+        routes on the loaded 2-core VM, paid by every create that leaves the MTU out."""
+        try:
+            found = await self.ipr.route("get", dst=_DEFAULT_ROUTE_PROBE, flags=RTM_F_FIB_MATCH)
+        except NetlinkError:
+            found = []
+        for m in found[:1]:
+            table = m.get("RTA_TABLE") or m["table"]
+            if m["dst_len"] == 0 and table == MAIN_TABLE and m["type"] == RTN_UNICAST and m.get("RTA_OIF"):
+                return await self.link_by_index(m.get("RTA_OIF"))
         for r in await self.routes():
             if r.default and r.dst.version == 4 and r.oif:
                 return await self.link_by_index(r.oif)

@@ -109,8 +109,8 @@ class Segment:
         if bridge is None:
             return
         # Ports left behind by endpoints Docker never deleted (crash paths, docs/protocol.md §4.3).
-        for link in await self.nl.links():
-            if link.master == bridge.index and link.name.startswith(HOST_END_PREFIX):
+        for link in await self.nl.ports(bridge.index):
+            if link.name.startswith(HOST_END_PREFIX):
                 await self.nl.delete_link(link.name)
         if cfg.owns_bridge:
             await self.nl.delete_link(cfg.bridge)

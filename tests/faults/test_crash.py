@@ -99,8 +99,13 @@ def check_isolated(docker: Docker, ns: Namespaces, a: Container, b: Container) -
     """Nothing let in: the two networks cannot reach each other."""
     rules = ns.rules()
     x, y = bridge_of(a.net), bridge_of(b.net)
-    for rule in (f"-i {x} -o {y} -j DROP", f"-i {y} -o {x} -j DROP"):
-        assert rule in rules, f"isolation rule {rule!r} missing:\n{rules}"
+    for src, dst in ((x, y), (y, x)):  # what leaves SRC for another pynet bridge meets DST's DROP
+        for rule in (
+            f"-A PYNET-ISOLATION -i {src} -j PYNET-I-{src}",
+            f"-A PYNET-I-{src} -i {src} ! -o {src} -j PYNET-ISOLATION-2",
+            f"-A PYNET-ISOLATION-2 -o {dst} -j DROP",
+        ):
+            assert rule in rules, f"isolation rule {rule!r} missing:\n{rules}"
     # One probe, one second: the answer would come back in a millisecond.
     assert sh("ip", "netns", "exec", a.name, "busybox", "ping", "-c", "1", "-W", "1", b.address.split("/")[0],
               check=False).returncode != 0, "a network reaches another"

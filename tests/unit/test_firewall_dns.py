@@ -22,7 +22,7 @@ def test_input_chain_accepts_udp_and_tcp_53_to_the_resolver_only() -> None:
     assert f"-A PYNET-INPUT -d {DNS}/32 -p tcp -m tcp --dport 53 -j ACCEPT\n" in v4
     assert v4.count("PYNET-INPUT") == 3
     # The internal network's isolation is FORWARD's, which a local address never goes through.
-    assert "-A PYNET-FORWARD -i pnb-a ! -o pnb-a" in v4
+    assert "-A PYNET-F-pnb-a -i pnb-a ! -o pnb-a" in v4
     v6 = fw.render(6)
     assert ":PYNET-INPUT - [0:0]\n" in v6 and "-A PYNET-INPUT" not in v6, "the chain, for its jump, but empty"
 

@@ -4,12 +4,13 @@ iptables side writes, and the apply protocol (one `nft -f -` per change) with a 
 from __future__ import annotations
 
 import itertools
+import re
 import textwrap
 
 import pytest
 
 from pynet.drivers.base import PortMap
-from pynet.drivers.firewall import Firewall, NetRules, chain_rules
+from pynet.drivers.firewall import Firewall, NetRules, chain_rules, written
 from pynet.drivers.nftables import (
     Untranslatable,
     docker_forward_drop,
@@ -69,6 +70,10 @@ def test_no_networks_gives_base_chains_and_empty_pynet_chains() -> None:
         + """\
         chain PYNET-FORWARD {
         }
+        chain PYNET-ISOLATION {
+        }
+        chain PYNET-ISOLATION-2 {
+        }
         chain PYNET-PREROUTING {
         }
         chain PYNET-OUTPUT {
@@ -83,32 +88,58 @@ def test_no_networks_gives_base_chains_and_empty_pynet_chains() -> None:
 
 
 def test_network_with_a_published_port() -> None:
+    """The iptables backend's chains, the network's own ones reached by jumps as there, and
+    closed: its forwarding chain ends with a drop of whatever came in unaccepted."""
     assert nft_firewall({"n1": rules(ports=(PORT,))}).render_nft() == DROP_TABLES + golden(
         BASE_CHAINS
         + """\
         chain PYNET-FORWARD {
+            jump PYNET-ISOLATION
+            iifname "pnb-a" jump PYNET-F-pnb-a
+            oifname "pnb-a" jump PYNET-F-pnb-a
+        }
+        chain PYNET-ISOLATION {
+            iifname "pnb-a" jump PYNET-I-pnb-a
+            oifname "pnb-a" jump PYNET-I-pnb-a
+        }
+        chain PYNET-ISOLATION-2 {
+            oifname "pnb-a" drop
+        }
+        chain PYNET-I-pnb-a {
             iifname "pnb-a" oifname "pnb-a" accept
             iifname "pnb-a" oifname "docker0" drop
             iifname "docker0" oifname "pnb-a" drop
             iifname "pnb-a" oifname "br-*" drop
             iifname "br-*" oifname "pnb-a" drop
+            iifname "pnb-a" oifname != "pnb-a" jump PYNET-ISOLATION-2
+        }
+        chain PYNET-F-pnb-a {
             oifname "pnb-a" ct state related,established accept
             oifname "pnb-a" ip daddr 10.99.0.2 tcp dport 80 ct status dnat accept
             iifname "pnb-a" oifname != "pnb-a" accept comment "pynet n1"
             oifname "pnb-a" drop
         }
         chain PYNET-PREROUTING {
-            tcp dport 8080 dnat to 10.99.0.2:80 comment "pynet n1"
+            jump PYNET-D-pnb-a comment "pynet n1"
         }
         chain PYNET-OUTPUT {
-            tcp dport 8080 dnat to 10.99.0.2:80 comment "pynet n1"
+            jump PYNET-D-pnb-a comment "pynet n1"
         }
         chain PYNET-POSTROUTING {
+            jump PYNET-P-pnb-a comment "pynet n1"
+        }
+        chain PYNET-D-pnb-a {
+            tcp dport 8080 dnat to 10.99.0.2:80 comment "pynet n1"
+        }
+        chain PYNET-P-pnb-a {
             ip saddr 10.99.0.0/24 oifname != "pnb-a" masquerade comment "pynet n1"
             ip saddr 10.99.0.2 ip daddr 10.99.0.2 tcp dport 80 masquerade
             oifname "pnb-a" fib saddr type local masquerade
         }
         chain PYNET-NOTRACK {
+            iifname "pnb-a" jump PYNET-T-pnb-a
+        }
+        chain PYNET-T-pnb-a {
             iifname "pnb-a" ip saddr 10.99.0.2 tcp sport 80 return
             iifname "pnb-a" ip daddr 10.99.0.0/24 fib daddr type != local notrack
         }
@@ -117,28 +148,51 @@ def test_network_with_a_published_port() -> None:
     )
 
 
+def _chain(text: str, name: str) -> list[str]:
+    return text.partition(f"chain {name} {{\n")[2].partition("\t}")[0].strip().split("\n\t\t")
+
+
 def test_internal_network_without_icc_in_ip6() -> None:
     fw = Firewall("nftables", families=(6,))
     fw.desired["n2"] = rules("pnb-b", subnets4=(), subnets6=("fd00:98::/64",), internal=True, icc=False)
     text = fw.render_nft()
     assert text.startswith("table ip6 pynet {}\ndelete table ip6 pynet\ntable ip6 pynet {\n")
-    forward = text.partition("chain PYNET-FORWARD {\n")[2].partition("\t}")[0]
-    assert forward.split("\n\t\t")[-3:] == [
+    assert _chain(text, "PYNET-F-pnb-b") == [  # internal: already closed, no drop added
         'iifname "pnb-b" oifname != "pnb-b" drop comment "pynet n2"',
         'oifname "pnb-b" iifname != "pnb-b" drop',
-        'iifname "pnb-b" oifname "pnb-b" drop\n',
+        'iifname "pnb-b" oifname "pnb-b" drop',
     ]
     assert "masquerade" not in text and "dnat" not in text
 
 
-def test_the_resolver_gets_an_input_hook() -> None:
-    text = nft_firewall({}, dns_address="169.254.53.53").render_nft()
-    assert (
-        "\tchain filter-INPUT {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tjump PYNET-INPUT\n" in text
-    )
-    assert (
-        "\t\tip daddr 169.254.53.53/32 udp dport 53 accept\n\t\tip daddr 169.254.53.53/32 tcp dport 53 accept\n" in text
-    )
+def test_every_network_is_closed_in_each_family_it_has() -> None:
+    """An IPv4-only network is closed in ip6 too (a peer could route IPv6 to its bridge); an
+    IPv6-only one is absent from `ip pynet`, as from iptables."""
+    v6only = rules("pnb-six", subnets4=(), subnets6=("fd00:97::/64",), ipv4=False, icc=False)
+    fw = Firewall("nftables")
+    fw.desired.update({"n4": rules(), "n6": v6only})
+    ip, _, ip6 = fw.render_nft().partition("table ip6 pynet {\n")
+    assert _chain(ip, "PYNET-F-pnb-a")[-1] == _chain(ip6, "PYNET-F-pnb-a")[-1] == 'oifname "pnb-a" drop'
+    assert _chain(ip6, "PYNET-F-pnb-six")[-2:] == ['iifname "pnb-six" oifname "pnb-six" drop', 'oifname "pnb-six" drop']
+    assert "pnb-six" not in ip
+
+
+def test_both_backends_write_the_same_chains() -> None:
+    """Chain for chain and rule for rule, nftables writes what the iptables restore writes,
+    plus only the closing drop per network: the two can never disagree on what is allowed."""
+    nets = {f"n{i}": rules(f"pnb-{i}", subnets4=(f"10.{i}.0.0/24",), internal=i == 2, ports=(PORT,)) for i in range(4)}
+    ipt, nft = Firewall("nft", families=(4,)), nft_firewall(nets, dns_address="169.254.53.53")
+    ipt.desired.update(nets)
+    ipt.dns_address = nft.dns_address
+    restore = [line.split(" ", 2) for line in ipt.render(4).splitlines() if line.startswith("-A ")]
+    want: dict[str, list[str]] = {}
+    for _, chain, rule in restore:
+        want.setdefault(chain, []).append(translate(rule, 4))
+    for i in (0, 1, 3):
+        want[f"PYNET-F-pnb-{i}"].append(f'oifname "pnb-{i}" drop')
+    text = nft.render_nft()
+    got = {name: _chain(text, name) for name in re.findall(r"chain (PYNET-\S+) \{", text)}
+    assert got == {name: want.get(name, [""]) for name in got} and set(want) <= set(got)
 
 
 @pytest.mark.parametrize(
@@ -179,8 +233,9 @@ def test_every_rule_the_iptables_side_writes_translates() -> None:
         a = rules(subnets6=("fd00:99::/64",), internal=internal, icc=icc, masquerade=masquerade, ports=ports)
         nets = [("a", a), ("b", rules("pnb-b", subnets4=("10.98.0.0/24",)))]
         for family in (4, 6):
-            for chain in chain_rules(family, nets, ("docker0", "br-+", "virbr+"), "169.254.53.53", True).values():
-                for rule in chain:
+            w = written(family, nets, ("docker0", "br-+", "virbr+"), "169.254.53.53", closed=True)
+            for chains in chain_rules(w, "169.254.53.53").values():
+                for rule in (rule for rules in chains.values() for rule in rules):
                     assert translate(rule, family)
 
 

@@ -1,0 +1,191 @@
+"""A change of one network rewrites that network's rules only, against a model of the kernel's
+chains: the restore does not grow with the number of networks, and the chains stay what a
+full rewrite would make (issue 12: every create used to rewrite every chain, with a DROP per
+pair of networks)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from pynet.drivers.base import PortMap
+from pynet.drivers.firewall import TABLES, Firewall, NetRules, shared_chains
+from pynet.store.errors import PynetError
+
+BUILT_IN = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
+}
+
+
+class Kernel:
+    """iptables-restore --noflush and `-t TABLE -S` over chains held in memory, one model per
+    binary (family); a restore that fails changes nothing, as a failed commit does."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, dict[str, list[str]]]] = {}
+        self.restores: list[tuple[str, str]] = []
+        self.fail_next = False
+
+    def chains(self, binary: str) -> dict[str, dict[str, list[str]]]:
+        family = binary.split("-")[0]
+        return self.tables.setdefault(family, {t: {c: [] for c in BUILT_IN[t]} for t in TABLES})
+
+    async def __call__(self, argv: list[str], stdin: str | None) -> str:
+        binary = argv[0]
+        if binary.endswith("-restore"):
+            self.restores.append((binary, stdin or ""))
+            if self.fail_next:
+                self.fail_next = False
+                raise PynetError("pynet: restore failed")
+            self._restore(self.chains(binary), stdin or "")
+            return ""
+        table = self.chains(binary)[argv[argv.index("-t") + 1]]
+        return "".join(f"-N {c}\n" for c in table if c not in sum(BUILT_IN.values(), ())) + "".join(
+            f"-A {c} {r}\n" for c, rules in table.items() for r in rules
+        )
+
+    @staticmethod
+    def _restore(tables: dict[str, dict[str, list[str]]], text: str) -> None:
+        work = {t: {c: list(r) for c, r in chains.items()} for t, chains in tables.items()}
+        chains: dict[str, list[str]] = {}
+        for line in text.splitlines():
+            if line.startswith("*"):
+                chains = work[line[1:]]
+            elif line.startswith(":"):
+                chains[line[1:].split()[0]] = []
+            elif line == "COMMIT":
+                continue
+            else:
+                op, chain, rule = [*line.split(maxsplit=2), ""][:3]
+                if chain not in chains:
+                    raise PynetError(f"pynet: no chain {chain}")
+                if op == "-X":
+                    del chains[chain]
+                elif op == "-A":
+                    chains[chain].append(rule)
+                elif op == "-I":
+                    at, _, rest = rule.partition(" ")
+                    chains[chain].insert(int(at) - 1, rest) if at.isdigit() else chains[chain].insert(0, rule)
+                elif op == "-D":
+                    if rule not in chains[chain]:
+                        raise PynetError(f"pynet: {line}: no such rule")
+                    chains[chain].remove(rule)
+        tables.update(work)
+
+
+def net(i: int, rng: random.Random | None = None) -> NetRules:
+    rng = rng or random.Random(i)
+    ports = tuple(PortMap("tcp", "", 20000 + i * 10 + p, f"10.{i}.0.{p + 2}", 80) for p in range(rng.randrange(3)))
+    return NetRules(
+        bridge=f"pnb-{i}",
+        subnets4=(f"10.{i}.0.0/24",),
+        subnets6=(f"fd00:{i}::/64",) if rng.random() < 0.3 else (),
+        internal=rng.random() < 0.2,
+        icc=rng.random() < 0.7,
+        masquerade=rng.random() < 0.8,
+        ports=ports,
+    )
+
+
+def matches_full_render(fw: Firewall, kernel: Kernel) -> None:
+    """The kernel holds exactly the chains a full rewrite makes: each network's own chains
+    rule for rule, and each shared chain its head first, then the networks' jumps in any order."""
+    for family, binary in ((4, "iptables-nft"), (6, "ip6tables-nft")):
+        w = fw._desired(family)
+        for table, shared in shared_chains(fw.dns_address).items():
+            held = {c: r for c, r in kernel.chains(binary)[table].items() if c.startswith("PYNET-")}
+            own = {chain: list(rules) for net in w.nets.values() for t, chain, rules in net.chains if t == table}
+            assert set(held) == set(shared) | set(own), (family, table)
+            for chain, rules in own.items():
+                assert held[chain] == rules, (family, chain)
+            for chain in shared:
+                head = list(w.heads.get(chain, ()))
+                jumps = [rule for net in w.nets.values() for t, c, rule in net.jumps if c == chain]
+                assert held[chain][: len(head)] == head, (family, chain)
+                assert sorted(held[chain][len(head) :]) == sorted(jumps), (family, chain)
+
+
+async def filled(n: int) -> tuple[Firewall, Kernel]:
+    kernel = Kernel()
+    fw = Firewall("nft", runner=kernel)
+    for i in range(n):
+        await fw.set(f"n{i}", net(i))
+    kernel.restores.clear()
+    return fw, kernel
+
+
+def restore_lines(kernel: Kernel) -> int:
+    return sum(len(text.splitlines()) for _, text in kernel.restores)
+
+
+@pytest.mark.parametrize("change", ["create", "publish", "remove"])
+async def test_one_change_writes_the_same_few_lines_with_5_or_50_networks(change: str) -> None:
+    counts = []
+    for n in (5, 50):
+        fw, kernel = await filled(n)
+        if change == "create":
+            await fw.set("new", net(99))
+        elif change == "publish":
+            await fw.set("n3", replace(net(3), internal=False, ports=(PortMap("tcp", "", 30000, "10.3.0.9", 80),)))
+        else:
+            await fw.remove("n3")
+        assert len(kernel.restores) == 2, "one restore per family"
+        flushed = {line.split()[0] for _, text in kernel.restores for line in text.splitlines() if line[0] == ":"}
+        assert flushed <= {f":PYNET-{c}-pnb-{i}" for c in "IFDPT" for i in (3, 99)}, "only the network's own chains"
+        counts.append(restore_lines(kernel))
+        matches_full_render(fw, kernel)
+    assert counts[0] == counts[1], f"restore lines for one {change} at 5 and 50 networks: {counts}"
+
+
+async def test_rules_per_network_do_not_grow_with_the_networks() -> None:
+    """Every forwarded packet walks PYNET-ISOLATION: a DROP per pair of networks was 2N(N-1)."""
+    _, kernel = await filled(50)
+    rules = sum(len(r) for c, r in kernel.chains("iptables-nft")["filter"].items() if c.startswith("PYNET-"))
+    assert rules < 50 * 15, rules
+
+
+async def test_random_changes_keep_the_chains_as_a_full_rewrite_makes_them() -> None:
+    rng = random.Random(12)
+    kernel = Kernel()
+    fw = Firewall("nft", other_bridges={"virbr0"}, runner=kernel)
+    await fw.apply()  # at start, as the daemon does
+    for _ in range(150):
+        i = rng.randrange(12)
+        if rng.random() < 0.3:
+            await fw.remove(f"n{i}")
+        else:
+            await fw.set(f"n{i}", net(i, rng))
+        matches_full_render(fw, kernel)
+    full = [text for _, text in kernel.restores if ":PYNET-FORWARD" in text]
+    assert len(full) == 2, "only the apply at start rewrote the chains (one restore per family)"
+
+
+async def test_a_rule_gone_behind_pynets_back_makes_the_next_change_rewrite_everything() -> None:
+    fw, kernel = await filled(5)
+    kernel.chains("iptables-nft")["filter"]["PYNET-FORWARD"].clear()  # someone's `iptables -F PYNET-FORWARD`
+    await fw.remove("n2")
+    assert ":PYNET-FORWARD - [0:0]" in kernel.restores[-2][1], "the failed update is followed by a full rewrite"
+    matches_full_render(fw, kernel)
+
+
+async def test_after_a_failed_restore_the_next_change_rewrites_everything() -> None:
+    fw, kernel = await filled(5)
+    kernel.fail_next = True
+    await fw.set("n7", net(7))  # the update fails, the full rewrite that follows it works
+    matches_full_render(fw, kernel)
+    kernel.restores.clear()
+    await fw.set("n8", net(8))
+    assert not any(":PYNET-FORWARD" in text for _, text in kernel.restores), "no full rewrite"
+    matches_full_render(fw, kernel)
+
+
+async def test_a_full_rewrite_deletes_the_chains_of_networks_that_are_gone() -> None:
+    fw, kernel = await filled(3)
+    restarted = Firewall("nft", runner=kernel)  # pynet restarted after n2 went, as reconcile finds it
+    await restarted.set_all({k: v for k, v in fw.desired.items() if k != "n2"})
+    assert not [c for c in kernel.chains("iptables-nft")["filter"] if c.endswith("-pnb-2")]
+    matches_full_render(restarted, kernel)
