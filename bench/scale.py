@@ -219,6 +219,17 @@ def _by_decade(samples: dict[str, list[float]]) -> list[Decade]:
     return out
 
 
+def _print_decades(what: str, decades: list[Decade]) -> None:
+    """One row per decade: each driver's median and p99 in ms, their ratio, and the paired ratio."""
+    print(f"{what:>10}{'pynet p50':>11}{'p99':>9}{'docker p50':>12}{'p99':>9}{'pynet/docker':>14}{'paired':>8}")
+    for dec in decades:
+        med, p99 = dec.median_ms, dec.p99_ms
+        print(
+            f"{dec.first:>5}-{dec.first + DECADE - 1:<4}{med['pynet']:>11.1f}{p99['pynet']:>9.1f}"
+            f"{med['docker']:>12.1f}{p99['docker']:>9.1f}{med['pynet'] / med['docker']:>14.2f}{dec.paired:>8.2f}"
+        )
+
+
 def _docker_lab(name: str) -> Lab:
     return Lab(name=name, hosts=1, etcd=False, docker=fetch(DOCKER_RELEASE))
 
@@ -240,15 +251,8 @@ def containers(quick: bool, lab_name: str) -> None:
                 print(f"  {i + 1} of each (load {_load()})", flush=True)
     print(f"load at the end {_load()}")
     decades = _by_decade(times)
-    print(
-        f"\n{'containers':>10}{'pynet p50':>11}{'p99':>9}{'docker p50':>12}{'p99':>9}{'pynet/docker':>14}{'paired':>8}"
-    )
-    for dec in decades:
-        med, p99 = dec.median_ms, dec.p99_ms
-        print(
-            f"{dec.first:>5}-{dec.first + DECADE - 1:<4}{med['pynet']:>11.1f}{p99['pynet']:>9.1f}"
-            f"{med['docker']:>12.1f}{p99['docker']:>9.1f}{med['pynet'] / med['docker']:>14.2f}{dec.paired:>8.2f}"
-        )
+    print()
+    _print_decades("containers", decades)
     first, last = decades[0], decades[-1]
     growth = {d: last.median_ms[d] / first.median_ms[d] for d in CONTAINER_NETWORKS}
     print("  last / first: " + ", ".join(f"{d} {g:.2f}" for d, g in growth.items()), end="")
@@ -510,15 +514,7 @@ def networks(quick: bool, lab_name: str) -> None:
     for op, samples in times.items():
         decades = _by_decade(samples)
         print(f"\ndocker network {op}, ms (networks of the driver already on the host)")
-        print(
-            f"{'networks':>10}{'pynet p50':>11}{'p99':>9}{'docker p50':>12}{'p99':>9}{'pynet/docker':>14}{'paired':>8}"
-        )
-        for dec in decades:
-            med, p99 = dec.median_ms, dec.p99_ms
-            print(
-                f"{dec.first:>5}-{dec.first + DECADE - 1:<4}{med['pynet']:>11.1f}{p99['pynet']:>9.1f}"
-                f"{med['docker']:>12.1f}{p99['docker']:>9.1f}{med['pynet'] / med['docker']:>14.2f}{dec.paired:>8.2f}"
-            )
+        _print_decades("networks", decades)
         first, last = decades[0], decades[-1]
         for driver in DRIVERS:
             print(f"  {driver}: last / first {last.median_ms[driver] / first.median_ms[driver]:.2f}")
