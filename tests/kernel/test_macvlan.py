@@ -64,6 +64,8 @@ async def main() -> None:
     for line in sys.stdin:
         req = msgspec.json.decode(line)
         args = [msgspec.convert(a, t) for a, t in zip(req["args"], ARGS[req["method"]])]
+        if req["method"] == "reconcile":
+            args.append(await nl.host_view())  # serve's one look at the host, shared by every mode
         try:
             result = await getattr(backend, req["method"])(*args)
             if req["method"] == "create_network":

@@ -186,6 +186,7 @@ async def test_after_a_failed_restore_the_next_change_rewrites_everything() -> N
 async def test_a_full_rewrite_deletes_the_chains_of_networks_that_are_gone() -> None:
     fw, kernel = await filled(3)
     restarted = Firewall("nft", runner=kernel)  # pynet restarted after n2 went, as reconcile finds it
-    await restarted.set_all({k: v for k, v in fw.desired.items() if k != "n2"})
+    restarted.stage({k: v for k, v in fw.desired.items() if k != "n2"})
+    await restarted.apply()
     assert not [c for c in kernel.chains("iptables-nft")["filter"] if c.endswith("-pnb-2")]
     matches_full_render(restarted, kernel)
