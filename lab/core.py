@@ -55,6 +55,7 @@ class Lab:
         pynet_cmd: Sequence[str] | None = None,
         docker: DockerRelease = MACHINE,
         registry: bool = False,
+        own_resolv_conf: bool = False,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise ValueError(f"lab name {name!r}: use up to 24 of a-z 0-9 _ -, starting with a-z 0-9")
@@ -75,6 +76,8 @@ class Lab:
         self.etcd_endpoint = f"http://{self.etcd_node.address}:2379" if etcd else ""
         # A plain-HTTP registry in the outside namespace (lab/registry.py), host:port, or "".
         self.registry = f"{self.outside.address}:{REGISTRY_PORT}" if registry else ""
+        # Every host gets a private /etc/resolv.conf and no daemon-level "dns" (Host.own_resolv_conf).
+        self.own_resolv_conf = own_resolv_conf
         self.etcd: Proc | None = None
         self.upstream: Proc | None = None  # the outside's stand-in resolver
         self.registry_proc: Proc | None = None
@@ -107,6 +110,7 @@ class Lab:
             cfg["pynet_cmd"],
             _release_from_json(cfg.get("docker")),
             cfg.get("registry", False),
+            cfg.get("own_resolv_conf", False),
         )
         procs = state["procs"]
         for host in lab.hosts:
@@ -166,6 +170,7 @@ class Lab:
                     "compose": self.docker.compose and str(self.docker.compose),
                 },
                 "registry": bool(self.registry),
+                "own_resolv_conf": self.own_resolv_conf,
             },
             "created_base": created_base,
             "netns": [],

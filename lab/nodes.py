@@ -35,7 +35,10 @@ _DOCKER_CLIENT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DO
 # for this network namespace, with the cgroup tree kept aside first because the new sysfs
 # would hide it. /etc/docker gets a per-host directory, or every dockerd would write, and share,
 # the machine's /etc/docker/key.json (the engine ID). The hostname is the host's name, as
-# dockerd reports it (`docker info`) and containers with --net=host see it.
+# dockerd reports it (`docker info`) and containers with --net=host see it. With a third argument
+# (Host.own_resolv_conf), that file covers /etc/resolv.conf, which dockerd then reads as its
+# host's resolvers; it must be a regular file on the machine (a symlink into /run would point
+# into the new, empty /run).
 HOLDER_SCRIPT = r"""
 set -e
 for m in $(awk '$5 ~ "^/run(/|$)" {print $5}' /proc/self/mountinfo | sort -r); do
@@ -49,6 +52,7 @@ mount --move /run/cgroup-aside /sys/fs/cgroup
 rmdir /run/cgroup-aside
 mkdir -p "$1/etc-docker"
 if [ -d /etc/docker ]; then mount --bind "$1/etc-docker" /etc/docker; fi
+if [ -n "$3" ]; then mount --bind "$3" /etc/resolv.conf; fi
 echo "$2" > /proc/sys/kernel/hostname
 ip link set lo up
 echo ready
@@ -113,15 +117,26 @@ class Host(Node):
 
     # -- namespaces -------------------------------------------------------------------------
 
+    @property
+    def own_resolv_conf(self) -> bool:
+        """Whether this host has a private /etc/resolv.conf naming only the outside's stand-in
+        resolver, and no daemon-level "dns": dockerd then forwards from its host's resolv.conf,
+        as it does on a machine without daemon.json (docs/protocol.md §8, DNS forwarding)."""
+        return self.lab.own_resolv_conf
+
     def start_holder(self) -> None:
         """Create the mount and UTS namespaces; returns once set up (the script printed "ready")."""
         self.root.mkdir(parents=True, exist_ok=True)
+        resolv_conf = ""
+        if self.own_resolv_conf:
+            resolv_conf = str(self.root / "resolv.conf")
+            Path(resolv_conf).write_text(f"nameserver {self.lab.outside.address}\n")
         with open(self.root / "holder.log", "ab") as log:
             proc = Proc.spawn(
                 [
                     *("nsenter", f"--net=/run/netns/{self.netns}"),
                     *("unshare", "--mount", "--uts", "--propagation", "private"),
-                    *("sh", "-c", HOLDER_SCRIPT, "holder", str(self.root), self.name),
+                    *("sh", "-c", HOLDER_SCRIPT, "holder", str(self.root), self.name, resolv_conf),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -225,10 +240,11 @@ class Host(Node):
         outside's stand-in resolver, where names fail or answer at once, with pynet's resolver
         first once `install_dns` ran. With the lab's registry (lab/registry.py), "insecure-registries"
         names it: dockerd pulls and pushes over plain HTTP only from registries listed there.
-        Kept across dockerd restarts."""
+        No "dns" on a host with its own resolv.conf (naming the same resolver). Kept across
+        dockerd restarts."""
         path = self.root / "daemon.json"
         if not path.exists():
-            config: dict[str, Any] = {"dns": [self.lab.outside.address]}
+            config: dict[str, Any] = {} if self.own_resolv_conf else {"dns": [self.lab.outside.address]}
             if self.lab.registry:
                 config["insecure-registries"] = [self.lab.registry]
             path.write_text(json.dumps(config) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import secrets
 import socketserver
 import subprocess
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from lab import DockerRelease, Host
+from lab import DockerRelease, Host, Lab
 from lab.cmd import unix_http
 from tests.docker.test_cli import cli_json
 from tests.dockercli import Docker
@@ -309,3 +310,72 @@ def test_global_scope_driver_without_swarm(docker: Docker, host: Host, docker_re
         server.shutdown()
         server.server_close()
         path.unlink(missing_ok=True)
+
+
+# -- DNS forwarding for the host's resolv.conf servers -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resolv_host(docker_release: DockerRelease) -> Iterator[Host]:
+    """A host of its own whose dockerd has no daemon-level "dns" and reads a private
+    /etc/resolv.conf naming only the outside's stand-in resolver (lab/upstream.py): the
+    module's other host has a daemon-level "dns", forwarded alike by every release."""
+    lab = Lab(name="pndf" + secrets.token_hex(2), hosts=1, etcd=False, docker=docker_release, own_resolv_conf=True)
+    with lab:
+        yield lab.hosts[0]
+
+
+def resolves(docker: Docker, container: str, outside: str) -> bool:
+    """Whether CONTAINER resolves the outside's name through Docker's embedded DNS."""
+    conf = docker.exec(container, "cat", "/etc/resolv.conf").stdout
+    assert re.findall(r"^nameserver (\S+)", conf, re.M) == ["127.0.0.11"], conf
+    r = docker.exec(container, "nslookup", "outside.pynet.test", check=False)
+    return r.returncode == 0 and f"Address: {outside}" in r.stdout
+
+
+def dropped_queries(host: Host, subnet: str) -> int:
+    """Packets the DOCKER-USER rules `block_forwarded_dns` added have dropped."""
+    out = host.run("iptables", "-w", "-vnxL", "DOCKER-USER").stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if subnet in line and "dpt:53" in line)
+
+
+def block_forwarded_dns(host: Host, subnet: str, action: str) -> None:
+    """Insert ("-I") or delete ("-D") DOCKER-USER drops of SUBNET's DNS queries that the host
+    forwards (FORWARD): what the host itself sends (OUTPUT) does not cross them."""
+    for proto in ("udp", "tcp"):
+        host.run("iptables", "-w", action, "DOCKER-USER", "-s", subnet, "-p", proto, "--dport", "53", "-j", "DROP")
+
+
+@pytest.mark.parametrize(
+    ("driver", "subnets"),
+    [(PYNET, ("10.71.0.0/24", "10.71.1.0/24")), (("-d", "bridge"), ("10.72.0.0/24", "10.72.1.0/24"))],
+    ids=["pynet", "docker-bridge"],
+)
+def test_dns_forwarding_for_host_resolv_conf_servers(
+    resolv_host: Host, docker_release: DockerRelease, driver: tuple[str, ...], subnets: tuple[str, str]
+) -> None:
+    """Where the embedded DNS sends a query for the host's resolv.conf servers from. 20.10 and
+    26.1: from the container's netns, so it crosses the host's FORWARD chain (a DOCKER-USER
+    drop of the network's port-53 traffic stops it); 28.5: from the host's netns, so the drop
+    never sees it and the name resolves. A routed network resolves on every release; an
+    --internal one (no gateway) on none: 28.5 forwards nothing for it either (SERVFAIL)."""
+    outside = resolv_host.lab.outside.address
+    assert resolv_host.run("cat", "/etc/resolv.conf").stdout.split() == ["nameserver", outside]
+    assert "dns" not in json.loads((resolv_host.root / "daemon.json").read_text())
+    docker = Docker(resolv_host)
+    internal_subnet, routed_subnet = subnets
+    try:
+        internal = docker.network("dnsint", *driver, "--internal", "--subnet", internal_subnet)
+        routed = docker.network("dnsout", *driver, "--subnet", routed_subnet)
+        a = docker.run("a", "--network", internal)
+        b = docker.run("b", "--network", routed)
+        assert not resolves(docker, a, outside), "an internal network resolves no outside name"
+        assert resolves(docker, b, outside), "a routed network resolves on every release"
+        block_forwarded_dns(resolv_host, routed_subnet, "-I")
+        try:
+            assert resolves(docker, b, outside) == newer(docker_release)
+            assert (dropped_queries(resolv_host, routed_subnet) > 0) != newer(docker_release)
+        finally:
+            block_forwarded_dns(resolv_host, routed_subnet, "-D")
+    finally:
+        docker.cleanup()
