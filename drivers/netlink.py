@@ -8,6 +8,7 @@ Dumps share one lock: a netlink socket runs one dump at a time (docs/dependencie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,7 +31,12 @@ ZERO_MAC = "00:00:00:00:00:00"
 # Links waiting to be deleted carry this group ("pn") and go in one request: the kernel then
 # waits for RCU once per batch instead of once per link (16 ms each, measured here).
 RETIRED_GROUP = 0x706E
+# A batch goes once no link was retired for REAP_DELAY, or once REAP_MAX wait. The batch holds
+# RTNL, which every link request waits for: reaped every 2 s in the middle of a burst of
+# endpoints, it stalled the CreateEndpoint behind it to 5-7 ms (against 1.6 ms p50; 500 rounds
+# of bench/bridge.py's request path on a quiet machine, Dec 2026), a third of the p99 misses.
 REAP_DELAY = 2.0  # seconds
+REAP_MAX = 256  # links
 IFA_F_NOPREFIXROUTE = 0x200
 SCOPE_LINK = 253
 MAIN_TABLE = 254
@@ -97,6 +103,9 @@ class Netlink:
         self._links: LinkSocket | None = None
         self._dump_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
+        self._retired = 0  # links retired since the last batch
+        self._batch_full = asyncio.Event()  # REAP_MAX are waiting
+        self._last_retired = 0.0  # when the latest was, in the loop's time
         # Bridge indexes, learnt by ensure_bridge: a `link get` per endpoint costs 0.8 ms of
         # pyroute2 parsing. Dropped when the link is deleted or a request with it fails.
         self._bridges: dict[str, int] = {}
@@ -178,8 +187,8 @@ class Netlink:
 
         Unregistering a netdev holds the RTNL lock through RCU grace periods (16 ms median,
         32 ms p99 here), stalling every netlink request meanwhile; retired links are deleted
-        together after REAP_DELAY, or at once by `settle()` when something needs them gone.
-        A retired link is still found by its name after a crash."""
+        together once retirements pause (REAP_DELAY, REAP_MAX), or at once by `settle()` when
+        something needs them gone. A retired link is still found by its name after a crash."""
         sock = self._link_socket
         try:
             await sock.request(group_request(sock.next_seq(), name, RETIRED_GROUP))
@@ -187,14 +196,26 @@ class Netlink:
             if e.code == errno.ENODEV:
                 return
             raise
+        self._retired += 1
+        self._last_retired = asyncio.get_running_loop().time()
+        if self._retired >= REAP_MAX:
+            self._batch_full.set()
         if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.create_task(self._reap_later())
+            self._reaper = asyncio.create_task(self._reap_when_idle())
 
-    async def _reap_later(self) -> None:
-        await asyncio.sleep(REAP_DELAY)
-        await self._reap()
+    async def _reap_when_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self._retired < REAP_MAX and (wait := self._last_retired + REAP_DELAY - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._batch_full.wait(), wait)
+            await self._reap()
+            if not self._retired:  # none retired while the batch went
+                return
 
     async def _reap(self) -> None:
+        self._retired = 0
+        self._batch_full.clear()
         try:
             await self.ipr.link("del", group=RETIRED_GROUP)
         except NetlinkError as e:

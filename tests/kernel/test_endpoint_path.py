@@ -126,3 +126,53 @@ def test_delete_endpoint_is_one_hand_built_request(netns: str) -> None:
     assert counts["delete again"] == ["links.request"]  # already gone: no error
     # Retired, not deleted: the batch deletion takes it (drivers/netlink.py, RETIRED_GROUP).
     assert link(netns, "pnh-cdcdcdcdcdc")["group"] == str(0x706E)
+
+
+# Retired links in the netns's veths pnh-r0..3: which are left after each step of the reaper.
+REAPER = """
+import asyncio, json, subprocess
+from pynet.drivers import netlink
+
+def left():
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return sorted(n for n in ("pnh-r0", "pnh-r1", "pnh-r2", "pnh-r3") if f" {n}@" in out)
+
+async def until_gone(name):
+    for _ in range(1000):
+        if name not in left():
+            return
+        await asyncio.sleep(0.01)
+
+async def main():
+    netlink.REAP_MAX, netlink.REAP_DELAY = 3, 3600.0  # only a full batch sets it off
+    nl = netlink.Netlink()
+    await nl.open()
+    for i in range(4):
+        subprocess.run(["ip", "link", "add", f"pnh-r{i}", "type", "veth", "peer", "name", f"pnc-r{i}"], check=True)
+    steps = {}
+    await nl.retire_link("pnh-r0")
+    await nl.retire_link("pnh-r1")
+    for _ in range(20):
+        await asyncio.sleep(0)  # the reaper's turns
+    steps["two retired"] = left()
+    await nl.retire_link("pnh-r2")
+    await until_gone("pnh-r2")
+    steps["batch full"] = left()
+    netlink.REAP_DELAY = 0.05  # now a pause after the last retirement sets it off
+    await nl.retire_link("pnh-r3")
+    await until_gone("pnh-r3")
+    steps["pause"] = left()
+    await nl.close()
+    print(json.dumps(steps))
+
+asyncio.run(main())
+"""
+
+
+def test_retired_links_go_in_batches_once_retirements_pause_or_a_batch_is_full(netns: str) -> None:
+    """A batch deletion holds RTNL, which the next CreateEndpoint's veth waits for: it waits
+    for a pause in retirements (REAP_DELAY) or a full batch (REAP_MAX), never per link."""
+    steps = json.loads(sh("ip", "netns", "exec", netns, sys.executable, "-c", REAPER))
+    assert steps["two retired"] == ["pnh-r0", "pnh-r1", "pnh-r2", "pnh-r3"]
+    assert steps["batch full"] == ["pnh-r3"]
+    assert steps["pause"] == []

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -170,6 +170,37 @@ async def test_embedded_reads_are_one_statement_and_writes_one_transaction(tmp_p
         assert not any("leases" in q for q in statements)
     finally:
         await s.close()
+
+
+async def test_embedded_commits_leave_checkpoints_to_a_thread_after_the_writes(tmp_path: Path) -> None:
+    """SQLite's own checkpoint ran inside the commit that filled the WAL past 1,000 pages,
+    an fsync in the middle of a request: the database file grew during the writes. Now it
+    grows only when the store's checkpoint runs, after them."""
+    path = tmp_path / "store.sqlite"
+    s = EmbeddedStore(path, checkpoint_delay=0.05)
+    try:
+        await s.put("/first", b"v")
+        await _until(lambda: path.stat().st_size > 0)  # the schema, checkpointed
+        size = path.stat().st_size
+        for i in range(2000):  # about 3,000 pages of WAL
+            await s.put(f"/k/{i:05d}", b"x" * 1024)
+        assert path.stat().st_size == size
+        assert Path(f"{path}-wal").stat().st_size > 1000 * 4096
+        await _until(lambda: path.stat().st_size > 2000 * 1024)
+    finally:
+        await s.close()
+    reopened = EmbeddedStore(path)
+    assert len(await reopened.range("/k/")) == 2000
+    await reopened.close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait for what the store's background checkpoint does (never an assertion on time)."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the checkpoint never ran")
 
 
 def test_embedded_survives_kill_9(tmp_path: Path) -> None:
