@@ -8,7 +8,16 @@ import struct
 
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from pynet.drivers.rtnl import NLM_F_ACK_TLVS, NLMSG_ERROR, ack_of, group_request, veth_request
+from pynet.drivers.rtnl import (
+    NLM_F_ACK_TLVS,
+    NLMSG_ERROR,
+    LinkFields,
+    ack_of,
+    get_link_request,
+    group_request,
+    link_fields,
+    veth_request,
+)
 
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 
@@ -76,3 +85,29 @@ def test_a_reply_that_is_no_ack_is_an_error() -> None:
     reply = struct.pack("=IHHII", 16, 16, 0, 3, 0)
     seq, error = ack_of(reply)
     assert seq == 3 and error is not None and error.code == errno.EPROTO
+
+
+def test_a_link_lookup_asks_by_name_or_index_and_without_statistics() -> None:
+    by_name, by_index = decoded(get_link_request(3, name="pnb-x")), decoded(get_link_request(4, index=17))
+    for msg in (by_name, by_index):
+        assert msg["header"]["type"] == 18  # RTM_GETLINK
+        assert msg["header"]["flags"] == NLM_F_REQUEST  # one link, no dump, no ack: the reply is the answer
+        assert msg.get("IFLA_EXT_MASK") == 1 << 3  # RTEXT_FILTER_SKIP_STATS
+    assert (by_name.get("IFLA_IFNAME"), by_name["index"]) == ("pnb-x", 0)
+    assert (by_index.get("IFLA_IFNAME"), by_index["index"]) == (None, 17)
+
+
+def test_link_fields_reads_what_pyroute2_encodes_and_skips_the_rest() -> None:
+    msg = ifinfmsg()
+    msg["index"], msg["flags"], msg["change"] = 9, 1, 0
+    msg["attrs"] = [
+        ("IFLA_IFNAME", "pnm-x"),
+        ("IFLA_TXQLEN", 1000),  # not a field: skipped by its length
+        ("IFLA_MTU", 1450),
+        ("IFLA_ADDRESS", "02:42:0a:3d:00:09"),
+        ("IFLA_LINK", 4),
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "macvlan")]}),
+    ]
+    msg.encode()
+    fields = link_fields(bytes(msg.data))
+    assert fields == LinkFields("pnm-x", 9, "macvlan", 1450, 1, "02:42:0a:3d:00:09", 0, 4)
