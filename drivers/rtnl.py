@@ -37,9 +37,10 @@ SOL_NETLINK = 270  # not in Python's socket module
 NETLINK_CAP_ACK = 10  # the ack carries the request's header only, not the whole request
 NETLINK_EXT_ACK = 11  # and the kernel's message naming what it refused
 RTM_NEWLINK, RTM_GETLINK = 16, 18
-NLMSG_ERROR = 2
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
+NLM_F_DUMP = 0x300
 NLM_F_ACK_TLVS = 0x200  # in an ack: extended-ack attributes follow
 NLMSGERR_ATTR_MSG = 1
 IFF_UP = 0x1
@@ -102,6 +103,24 @@ def get_link_request(seq: int, name: str = "", index: int = 0) -> bytes:
     """RTM_GETLINK of one link, by `name` or by `index`, without its statistics."""
     attrs = (_name(name) if name else b"") + _u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
     return _message(RTM_GETLINK, NLM_F_REQUEST, seq, _IFINFO.pack(0, 0, index, 0, 0), attrs)
+
+
+def dump_links_request(seq: int, master: int = 0) -> bytes:
+    """RTM_GETLINK of every link, or (a filter the kernel applies) those enslaved to `master`,
+    without their statistics."""
+    attrs = _u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS) + (_u32(IFLA_MASTER, master) if master else b"")
+    return _message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, _IFINFO.pack(0, 0, 0, 0, 0), attrs)
+
+
+def split_messages(data: bytes) -> Iterator[bytes]:
+    """The netlink messages of one datagram (a dump packs many)."""
+    at = 0
+    while at + _HEADER.size <= len(data):
+        length = _HEADER.unpack_from(data, at)[0]
+        if length < _HEADER.size:
+            return
+        yield data[at : at + length]
+        at += length + (-length % 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +223,25 @@ class LinkSocket:
     async def query(self, message: bytes) -> bytes:
         """Send a request whose answer is one message (`get_link_request`), and return it."""
         return await self._exchange(message)
+
+    async def dump(self, message: bytes) -> list[bytes]:
+        """Send a dump request (`dump_links_request`) and return every message of its answer."""
+        (seq,) = struct.unpack_from("=I", message, 8)
+        loop = asyncio.get_running_loop()
+        got: list[bytes] = []
+        async with self._lock:
+            await loop.sock_sendall(self._sock, message)
+            while True:
+                for reply in split_messages(await loop.sock_recv(self._sock, 65536)):
+                    _, kind, _, reply_seq, _ = _HEADER.unpack_from(reply)
+                    if reply_seq != seq:
+                        continue  # the late reply to a request whose caller was cancelled
+                    if kind == NLMSG_DONE:
+                        return got
+                    if kind == NLMSG_ERROR:
+                        _, error = ack_of(reply)
+                        raise error or NetlinkError(errno.EPROTO, "a dump answered with an ack")
+                    got.append(reply)
 
     async def _exchange(self, message: bytes) -> bytes:
         """The reply to `message`: its ack, or the one message it asked for. A refusal is raised."""

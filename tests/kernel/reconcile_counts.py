@@ -25,6 +25,14 @@ def counted(counts: Counter[str], kind: str, method: Callable[..., Any]) -> Call
     return call
 
 
+def counted_once(counts: Counter[str], name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(*args: Any) -> Any:
+        counts[name] += 1
+        return await method(*args)
+
+    return call
+
+
 async def main(argv: list[str]) -> dict[str, int]:
     parser = argparse.ArgumentParser()
     config.add_arguments(parser)
@@ -34,6 +42,9 @@ async def main(argv: list[str]) -> dict[str, int]:
     ipr = d.netlink.ipr
     for kind in ("link", "addr", "route"):
         setattr(ipr, kind, counted(counts, kind, getattr(ipr, kind)))
+    links = d.netlink._link_socket  # the hand-built link requests (drivers/rtnl.py)
+    for method, name in (("dump", "link dump"), ("query", "link get"), ("request", "link set")):
+        setattr(links, method, counted_once(counts, name, getattr(links, method)))
     runner = d.firewall._runner
 
     async def run(argv: list[str], stdin: str | None) -> str:

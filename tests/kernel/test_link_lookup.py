@@ -1,5 +1,6 @@
-"""`Netlink.link()` and `link_by_index()`, hand-built (drivers/rtnl.py), read every kind of
-link pynet looks at exactly as pyroute2's decoder reads them, in a netns of the test's own."""
+"""`Netlink.link()`, `link_by_index()`, `links()` and `ports()`, hand-built (drivers/rtnl.py),
+read every kind of link pynet looks at exactly as pyroute2's decoder reads them, in a netns of
+the test's own."""
 
 from __future__ import annotations
 
@@ -13,10 +14,20 @@ import pytest
 
 NS = f"pnlink-{os.getpid()}"
 NAMES = ("lo", "pnb-l", "pnh-l", "pnc-l", "pnm-l", "pnx-l")
+# Enough links that a dump comes in several datagrams (about 20 links fit in one).
+MORE = [f"pnq-{i}" for i in range(120)]
 
 PROBE = """
 import asyncio, dataclasses, json, sys
-from pynet.drivers.netlink import Netlink, _link
+from pynet.drivers.netlink import Netlink
+
+def theirs(msg):
+    return dict(
+        name=msg.get("IFLA_IFNAME"), index=msg["index"],
+        kind=msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "", mtu=msg.get("IFLA_MTU") or 0,
+        up=bool(msg["flags"] & 1), mac=msg.get("IFLA_ADDRESS") or "", master=msg.get("IFLA_MASTER") or 0,
+        parent=msg.get("IFLA_LINK") or 0,
+    )
 
 async def main(names):
     nl = Netlink()
@@ -24,10 +35,12 @@ async def main(names):
     out = {}
     for name in names:
         ours = await nl.link(name)
-        theirs = _link((await nl.ipr.link("get", ifname=name))[0])
+        pyroute2 = theirs((await nl.ipr.link("get", ifname=name))[0])
         by_index = await nl.link_by_index(ours.index)
-        out[name] = [dataclasses.asdict(ours), dataclasses.asdict(theirs), dataclasses.asdict(by_index)]
+        out[name] = [dataclasses.asdict(ours), pyroute2, dataclasses.asdict(by_index)]
     out["missing"] = [await nl.link("pnq-none"), await nl.link_by_index(999999)]
+    out["dump"] = [[dataclasses.asdict(l) for l in await nl.links()], [theirs(m) async for m in await nl.ipr.link("dump")]]
+    out["ports"] = [l.name for l in await nl.ports(out["pnb-l"][0]["index"])]
     await nl.close()
     print(json.dumps(out))
 
@@ -49,6 +62,8 @@ def netns() -> Iterator[None]:
         ip("link", "add", "pnx-l", "type", "vxlan", "id", "42", "dstport", "4789", "nolearning")
         for name in ("lo", "pnb-l", "pnh-l"):
             ip("link", "set", name, "up")
+        batch = "".join(f"link add {name} type veth peer name {name}p\n" for name in MORE)
+        subprocess.run(["ip", "-n", NS, "-batch", "-"], input=batch, check=True, capture_output=True, text=True)
         yield
     finally:
         subprocess.run(["ip", "netns", "del", NS], check=False)
@@ -69,3 +84,7 @@ def test_hand_built_lookups_read_what_pyroute2_reads() -> None:
     assert (mv["kind"], mv["parent"]) == ("macvlan", peer["index"])
     assert got["pnx-l"][0]["kind"] == "vxlan" and got["lo"][0]["kind"] == ""
     assert got["missing"] == [None, None]
+    ours, pyroute2 = got["dump"]
+    assert ours == pyroute2
+    assert {link["name"] for link in ours} == {*NAMES, *MORE, *(f"{name}p" for name in MORE)}
+    assert got["ports"] == ["pnh-l"]
