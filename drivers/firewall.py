@@ -18,6 +18,7 @@ import ipaddress
 import re
 import shlex
 import subprocess
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -273,12 +274,30 @@ def _dnat_rules(family: int, key: str, r: NetRules) -> list[str]:
 # Each network has chains of its own, named after its bridge (unique on a host, 15 characters at
 # most, so every name fits iptables' 28): PYNET-I-<bridge> (its isolation), PYNET-F-<bridge>
 # (forwarding), PYNET-D-<bridge> (DNAT, from PREROUTING and OUTPUT), PYNET-P-<bridge>
-# (POSTROUTING) and PYNET-T-<bridge> (NOTRACK). The shared chains hold only jumps to them, and
-# PYNET-ISOLATION-2 a DROP per bridge. A change of a network's rules then flushes and rewrites
-# its own chains; only its create and delete touch the shared chains. Deleting a rule by its
-# text makes iptables-nft convert every rule of the chain back to compare it: with every
-# network's rules in the shared chains that cost 200 ms per change at 250 networks, 82 ms at 10.
+# (POSTROUTING) and PYNET-T-<bridge> (NOTRACK). A change of a network's rules then flushes and
+# rewrites its own chains; only its create and delete touch the jumps to them. Deleting a rule
+# by its text makes iptables-nft convert every rule of the chain back to compare it: with every
+# network's rules in the shared chains a publish cost 200 ms at 250 networks, 82 ms at 10
+# (bench/README.md, "Why creation grew").
 OWN_CHAINS = (("filter", "I"), ("filter", "F"), ("nat", "D"), ("nat", "P"), ("raw", "T"))
+# The jumps to a network's chains (and its DROP in PYNET-ISOLATION-2) are not in the shared
+# chains either but in one of BUCKETS bucket chains per shared chain, `<shared>-B<n>`, picked
+# by a hash of the bridge name; the shared chain holds an unconditional jump to each bucket
+# that has networks. A delete's `-D`s then read chains of about 2N/BUCKETS rules, not 2N.
+# Unconditional, since users name bridges (`-o bridge_name`): no interface wildcard can tell
+# buckets apart. A packet walks at most BUCKETS more jumps per shared chain than before, against
+# the 2N rules it walks anyway (measured in bench/README.md).
+BUCKETS = 16
+BUCKETED = (*(j.target for j in JUMPS), ISOLATION, ISOLATION_2)  # every shared chain but PYNET-INPUT
+# bucket chain -> its shared chain, in the order a full rewrite jumps to them
+SHARED_OF = {f"{shared}-B{n}": shared for shared in BUCKETED for n in range(BUCKETS)}
+
+
+def bucket(shared: str, bridge: str) -> str:
+    """The bucket chain of SHARED that holds the jumps of the network on BRIDGE: stable across
+    restarts and hosts (crc32, not Python's salted hash)."""
+    return f"{shared}-B{zlib.crc32(bridge.encode()) % BUCKETS}"
+
 
 
 @dataclass(frozen=True)
@@ -286,7 +305,7 @@ class NetChains:
     """One network's rules for one family: its own chains, and its lines in the shared ones."""
 
     chains: tuple[tuple[str, str, tuple[str, ...]], ...]  # (table, chain, rules)
-    jumps: tuple[tuple[str, str, str], ...]  # (table, shared chain, rule)
+    jumps: tuple[tuple[str, str, str], ...]  # (table, bucket chain, rule)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -304,7 +323,7 @@ def network_chains(family: int, key: str, r: NetRules, outsiders: tuple[str, ...
         "T": _notrack_rules(family, r),
     }
     mark = _comment(key).strip()  # the jumps that name no bridge name the network, for gc
-    jumps = (
+    to_shared = (
         ("filter", ISOLATION, f"-i {b} -j {own['I']}"),
         ("filter", ISOLATION, f"-o {b} -j {own['I']}"),
         ("filter", ISOLATION_2, isolation[ISOLATION_2][0]),
@@ -315,6 +334,7 @@ def network_chains(family: int, key: str, r: NetRules, outsiders: tuple[str, ...
         ("nat", "PYNET-POSTROUTING", f"{mark} -j {own['P']}"),
         ("raw", "PYNET-NOTRACK", f"-i {b} -j {own['T']}"),
     )
+    jumps = tuple((table, bucket(shared, b), rule) for table, shared, rule in to_shared)
     chains = tuple((table, own[letter], tuple(dict.fromkeys(rules[letter]))) for table, letter in OWN_CHAINS)
     return NetChains(chains, jumps)
 
@@ -371,13 +391,18 @@ def written(
 
 def chain_rules(w: Written, dns_address: str) -> dict[str, dict[str, tuple[str, ...]]]:
     """Every pynet chain's rules per table, in iptables syntax, as a full rewrite writes them:
-    the shared chains (their heads, then each network's jumps), then each network's own. Both
-    backends write this (drivers/nftables.py translates it), so the two can never disagree on
-    what is allowed."""
+    the shared chains (their heads, then a jump to each bucket holding networks), the buckets
+    (their networks' jumps), then each network's own. Both backends write this
+    (drivers/nftables.py translates it), so the two can never disagree on what is allowed."""
+    held: dict[str, list[str]] = {}
+    for net in w.nets.values():
+        for _, chain, rule in net.jumps:
+            held.setdefault(chain, []).append(rule)
+    buckets = [chain for chain in SHARED_OF if chain in held]
     tables: dict[str, dict[str, tuple[str, ...]]] = {}
     for table, shared in shared_chains(dns_address).items():
-        jumps = [(c, rule) for net in w.nets.values() for _, c, rule in net.jumps]
-        chains = {chain: (*w.heads.get(chain, ()), *(rule for c, rule in jumps if c == chain)) for chain in shared}
+        chains = {s: (*w.heads.get(s, ()), *(f"-j {c}" for c in buckets if SHARED_OF[c] == s)) for s in shared}
+        chains |= {c: tuple(held[c]) for c in buckets if SHARED_OF[c] in shared}
         chains |= {chain: rules for net in w.nets.values() for t, chain, rules in net.chains if t == table}
         tables[table] = chains
     return tables
@@ -399,8 +424,10 @@ def render_tables(w: Written, dns_address: str, extra: dict[str, list[str]] | No
 def update_text(before: Written, after: Written, key: str) -> str:
     """The restore text taking the kernel from BEFORE to AFTER where only network KEY (and
     the heads) changed: its own chains made, or flushed and written, or deleted, and its jumps
-    in the shared chains added or deleted. "" when nothing changed."""
+    in its buckets added or deleted; a bucket is made with its first network and deleted with
+    its last, so no line touches another network's rules. "" when nothing changed."""
     old, new = before.nets.get(key), after.nets.get(key)
+    was_held, held = _buckets(before), _buckets(after)
     lines: dict[str, list[str]] = {t: [] for t in TABLES}
     for chain, rules in after.heads.items():  # both heads are in the filter table
         if rules != before.heads.get(chain, ()):
@@ -409,6 +436,8 @@ def update_text(before: Written, after: Written, key: str) -> str:
     if old is not None and (new is None or old.jumps != new.jumps):  # gone, or its bridge renamed
         for table, chain, rule in old.jumps:
             lines[table].append(f"-D {chain} {rule}")
+        for table, chain in sorted(_buckets(old) - held):  # it was the bucket's last network
+            lines[table] += [f"-D {SHARED_OF[chain]} -j {chain}", f":{chain} - [0:0]", f"-X {chain}"]
         for table, chain, _ in old.chains:
             lines[table] += [f":{chain} - [0:0]", f"-X {chain}"]
         old = None
@@ -418,10 +447,18 @@ def update_text(before: Written, after: Written, key: str) -> str:
             if was.get((table, chain)) != rules:
                 lines[table] += [f":{chain} - [0:0]", *(f"-A {chain} {rule}" for rule in rules)]
         if old is None:
+            for table, chain in sorted(_buckets(new) - was_held):
+                lines[table] += [f":{chain} - [0:0]", f"-A {SHARED_OF[chain]} -j {chain}"]
             for table, chain, rule in new.jumps:
                 lines[table].append(f"-A {chain} {rule}")
     text = [line for table, changes in lines.items() if changes for line in (f"*{table}", *changes, "COMMIT")]
     return "\n".join(text) + "\n" if text else ""
+
+
+def _buckets(w: Written | NetChains) -> set[tuple[str, str]]:
+    """(table, bucket chain) of every bucket holding a jump of W's networks (or of one network)."""
+    nets = w.nets.values() if isinstance(w, Written) else (w,)
+    return {(table, chain) for net in nets for table, chain, _ in net.jumps}
 
 
 # -- jumps (pure) -----------------------------------------------------------------------------
@@ -715,8 +752,8 @@ class Firewall:
         self._written.pop(family, None)
         listings = listings or await self._listings(family)
         extra = self._jump_fixes(listings)
-        keep = {c for chains in shared_chains(self.dns_address).values() for c in chains}
-        keep |= {chain for net in w.nets.values() for _, chain, _ in net.chains}
+        # the old layout's per-network jumps in the shared chains go with the shared chains' flush
+        keep = {chain for chains in chain_rules(w, self.dns_address).values() for chain in chains}
         for table, listing in listings.items():
             if gone := stale_chains(listing, keep):
                 extra.setdefault(table, []).extend(gone)

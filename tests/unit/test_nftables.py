@@ -95,14 +95,23 @@ def test_network_with_a_published_port() -> None:
         + """\
         chain PYNET-FORWARD {
             jump PYNET-ISOLATION
+            jump PYNET-FORWARD-B13
+        }
+        chain PYNET-ISOLATION {
+            jump PYNET-ISOLATION-B13
+        }
+        chain PYNET-ISOLATION-2 {
+            jump PYNET-ISOLATION-2-B13
+        }
+        chain PYNET-FORWARD-B13 {
             iifname "pnb-a" jump PYNET-F-pnb-a
             oifname "pnb-a" jump PYNET-F-pnb-a
         }
-        chain PYNET-ISOLATION {
+        chain PYNET-ISOLATION-B13 {
             iifname "pnb-a" jump PYNET-I-pnb-a
             oifname "pnb-a" jump PYNET-I-pnb-a
         }
-        chain PYNET-ISOLATION-2 {
+        chain PYNET-ISOLATION-2-B13 {
             oifname "pnb-a" drop
         }
         chain PYNET-I-pnb-a {
@@ -120,12 +129,21 @@ def test_network_with_a_published_port() -> None:
             oifname "pnb-a" drop
         }
         chain PYNET-PREROUTING {
-            jump PYNET-D-pnb-a comment "pynet n1"
+            jump PYNET-PREROUTING-B13
         }
         chain PYNET-OUTPUT {
-            jump PYNET-D-pnb-a comment "pynet n1"
+            jump PYNET-OUTPUT-B13
         }
         chain PYNET-POSTROUTING {
+            jump PYNET-POSTROUTING-B13
+        }
+        chain PYNET-PREROUTING-B13 {
+            jump PYNET-D-pnb-a comment "pynet n1"
+        }
+        chain PYNET-OUTPUT-B13 {
+            jump PYNET-D-pnb-a comment "pynet n1"
+        }
+        chain PYNET-POSTROUTING-B13 {
             jump PYNET-P-pnb-a comment "pynet n1"
         }
         chain PYNET-D-pnb-a {
@@ -137,6 +155,9 @@ def test_network_with_a_published_port() -> None:
             oifname "pnb-a" fib saddr type local masquerade
         }
         chain PYNET-NOTRACK {
+            jump PYNET-NOTRACK-B13
+        }
+        chain PYNET-NOTRACK-B13 {
             iifname "pnb-a" jump PYNET-T-pnb-a
         }
         chain PYNET-T-pnb-a {
