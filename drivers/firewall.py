@@ -7,7 +7,8 @@ rewrites that network's own chains only. Both write in the iptables flavour (nft
 that Docker uses on the host: on a Docker host FORWARD's policy is DROP, and ACCEPTs written in
 the other flavour (or in a native nft table) never take effect (docs/dependencies.md, section 2).
 Docker's chains are never edited. Under Docker's nftables backend the same chains (`written`)
-go into pynet's own `ip pynet` / `ip6 pynet` tables instead, in one `nft -f -` per change.
+go into pynet's own `ip pynet` / `ip6 pynet` tables instead, in one `nft -f -` per change
+(written whole by `apply`, then only the chains a change changes).
 """
 
 from __future__ import annotations
@@ -358,6 +359,10 @@ class Written:
     others: tuple[str, ...]  # the bridges isolated from pynet's: a change rewrites every network
 
 
+# The nftables backend's tables as written: the base chains' hooks, and the chains per family.
+NftWritten = tuple[tuple[nftables.Hook, ...], dict[int, dict[str, tuple[str, ...]]]]
+
+
 def base_jumps(dns_address: str = "") -> tuple[Jump, ...]:
     """The jumps from built-in chains (before DOCKER-USER is chosen); PYNET-INPUT only while
     the daemon serves names."""
@@ -619,7 +624,8 @@ class Firewall:
     rewriting every pynet chain. Under iptables a change of one network (`set`, `remove`)
     rewrites only that network's rules, against what the last restore wrote (`_written`): one
     restore per family whose size does not grow with the number of networks. Under nftables
-    every change replaces pynet's two tables in one `nft -f -`. The flavour (given, or detected
+    `apply` replaces pynet's two tables in one `nft -f -`, and a change rewrites the chains it
+    changes (`_nft_written`), in one `nft -f -` too. The flavour (given, or detected
     on first use) picks how the rules are written: "nft" or "legacy" iptables, or "nftables";
     the drivers never know which. Calls are serialised by one lock.
     """
@@ -649,6 +655,7 @@ class Firewall:
         # Per family, the chains as the last restore wrote them; none when unknown (a restore
         # failed part way), and the next change rewrites them all.
         self._written: dict[int, Written] = {}
+        self._nft_written: NftWritten | None = None  # the nftables backend's, likewise
 
     @property
     def other_bridges(self) -> frozenset[str]:
@@ -689,12 +696,15 @@ class Firewall:
     def render_nft(self) -> str:
         """The `nft -f -` script for `desired` (the nftables backend's whole apply): the same
         chains as `render`, closed, the tables of iptables merged into one nft table."""
-        hooks = [nftables.Hook(j.table, j.chain, j.target, j.spec()) for j in base_jumps(self.dns_address)]
+        return nftables.render_script(*self._nft_desired())
+
+    def _nft_desired(self) -> NftWritten:
+        hooks = tuple(nftables.Hook(j.table, j.chain, j.target, j.spec()) for j in base_jumps(self.dns_address))
         chains: dict[int, dict[str, tuple[str, ...]]] = {}
         for f in self.families:
             for table in chain_rules(self._desired(f, closed=True), self.dns_address).values():
                 chains.setdefault(f, {}).update(table)  # one nft table: names never repeat across tables
-        return nftables.render_script(hooks, chains)
+        return hooks, chains
 
     async def set(self, key: str, rules: NetRules) -> None:
         """Apply if the network's rules changed. Unchanged rules are not rewritten: a restore
@@ -719,11 +729,12 @@ class Firewall:
         previous = self.desired.get(key)
         self._put(key, rules)
         try:
-            # nftables replaces pynet's own tables whole, in one cheap transaction (docs/design.md)
-            if self._active and await self._ensure_flavour() != NFTABLES:
-                await self._update(key)
-            else:
+            if not self._active:
                 await self._apply()
+            elif await self._ensure_flavour() == NFTABLES:
+                await self._update_nft()
+            else:
+                await self._update(key)
         except BaseException:
             self._put(key, previous)
             raise
@@ -740,7 +751,7 @@ class Firewall:
 
     async def _apply(self) -> None:
         if await self._ensure_flavour() == NFTABLES:
-            await self._nft().write(self.render_nft())
+            await self._write_nft()
         else:
             for family in self.families:
                 await self._write(family, self._desired(family))
@@ -776,6 +787,29 @@ class Firewall:
                 await self._write(family, after)
             self._written[family] = after
 
+    async def _write_nft(self) -> None:
+        """pynet's nft tables replaced whole."""
+        self._nft_written = None
+        state = self._nft_desired()
+        await self._nft().write(nftables.render_script(*state))
+        self._nft_written = state
+
+    async def _update_nft(self) -> None:
+        """Only the chains that changed, against what the last write left (`_nft_written`):
+        a network's own, its buckets and, with a bucket's first or last network, the shared
+        chain (docs/design.md). Where that is unknown, or the kernel no longer matches it (a
+        table deleted makes the script fail), the tables are replaced whole."""
+        before, self._nft_written = self._nft_written, None
+        after = self._nft_desired()
+        try:
+            if before is None or before[0] != after[0]:
+                raise PynetError("pynet: the tables as written are unknown, or their base chains changed")
+            if script := nftables.update_script(before[1], after[1]):
+                await self._nft().write(script)
+            self._nft_written = after
+        except PynetError:
+            await self._write_nft()
+
     async def ensure_jumps(self) -> bool:
         """Put back jumps that were removed or pushed down; rewrites the chains too, in case
         whoever removed the jumps removed the chains as well."""
@@ -783,11 +817,11 @@ class Firewall:
             if not self._active:
                 return False
             if await self._ensure_flavour() == NFTABLES:
-                # Only pynet writes its tables, and whole: missing (`nft flush ruleset`, a
+                # Only pynet writes its tables: missing (`nft flush ruleset`, a
                 # firewall service reloading its own ruleset) is the one way they can be wrong.
                 if await self._nft().present(self.families):
                     return False
-                await self._nft().write(self.render_nft())
+                await self._write_nft()
                 return True
             fixed = False
             for family in self.families:
@@ -803,6 +837,7 @@ class Firewall:
             if await self._ensure_flavour() == NFTABLES:
                 await self._nft().write(nftables.teardown_script(self.families))
                 self._active = False
+                self._nft_written = None
                 return
             for family in self.families:
                 text = ""
