@@ -239,3 +239,14 @@ async def test_a_full_rewrite_deletes_the_chains_of_networks_that_are_gone() -> 
     await restarted.apply()
     assert not [c for c in kernel.chains("iptables-nft")["filter"] if c.endswith("-pnb-2")]
     matches_full_render(restarted, kernel)
+
+
+async def test_a_renamed_bridge_moves_the_network_to_its_new_bucket() -> None:
+    fw, kernel = await filled(3)
+    used = {bucket("PYNET-FORWARD", f"pnb-{i}") for i in range(3)}
+    name = next(f"pnx-{i}" for i in range(100) if bucket("PYNET-FORWARD", f"pnx-{i}") not in used)
+    await fw.set("n0", replace(net(0), bridge=name))
+    lines = restore_lines(kernel)
+    assert f"-X {bucket('PYNET-FORWARD', 'pnb-0')}" in lines, "pnb-0 was alone in its bucket"
+    assert f"-A PYNET-FORWARD -j {bucket('PYNET-FORWARD', name)}" in lines
+    matches_full_render(fw, kernel)
