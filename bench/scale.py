@@ -40,9 +40,13 @@ its own per store, and drawn into `bench/scale-<curve>.png`.
 - `firewall`: one firewall update, ProgramExternalConnectivity publishing one port then its
   RevokeExternalConnectivity, on pynet's socket, against the number of networks already on the
   host that each publish a port (made on the socket: CreateNetwork, CreateEndpoint, Join,
-  ProgramExternalConnectivity). Docker's bridge has no socket to time this on; the control is
-  each sample's pair of the least a rule update costs here, an `iptables-restore --noflush`
-  committing nothing in each family (in the flavour pynet uses), timed right after it.
+  ProgramExternalConnectivity), and one network's CreateNetwork then its DeleteNetwork (a
+  probe pool and gateway requested once; no endpoint): the firewall is most of both (its
+  chains and bucket jumps made, then deleted), and timing them on the socket measures them
+  against the firewall the daemon really holds, which a second `Firewall` on the same host
+  would disturb. Docker's bridge has no socket to time this on; the control is each sample's
+  pair of the least a rule update costs here, an `iptables-restore --noflush` committing
+  nothing in each family (in the flavour pynet uses), timed right after it.
 """
 
 from __future__ import annotations
@@ -535,21 +539,25 @@ def networks(quick: bool, lab_name: str) -> None:
 FIREWALL_POINTS, FIREWALL_SAMPLES = (0, 25, 50, 100, 150, 200, 250), 40
 QUICK_FIREWALL_POINTS, QUICK_FIREWALL_SAMPLES = (0, 10, 20), 10
 PROBE_PORT, FILL_PORT = 30000, 20000  # the measured port, and the first of the fill networks'
+PROBE_NET, CREATED_NET = 255, 254  # 10.66.<i>.0/24 of the probe network, and of the one made and deleted
+
+
+async def _pool(c: PluginClient, subnet: str) -> tuple[str, dict[str, Any]]:
+    """SUBNET's pool and its gateway address, requested as dockerd does before CreateNetwork:
+    (PoolID, CreateNetwork's IPv4Data)."""
+    pid = (await c.call("IpamDriver.RequestPool", {"AddressSpace": "pynet-local", "Pool": subnet, "V6": False}))[
+        "PoolID"
+    ]
+    gw = await c.call("IpamDriver.RequestAddress", {"PoolID": pid, "Options": {"RequestAddressType": GATEWAY_TYPE}})
+    return pid, {"Options": {}, "IPv4Data": [{"Pool": subnet, "Gateway": gw["Address"]}]}
 
 
 async def _published_network(c: PluginClient, i: int, host_port: int) -> dict[str, str]:
     """A network 10.66.<i>.0/24 with one endpoint joined (as dockerd makes them, on the
     socket, with no container); publishes HOST_PORT unless 0. Returns the endpoint's IDs."""
-    subnet = f"10.66.{i}.0/24"
-    pid = (await c.call("IpamDriver.RequestPool", {"AddressSpace": "pynet-local", "Pool": subnet, "V6": False}))[
-        "PoolID"
-    ]
-    gw = await c.call("IpamDriver.RequestAddress", {"PoolID": pid, "Options": {"RequestAddressType": GATEWAY_TYPE}})
+    pid, network = await _pool(c, f"10.66.{i}.0/24")
     ids = {"NetworkID": secrets.token_hex(32), "EndpointID": secrets.token_hex(32)}
-    await c.call(
-        "NetworkDriver.CreateNetwork",
-        {"NetworkID": ids["NetworkID"], "Options": {}, "IPv4Data": [{"Pool": subnet, "Gateway": gw["Address"]}]},
-    )
+    await c.call("NetworkDriver.CreateNetwork", {"NetworkID": ids["NetworkID"], **network})
     address = (await c.call("IpamDriver.RequestAddress", {"PoolID": pid, "Address": "", "Options": None}))["Address"]
     await c.call("NetworkDriver.CreateEndpoint", {**ids, "Interface": {"Address": address}, "Options": {}})
     await c.call("NetworkDriver.Join", {**ids, "SandboxKey": "", "Options": {}})
@@ -564,24 +572,36 @@ def _publish(host_port: int) -> dict[str, Any]:
 
 # A firewall curve as drawn (see Series), and its paired ratios per point.
 FirewallCurves = tuple[Series, dict[str, list[float]]]
+FIREWALL_OPS = ("publish", "revoke", "network create", "network delete")
 
 
 async def _firewall_curve(
     sock: str, points: Sequence[int], samples: int, control: Callable[[], float]
 ) -> FirewallCurves:
-    curves: Series = {"publish": [], "revoke": []}
-    paired: dict[str, list[float]] = {"publish": [], "revoke": []}
+    curves: Series = {op: [] for op in FIREWALL_OPS}
+    paired: dict[str, list[float]] = {op: [] for op in FIREWALL_OPS}
     async with PluginClient(sock) as c:
-        probe = await _published_network(c, 255, 0)
+        probe = await _published_network(c, PROBE_NET, 0)
+        _, network = await _pool(c, f"10.66.{CREATED_NET}.0/24")
+        created: list[str] = []
 
-        async def timed_call(method: str, options: dict[str, Any]) -> float:
+        async def timed_call(method: str, body: dict[str, Any]) -> float:
             start = time.perf_counter()
-            await c.call(f"NetworkDriver.{method}", {**probe, "Options": options})
+            await c.call(f"NetworkDriver.{method}", body)
             return (time.perf_counter() - start) * 1000
 
+        async def create() -> float:
+            created.append(secrets.token_hex(32))
+            return await timed_call("CreateNetwork", {"NetworkID": created[-1], **network})
+
+        async def delete() -> float:
+            return await timed_call("DeleteNetwork", {"NetworkID": created.pop()})
+
         calls: dict[str, Callable[[], Awaitable[float]]] = {
-            "publish": partial(timed_call, "ProgramExternalConnectivity", _publish(PROBE_PORT)),
-            "revoke": partial(timed_call, "RevokeExternalConnectivity", {}),
+            "publish": partial(timed_call, "ProgramExternalConnectivity", {**probe, "Options": _publish(PROBE_PORT)}),
+            "revoke": partial(timed_call, "RevokeExternalConnectivity", {**probe, "Options": {}}),
+            "network create": create,
+            "network delete": delete,
         }
         for _ in range(samples):  # warm-up
             for call in calls.values():
@@ -629,7 +649,10 @@ def _noop_restores(host: Host) -> Callable[[], float]:
 
 def firewall(quick: bool, lab_name: str) -> None:
     points, samples = (QUICK_FIREWALL_POINTS, QUICK_FIREWALL_SAMPLES) if quick else (FIREWALL_POINTS, FIREWALL_SAMPLES)
-    print(f"\nfirewall: publish / revoke one port on the socket, {samples} samples per point, load {_load()}")
+    print(
+        f"\nfirewall: publish / revoke one port, create / delete one network, on the socket, {samples} samples"
+        f" per point, load {_load()}"
+    )
     with _docker_lab(f"{lab_name}-fw") as lab:
         host = lab.hosts[0]
         curves, paired = asyncio.run(
@@ -643,11 +666,11 @@ def firewall(quick: bool, lab_name: str) -> None:
             growth = f"{med / line[0][1]:>9.2f}{ratio:>8.2f}{ratio / ratios[0]:>9.2f}"
             print(f"{op:<30}{x:>9.0f}{med:>11.2f}{p99:>9.2f}{growth}")
     _plot(
-        {f"{op} one port": line for op, line in curves.items()},
+        {op if "network" in op else f"{op} one port": line for op, line in curves.items()},
         HERE / "scale-firewall.png",
         "networks already on the host, each publishing a port",
-        "Program/RevokeExternalConnectivity on the socket (ms)",
-        "pynet firewall: one published port against networks publishing ports",
+        "Program/RevokeExternalConnectivity, Create/DeleteNetwork on the socket (ms)",
+        "pynet firewall: one published port, one network, against networks publishing ports",
     )
 
 

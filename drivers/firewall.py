@@ -7,7 +7,8 @@ rewrites that network's own chains only. Both write in the iptables flavour (nft
 that Docker uses on the host: on a Docker host FORWARD's policy is DROP, and ACCEPTs written in
 the other flavour (or in a native nft table) never take effect (docs/dependencies.md, section 2).
 Docker's chains are never edited. Under Docker's nftables backend the same chains (`written`)
-go into pynet's own `ip pynet` / `ip6 pynet` tables instead, in one `nft -f -` per change.
+go into pynet's own `ip pynet` / `ip6 pynet` tables instead, in one `nft -f -` per change
+(written whole by `apply`, then only the chains a change changes).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ipaddress
 import re
 import shlex
 import subprocess
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -273,20 +275,40 @@ def _dnat_rules(family: int, key: str, r: NetRules) -> list[str]:
 # Each network has chains of its own, named after its bridge (unique on a host, 15 characters at
 # most, so every name fits iptables' 28): PYNET-I-<bridge> (its isolation), PYNET-F-<bridge>
 # (forwarding), PYNET-D-<bridge> (DNAT, from PREROUTING and OUTPUT), PYNET-P-<bridge>
-# (POSTROUTING) and PYNET-T-<bridge> (NOTRACK). The shared chains hold only jumps to them, and
-# PYNET-ISOLATION-2 a DROP per bridge. A change of a network's rules then flushes and rewrites
-# its own chains; only its create and delete touch the shared chains. Deleting a rule by its
-# text makes iptables-nft convert every rule of the chain back to compare it: with every
-# network's rules in the shared chains that cost 200 ms per change at 250 networks, 82 ms at 10.
+# (POSTROUTING) and PYNET-T-<bridge> (NOTRACK). A change of a network's rules then flushes and
+# rewrites its own chains; only its create and delete touch the jumps to them. Deleting a rule
+# by its text makes iptables-nft convert every rule of the chain back to compare it: with every
+# network's rules in the shared chains a publish cost 200 ms at 250 networks, 82 ms at 10
+# (bench/README.md, "Why creation grew").
 OWN_CHAINS = (("filter", "I"), ("filter", "F"), ("nat", "D"), ("nat", "P"), ("raw", "T"))
+# The jumps to a network's chains (and its DROP in PYNET-ISOLATION-2) are not in the shared
+# chains either but in one of BUCKETS bucket chains per shared chain, `<shared>-B<n>`, picked
+# by a hash of the bridge name; the shared chain holds an unconditional jump to each bucket
+# that has networks. A delete's `-D`s then read chains of about 2N/BUCKETS rules, not 2N: a
+# network's delete went from 84-94 ms at 10 networks and 102-108 ms at 250 to 85-91 and 87-94
+# (firewall alone; the rest is the kernel's cost of any delete, bench/README.md). Unconditional,
+# since users name bridges (`-o bridge_name`): no interface wildcard can tell buckets apart. A
+# packet walks at most BUCKETS more jumps per shared chain: at 250 networks nothing measurable
+# under iptables-nft (25.6 against 25.5 µs a forwarded packet), 1.3 µs more under legacy.
+BUCKETS = 16
+BUCKETED = (*(j.target for j in JUMPS), ISOLATION, ISOLATION_2)  # every shared chain but PYNET-INPUT
+# bucket chain -> its shared chain, in the order a full rewrite jumps to them
+SHARED_OF = {f"{shared}-B{n}": shared for shared in BUCKETED for n in range(BUCKETS)}
+
+
+def bucket(shared: str, bridge: str) -> str:
+    """The bucket chain of SHARED that holds the jumps of the network on BRIDGE: stable across
+    restarts and hosts (crc32, not Python's salted hash)."""
+    return f"{shared}-B{zlib.crc32(bridge.encode()) % BUCKETS}"
+
 
 
 @dataclass(frozen=True)
 class NetChains:
-    """One network's rules for one family: its own chains, and its lines in the shared ones."""
+    """One network's rules for one family: its own chains, and its lines in its buckets."""
 
     chains: tuple[tuple[str, str, tuple[str, ...]], ...]  # (table, chain, rules)
-    jumps: tuple[tuple[str, str, str], ...]  # (table, shared chain, rule)
+    jumps: tuple[tuple[str, str, str], ...]  # (table, bucket chain, rule)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -304,7 +326,7 @@ def network_chains(family: int, key: str, r: NetRules, outsiders: tuple[str, ...
         "T": _notrack_rules(family, r),
     }
     mark = _comment(key).strip()  # the jumps that name no bridge name the network, for gc
-    jumps = (
+    to_shared = (
         ("filter", ISOLATION, f"-i {b} -j {own['I']}"),
         ("filter", ISOLATION, f"-o {b} -j {own['I']}"),
         ("filter", ISOLATION_2, isolation[ISOLATION_2][0]),
@@ -315,6 +337,7 @@ def network_chains(family: int, key: str, r: NetRules, outsiders: tuple[str, ...
         ("nat", "PYNET-POSTROUTING", f"{mark} -j {own['P']}"),
         ("raw", "PYNET-NOTRACK", f"-i {b} -j {own['T']}"),
     )
+    jumps = tuple((table, bucket(shared, b), rule) for table, shared, rule in to_shared)
     chains = tuple((table, own[letter], tuple(dict.fromkeys(rules[letter]))) for table, letter in OWN_CHAINS)
     return NetChains(chains, jumps)
 
@@ -336,6 +359,10 @@ class Written:
     heads: dict[str, tuple[str, ...]]
     nets: dict[str, NetChains]
     others: tuple[str, ...]  # the bridges isolated from pynet's: a change rewrites every network
+
+
+# The nftables backend's tables as written: the base chains' hooks, and the chains per family.
+NftWritten = tuple[tuple[nftables.Hook, ...], dict[int, dict[str, tuple[str, ...]]]]
 
 
 def base_jumps(dns_address: str = "") -> tuple[Jump, ...]:
@@ -371,13 +398,18 @@ def written(
 
 def chain_rules(w: Written, dns_address: str) -> dict[str, dict[str, tuple[str, ...]]]:
     """Every pynet chain's rules per table, in iptables syntax, as a full rewrite writes them:
-    the shared chains (their heads, then each network's jumps), then each network's own. Both
-    backends write this (drivers/nftables.py translates it), so the two can never disagree on
-    what is allowed."""
+    the shared chains (their heads, then a jump to each bucket holding networks), the buckets
+    (their networks' jumps), then each network's own. Both backends write this
+    (drivers/nftables.py translates it), so the two can never disagree on what is allowed."""
+    held: dict[str, list[str]] = {}
+    for net in w.nets.values():
+        for _, chain, rule in net.jumps:
+            held.setdefault(chain, []).append(rule)
+    buckets = [chain for chain in SHARED_OF if chain in held]
     tables: dict[str, dict[str, tuple[str, ...]]] = {}
     for table, shared in shared_chains(dns_address).items():
-        jumps = [(c, rule) for net in w.nets.values() for _, c, rule in net.jumps]
-        chains = {chain: (*w.heads.get(chain, ()), *(rule for c, rule in jumps if c == chain)) for chain in shared}
+        chains = {s: (*w.heads.get(s, ()), *(f"-j {c}" for c in buckets if SHARED_OF[c] == s)) for s in shared}
+        chains |= {c: tuple(held[c]) for c in buckets if SHARED_OF[c] in shared}
         chains |= {chain: rules for net in w.nets.values() for t, chain, rules in net.chains if t == table}
         tables[table] = chains
     return tables
@@ -399,8 +431,10 @@ def render_tables(w: Written, dns_address: str, extra: dict[str, list[str]] | No
 def update_text(before: Written, after: Written, key: str) -> str:
     """The restore text taking the kernel from BEFORE to AFTER where only network KEY (and
     the heads) changed: its own chains made, or flushed and written, or deleted, and its jumps
-    in the shared chains added or deleted. "" when nothing changed."""
+    in its buckets added or deleted; a bucket is made with its first network and deleted with
+    its last, so no line touches another network's rules. "" when nothing changed."""
     old, new = before.nets.get(key), after.nets.get(key)
+    was_held, held = _buckets(before), _buckets(after)
     lines: dict[str, list[str]] = {t: [] for t in TABLES}
     for chain, rules in after.heads.items():  # both heads are in the filter table
         if rules != before.heads.get(chain, ()):
@@ -409,6 +443,8 @@ def update_text(before: Written, after: Written, key: str) -> str:
     if old is not None and (new is None or old.jumps != new.jumps):  # gone, or its bridge renamed
         for table, chain, rule in old.jumps:
             lines[table].append(f"-D {chain} {rule}")
+        for table, chain in sorted(_buckets(old) - held):  # it was the bucket's last network
+            lines[table] += [f"-D {SHARED_OF[chain]} -j {chain}", f":{chain} - [0:0]", f"-X {chain}"]
         for table, chain, _ in old.chains:
             lines[table] += [f":{chain} - [0:0]", f"-X {chain}"]
         old = None
@@ -418,10 +454,18 @@ def update_text(before: Written, after: Written, key: str) -> str:
             if was.get((table, chain)) != rules:
                 lines[table] += [f":{chain} - [0:0]", *(f"-A {chain} {rule}" for rule in rules)]
         if old is None:
+            for table, chain in sorted(_buckets(new) - was_held):
+                lines[table] += [f":{chain} - [0:0]", f"-A {SHARED_OF[chain]} -j {chain}"]
             for table, chain, rule in new.jumps:
                 lines[table].append(f"-A {chain} {rule}")
     text = [line for table, changes in lines.items() if changes for line in (f"*{table}", *changes, "COMMIT")]
     return "\n".join(text) + "\n" if text else ""
+
+
+def _buckets(w: Written | NetChains) -> set[tuple[str, str]]:
+    """(table, bucket chain) of every bucket holding a jump of W's networks (or of one network)."""
+    nets = w.nets.values() if isinstance(w, Written) else (w,)
+    return {(table, chain) for net in nets for table, chain, _ in net.jumps}
 
 
 # -- jumps (pure) -----------------------------------------------------------------------------
@@ -582,7 +626,8 @@ class Firewall:
     rewriting every pynet chain. Under iptables a change of one network (`set`, `remove`)
     rewrites only that network's rules, against what the last restore wrote (`_written`): one
     restore per family whose size does not grow with the number of networks. Under nftables
-    every change replaces pynet's two tables in one `nft -f -`. The flavour (given, or detected
+    `apply` replaces pynet's two tables in one `nft -f -`, and a change rewrites the chains it
+    changes (`_nft_written`), in one `nft -f -` too. The flavour (given, or detected
     on first use) picks how the rules are written: "nft" or "legacy" iptables, or "nftables";
     the drivers never know which. Calls are serialised by one lock.
     """
@@ -612,6 +657,7 @@ class Firewall:
         # Per family, the chains as the last restore wrote them; none when unknown (a restore
         # failed part way), and the next change rewrites them all.
         self._written: dict[int, Written] = {}
+        self._nft_written: NftWritten | None = None  # the nftables backend's, likewise
 
     @property
     def other_bridges(self) -> frozenset[str]:
@@ -652,12 +698,15 @@ class Firewall:
     def render_nft(self) -> str:
         """The `nft -f -` script for `desired` (the nftables backend's whole apply): the same
         chains as `render`, closed, the tables of iptables merged into one nft table."""
-        hooks = [nftables.Hook(j.table, j.chain, j.target, j.spec()) for j in base_jumps(self.dns_address)]
+        return nftables.render_script(*self._nft_desired())
+
+    def _nft_desired(self) -> NftWritten:
+        hooks = tuple(nftables.Hook(j.table, j.chain, j.target, j.spec()) for j in base_jumps(self.dns_address))
         chains: dict[int, dict[str, tuple[str, ...]]] = {}
         for f in self.families:
             for table in chain_rules(self._desired(f, closed=True), self.dns_address).values():
                 chains.setdefault(f, {}).update(table)  # one nft table: names never repeat across tables
-        return nftables.render_script(hooks, chains)
+        return hooks, chains
 
     async def set(self, key: str, rules: NetRules) -> None:
         """Apply if the network's rules changed. Unchanged rules are not rewritten: a restore
@@ -682,11 +731,12 @@ class Firewall:
         previous = self.desired.get(key)
         self._put(key, rules)
         try:
-            # nftables replaces pynet's own tables whole, in one cheap transaction (docs/design.md)
-            if self._active and await self._ensure_flavour() != NFTABLES:
-                await self._update(key)
-            else:
+            if not self._active:
                 await self._apply()
+            elif await self._ensure_flavour() == NFTABLES:
+                await self._update_nft()
+            else:
+                await self._update(key)
         except BaseException:
             self._put(key, previous)
             raise
@@ -703,7 +753,7 @@ class Firewall:
 
     async def _apply(self) -> None:
         if await self._ensure_flavour() == NFTABLES:
-            await self._nft().write(self.render_nft())
+            await self._write_nft()
         else:
             for family in self.families:
                 await self._write(family, self._desired(family))
@@ -715,8 +765,8 @@ class Firewall:
         self._written.pop(family, None)
         listings = listings or await self._listings(family)
         extra = self._jump_fixes(listings)
-        keep = {c for chains in shared_chains(self.dns_address).values() for c in chains}
-        keep |= {chain for net in w.nets.values() for _, chain, _ in net.chains}
+        # the old layout's per-network jumps in the shared chains go with the shared chains' flush
+        keep = {chain for chains in chain_rules(w, self.dns_address).values() for chain in chains}
         for table, listing in listings.items():
             if gone := stale_chains(listing, keep):
                 extra.setdefault(table, []).extend(gone)
@@ -739,6 +789,29 @@ class Firewall:
                 await self._write(family, after)
             self._written[family] = after
 
+    async def _write_nft(self) -> None:
+        """pynet's nft tables replaced whole."""
+        self._nft_written = None
+        state = self._nft_desired()
+        await self._nft().write(nftables.render_script(*state))
+        self._nft_written = state
+
+    async def _update_nft(self) -> None:
+        """Only the chains that changed, against what the last write left (`_nft_written`):
+        a network's own, its buckets and, with a bucket's first or last network, the shared
+        chain (docs/design.md). Where that is unknown, or the kernel no longer matches it (a
+        table deleted makes the script fail), the tables are replaced whole."""
+        before, self._nft_written = self._nft_written, None
+        after = self._nft_desired()
+        try:
+            if before is None or before[0] != after[0]:
+                raise PynetError("pynet: the tables as written are unknown, or their base chains changed")
+            if script := nftables.update_script(before[1], after[1]):
+                await self._nft().write(script)
+            self._nft_written = after
+        except PynetError:
+            await self._write_nft()
+
     async def ensure_jumps(self) -> bool:
         """Put back jumps that were removed or pushed down; rewrites the chains too, in case
         whoever removed the jumps removed the chains as well."""
@@ -746,11 +819,11 @@ class Firewall:
             if not self._active:
                 return False
             if await self._ensure_flavour() == NFTABLES:
-                # Only pynet writes its tables, and whole: missing (`nft flush ruleset`, a
+                # Only pynet writes its tables: missing (`nft flush ruleset`, a
                 # firewall service reloading its own ruleset) is the one way they can be wrong.
                 if await self._nft().present(self.families):
                     return False
-                await self._nft().write(self.render_nft())
+                await self._write_nft()
                 return True
             fixed = False
             for family in self.families:
@@ -766,6 +839,7 @@ class Firewall:
             if await self._ensure_flavour() == NFTABLES:
                 await self._nft().write(nftables.teardown_script(self.families))
                 self._active = False
+                self._nft_written = None
                 return
             for family in self.families:
                 text = ""

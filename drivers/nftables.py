@@ -4,8 +4,9 @@ firewall backend (`"firewall-backend": "nftables"`).
 Docker then writes its own tables, `ip docker-bridges` and `ip6 docker-bridges`, makes no
 DOCKER-USER chain and no iptables rules at all, and expects other software to keep to tables of
 its own (docs.docker.com engine/network/firewall-nftables). So pynet owns `ip pynet` and
-`ip6 pynet`, rewritten whole, both families in one `nft -f -` transaction, and never reads or
-edits Docker's tables beyond listing them.
+`ip6 pynet`, written whole at start, then changed chain by chain (`update_script`), both
+families in one `nft -f -` transaction each time, and never reads or edits Docker's tables
+beyond listing them.
 
 The rules are the iptables backend's own (`firewall.chain_rules`), translated here: one set of
 rules decides what is allowed, whichever backend writes it. Each PYNET-* chain, the shared ones
@@ -188,6 +189,26 @@ def render_script(hooks: Iterable[Hook], chains: Mapping[int, Mapping[str, Seque
 
 def teardown_script(families: Iterable[int]) -> str:
     return _drop_tables(families)
+
+
+def update_script(
+    before: Mapping[int, Mapping[str, Sequence[str]]], after: Mapping[int, Mapping[str, Sequence[str]]]
+) -> str:
+    """The `nft -f -` input taking pynet's tables from BEFORE to AFTER (chains per family, as
+    `render_script` takes them; the base chains the same): chains added, flushed and refilled
+    where their rules differ, deleted where gone. One transaction, all or nothing; "" when
+    nothing changed. A chain is made before any rule jumping to it, and deleted after the
+    flushes that take the jumps to it away."""
+    lines: list[str] = []
+    for family, chains in after.items():
+        was, table = before.get(family, {}), f"{FAMILIES[family]} {TABLE}"
+        lines += [f"add chain {table} {name}" for name in chains if name not in was]
+        for name, rules in chains.items():
+            if was.get(name, ()) != rules:
+                lines += [f"flush chain {table} {name}"] if name in was else []
+                lines += [f"add rule {table} {name} {translate(rule, family)}" for rule in rules]
+        lines += [f"delete chain {table} {name}" for name in was if name not in chains]
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 # -- reading the kernel (pure parsers of `nft` output) -----------------------------------------

@@ -51,7 +51,8 @@ class Iptables:
 
     async def pynet_rules(self) -> list[Rule]:
         """Rules in PYNET chains, which gc checks against the networks. None under nftables:
-        pynet's tables are rewritten whole at each change and deleted whole, so no rule of a
+        pynet's tables are written whole at start, then changed only by pynet against what it
+        wrote (chains flushed and refilled, or deleted), and deleted whole, so no rule of a
         network that is gone can stay behind."""
         if await self.flavour() == NFTABLES:
             return []

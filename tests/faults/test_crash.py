@@ -23,6 +23,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from pynet.drivers.firewall import ISOLATION, ISOLATION_2, bucket
 from pynet.plugin.ops import gc
 from pynet.plugin.serve import DNS_LINK
 from pynet.store import faults
@@ -101,9 +102,11 @@ def check_isolated(docker: Docker, ns: Namespaces, a: Container, b: Container) -
     x, y = bridge_of(a.net), bridge_of(b.net)
     for src, dst in ((x, y), (y, x)):  # what leaves SRC for another pynet bridge meets DST's DROP
         for rule in (
-            f"-A PYNET-ISOLATION -i {src} -j PYNET-I-{src}",
-            f"-A PYNET-I-{src} -i {src} ! -o {src} -j PYNET-ISOLATION-2",
-            f"-A PYNET-ISOLATION-2 -o {dst} -j DROP",
+            f"-A PYNET-ISOLATION -j {bucket(ISOLATION, src)}",
+            f"-A {bucket(ISOLATION, src)} -i {src} -j PYNET-I-{src}",
+            f"-A PYNET-I-{src} -i {src} ! -o {src} -j {ISOLATION_2}",
+            f"-A {ISOLATION_2} -j {bucket(ISOLATION_2, dst)}",
+            f"-A {bucket(ISOLATION_2, dst)} -o {dst} -j DROP",
         ):
             assert rule in rules, f"isolation rule {rule!r} missing:\n{rules}"
     # One probe, one second: the answer would come back in a millisecond.

@@ -21,12 +21,21 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from pynet.drivers.base import PortMap
-from pynet.drivers.firewall import Firewall, NetRules, detect_flavour, jumps_for
+from pynet.drivers.firewall import (
+    ISOLATION,
+    SHARED_OF,
+    Firewall,
+    NetRules,
+    bucket,
+    chain_rules,
+    detect_flavour,
+    jumps_for,
+)
 
 DOCKER_HOST_JUMPS = jumps_for("-N DOCKER-USER")
 
@@ -286,17 +295,99 @@ async def test_internal_blocks_everything_but_the_bridge(fw: Firewall) -> None:
     assert connect("ctr3", "10.99.0.2", 80) == "10.99.0.3"
 
 
-async def test_two_bridges_are_isolated_but_a_container_on_both_reaches_both(fw: Firewall) -> None:
-    await fw.set("a", net_a())
+@contextmanager
+def bridge_renamed(old: str, new: str) -> Iterator[None]:
+    """The host's bridge OLD named NEW, its ports, addresses and routes kept."""
+
+    def rename(a: str, b: str) -> None:
+        for args in (("down",), ("name", b), ("up",)):
+            in_ns("host", "ip", "link", "set", a if args[0] != "up" else b, *args)
+
+    if old != new:
+        rename(old, new)
+    try:
+        yield
+    finally:
+        if old != new:
+            rename(new, old)
+
+
+def held(fw: Firewall, chain: str = "") -> str:
+    """One chain of pynet's as the kernel holds it, or (no CHAIN) all of pynet's rules, in
+    whichever backend FW writes."""
+    if fw.flavour == "nftables":
+        return in_ns("host", "nft", "list", *(("chain", "ip", "pynet", chain) if chain else ("ruleset",)))
+    return in_ns("host", "iptables-nft", "-S", chain) if chain else "".join(host_save())
+
+
+def same_bucket_as_a() -> str:
+    return next(f"pnfw-b{i}" for i in range(1000) if bucket(ISOLATION, f"pnfw-b{i}") == bucket(ISOLATION, "pnfw-a"))
+
+
+@pytest.mark.parametrize("bridge_b", ["pnfw-b", same_bucket_as_a()], ids=["other bucket", "same bucket"])
+async def test_two_bridges_are_isolated_but_a_container_on_both_reaches_both(fw: Firewall, bridge_b: str) -> None:
+    """Whether the two networks' jumps sit in different bucket chains or share them; deleting
+    one leaves the other's jumps, and nothing of its own."""
+    with bridge_renamed("pnfw-b", bridge_b):
+        await fw.set("a", net_a())
+        await fw.set("b", replace(NET_B, bridge=bridge_b))
+        in_bucket = held(fw, bucket(ISOLATION, bridge_b))
+        assert f'"{bridge_b}"' in in_bucket or f"-i {bridge_b} " in in_bucket
+        assert ("pnfw-a" in in_bucket) == (bridge_b != "pnfw-b")
+        assert connect("ctr", "198.18.0.2", 80) == "198.18.0.1"
+        assert connect("ctr2", "198.18.0.2", 80) == "198.18.0.1"
+        assert connect("ctr", "10.98.0.2", 80) is None
+        assert connect("ctr2", "10.99.0.2", 80) is None
+        assert connect("ctr3", "10.99.0.2", 80) == "10.99.0.3"
+        assert connect("ctr3", "10.98.0.2", 80) == "10.98.0.3"
+        await fw.remove("b")
+        assert connect("ctr2", "198.18.0.2", 80) is None
+        assert connect("ctr", "198.18.0.2", 80) == "198.18.0.1"
+        assert bridge_b not in held(fw)
+
+
+async def test_a_delete_leaves_nothing_of_the_network(fw: Firewall, topo: Topology) -> None:
+    await fw.set("a", net_a(ports=(PORT80, PORT80_V6)))
+    with_a = host_save()
     await fw.set("b", NET_B)
-    assert connect("ctr", "198.18.0.2", 80) == "198.18.0.1"
-    assert connect("ctr2", "198.18.0.2", 80) == "198.18.0.1"
-    assert connect("ctr", "10.98.0.2", 80) is None
-    assert connect("ctr2", "10.99.0.2", 80) is None
-    assert connect("ctr3", "10.99.0.2", 80) == "10.99.0.3"
-    assert connect("ctr3", "10.98.0.2", 80) == "10.98.0.3"
     await fw.remove("b")
-    assert connect("ctr2", "198.18.0.2", 80) is None
+    assert host_save() == with_a
+    await fw.remove("a")
+    saved = "".join(host_save())
+    assert "pnfw-" not in saved and "-B" not in saved, "no chain, bucket or rule of either network"
+
+
+def old_layout(fw: Firewall, family: int) -> str:
+    """The restore text pynet wrote before the buckets: every network's jumps straight in the
+    shared chains, and no bucket chain (those of `fw`'s kernel flushed and deleted)."""
+    lines = []
+    for table, chains in chain_rules(fw._desired(family), fw.dns_address).items():
+        buckets = [c for c in chains if c in SHARED_OF]
+        flat = {c: [r for r in rules if r.removeprefix("-j ") not in buckets] for c, rules in chains.items()}
+        for b in buckets:
+            flat[SHARED_OF[b]] += chains[b]
+        lines += [f"*{table}", *(f":{c} - [0:0]" for c in chains)]
+        lines += [f"-A {c} {r}" for c, rules in flat.items() if c not in buckets for r in rules]
+        lines += [f"-X {c}" for c in buckets] + ["COMMIT"]
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_host_left_with_the_old_layout_converges_at_the_first_apply(fw: Firewall, topo: Topology) -> None:
+    await fw.set("a", net_a(ports=(PORT80,)))
+    await fw.set("b", NET_B)
+    fresh = host_save()
+    for family, binary in ((4, "iptables-nft-restore"), (6, "ip6tables-nft-restore")):
+        in_ns("host", binary, "-w", "--noflush", input=old_layout(fw, family))
+    old = in_ns("host", "iptables-nft-save")
+    assert "-A PYNET-ISOLATION -i pnfw-b -j PYNET-I-pnfw-b" in old and "-B" not in old
+    assert connect("ctr", "10.98.0.2", 80) is None, "the old layout isolates too"
+    restarted = Firewall(netns=ns("host"))  # pynet upgraded: its start-up stages and applies once
+    restarted.stage(fw.desired)
+    await restarted.apply()
+    assert host_save() == fresh, "no per-network jump left in a shared chain, no chain left over"
+    await restarted.remove("b")
+    assert "pnfw-b" not in "".join(host_save())
+    assert connect("ctr", "198.18.0.2", 80) == "198.18.0.1"
 
 
 async def test_apply_twice_leaves_one_jump_first_in_each_chain(fw: Firewall) -> None:
@@ -389,6 +480,12 @@ async def test_legacy_docker_host() -> None:
         assert fw.flavour == "legacy"
         rules = sh("ip", "netns", "exec", name, "iptables-legacy", "-S", "DOCKER-USER").splitlines()
         assert rules[1:] == ["-A DOCKER-USER -j PYNET-FORWARD"]
+        await fw.set("b", NET_B)
+        await fw.remove("b")  # deleted by text from its buckets, in the legacy flavour too
+        assert "pnfw-b" not in sh("ip", "netns", "exec", name, "iptables-legacy-save")
+        assert f"-A PYNET-FORWARD -j {bucket('PYNET-FORWARD', 'pnfw-a')}" in sh(
+            "ip", "netns", "exec", name, "iptables-legacy", "-S", "PYNET-FORWARD"
+        )
         await fw.teardown()
         assert sh("ip", "netns", "exec", name, "iptables-legacy", "-S") == before
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pynet.drivers.firewall import Firewall, detect_flavour
+from pynet.drivers.firewall import Firewall, bucket, detect_flavour
 from pynet.drivers.nftables import NftTables
 from pynet.plugin.ops.doctor import _nft_checks
 from pynet.plugin.ops.iptables import Iptables
@@ -30,6 +30,7 @@ from tests.kernel import test_serve as serve
 # outside (only DNAT'ed flows, also with a route to the subnet), from the host, 127.0.0.1 and
 # hairpin, icc off, internal networks, two networks isolated with a container on both.
 from tests.kernel.test_firewall import (  # noqa: F401 - the test_* are collected by pytest here
+    NET_B,
     PORT80,
     Topology,
     connect,
@@ -190,6 +191,32 @@ async def test_a_flushed_table_is_put_back(fw: Firewall) -> None:
     assert connect("ctr", "198.18.0.2", 80) is None
     assert await fw.ensure_jumps() is True
     assert connect("ctr", "198.18.0.2", 80) == "198.18.0.1"
+
+
+def pynet_chains() -> dict[str, dict[str, str]]:
+    """Each chain of pynet's tables, per family, as `nft list table` shows it (in any order)."""
+    listings = {f: in_ns("host", "nft", "list", "table", f, "pynet") for f in ("ip", "ip6")}
+    return {f: dict(re.findall(r"\tchain (\S+) \{\n(.*?)\t\}", text, re.S)) for f, text in listings.items()}
+
+
+async def test_changes_leave_the_tables_a_whole_write_makes(fw: Firewall) -> None:
+    """A change rewrites only the chains it changes (a network's own, its buckets); what they
+    leave is what replacing the tables whole makes, and a change finding a table gone by hand
+    writes them whole."""
+    await fw.set("a", net_a())
+    await fw.set("b", NET_B)
+    await fw.set("a", net_a(ports=(PORT80,)))
+    await fw.remove("b")
+    changed = pynet_chains()
+    assert "pnfw-b" not in str(changed) and "PYNET-F-pnfw-a" in changed["ip"]
+    await fw.apply()
+    assert pynet_chains() == changed
+    assert connect("ext", "198.18.0.1", 8080) == "198.18.0.2"
+    assert connect("ctr2", "198.18.0.2", 80) is None, "b's accepts went with it"
+    in_ns("host", "nft", "delete", "table", "ip6", "pynet")
+    await fw.set("b", NET_B)
+    assert connect("ctr2", "198.18.0.2", 80) == "198.18.0.1"
+    assert '"pnfw-b"' in pynet_chains()["ip6"][bucket("PYNET-ISOLATION-2", "pnfw-b")], "the tables written whole"
 
 
 async def test_docker_forward_drop_policy_wins_and_doctor_says_so(fw: Firewall) -> None:

@@ -112,14 +112,20 @@ def test_default_network() -> None:
         :PYNET-FORWARD - [0:0]
         :PYNET-ISOLATION - [0:0]
         :PYNET-ISOLATION-2 - [0:0]
+        :PYNET-FORWARD-B13 - [0:0]
+        :PYNET-ISOLATION-B13 - [0:0]
+        :PYNET-ISOLATION-2-B13 - [0:0]
         :PYNET-I-pnb-a - [0:0]
         :PYNET-F-pnb-a - [0:0]
         -A PYNET-FORWARD -j PYNET-ISOLATION
-        -A PYNET-FORWARD -i pnb-a -j PYNET-F-pnb-a
-        -A PYNET-FORWARD -o pnb-a -j PYNET-F-pnb-a
-        -A PYNET-ISOLATION -i pnb-a -j PYNET-I-pnb-a
-        -A PYNET-ISOLATION -o pnb-a -j PYNET-I-pnb-a
-        -A PYNET-ISOLATION-2 -o pnb-a -j DROP
+        -A PYNET-FORWARD -j PYNET-FORWARD-B13
+        -A PYNET-ISOLATION -j PYNET-ISOLATION-B13
+        -A PYNET-ISOLATION-2 -j PYNET-ISOLATION-2-B13
+        -A PYNET-FORWARD-B13 -i pnb-a -j PYNET-F-pnb-a
+        -A PYNET-FORWARD-B13 -o pnb-a -j PYNET-F-pnb-a
+        -A PYNET-ISOLATION-B13 -i pnb-a -j PYNET-I-pnb-a
+        -A PYNET-ISOLATION-B13 -o pnb-a -j PYNET-I-pnb-a
+        -A PYNET-ISOLATION-2-B13 -o pnb-a -j DROP
         -A PYNET-I-pnb-a -i pnb-a -o pnb-a -j ACCEPT
         -A PYNET-I-pnb-a -i pnb-a -o docker0 -j DROP
         -A PYNET-I-pnb-a -i docker0 -o pnb-a -j DROP
@@ -133,17 +139,25 @@ def test_default_network() -> None:
         :PYNET-PREROUTING - [0:0]
         :PYNET-OUTPUT - [0:0]
         :PYNET-POSTROUTING - [0:0]
+        :PYNET-PREROUTING-B13 - [0:0]
+        :PYNET-OUTPUT-B13 - [0:0]
+        :PYNET-POSTROUTING-B13 - [0:0]
         :PYNET-D-pnb-a - [0:0]
         :PYNET-P-pnb-a - [0:0]
-        -A PYNET-PREROUTING -m comment --comment "pynet n1" -j PYNET-D-pnb-a
-        -A PYNET-OUTPUT -m comment --comment "pynet n1" -j PYNET-D-pnb-a
-        -A PYNET-POSTROUTING -m comment --comment "pynet n1" -j PYNET-P-pnb-a
+        -A PYNET-PREROUTING -j PYNET-PREROUTING-B13
+        -A PYNET-OUTPUT -j PYNET-OUTPUT-B13
+        -A PYNET-POSTROUTING -j PYNET-POSTROUTING-B13
+        -A PYNET-PREROUTING-B13 -m comment --comment "pynet n1" -j PYNET-D-pnb-a
+        -A PYNET-OUTPUT-B13 -m comment --comment "pynet n1" -j PYNET-D-pnb-a
+        -A PYNET-POSTROUTING-B13 -m comment --comment "pynet n1" -j PYNET-P-pnb-a
         -A PYNET-P-pnb-a -s 10.99.0.0/24 ! -o pnb-a -m comment --comment "pynet n1" -j MASQUERADE
         COMMIT
         *raw
         :PYNET-NOTRACK - [0:0]
+        :PYNET-NOTRACK-B13 - [0:0]
         :PYNET-T-pnb-a - [0:0]
-        -A PYNET-NOTRACK -i pnb-a -j PYNET-T-pnb-a
+        -A PYNET-NOTRACK -j PYNET-NOTRACK-B13
+        -A PYNET-NOTRACK-B13 -i pnb-a -j PYNET-T-pnb-a
         -A PYNET-T-pnb-a -i pnb-a -d 10.99.0.0/24 -m addrtype ! --dst-type LOCAL -j NOTRACK
         COMMIT
         """
@@ -283,18 +297,24 @@ def test_two_networks_are_isolated_through_one_chain_and_from_extra_bridges() ->
     fw = firewall(nets, other_bridges={"virbr0", "pnb-a"})
     filter_text = fw.render(4).split("COMMIT")[0]
     shared = [line for line in filter_text.splitlines() if line.startswith(("-A PYNET-FORWARD", "-A PYNET-ISOLATION"))]
-    assert shared == [
+    assert shared == [  # pnb-b's jumps in bucket 7, pnb-a's in 13: the shared chains hold only buckets
         "-A PYNET-FORWARD -j PYNET-ISOLATION",
-        "-A PYNET-FORWARD -i pnb-a -j PYNET-F-pnb-a",
-        "-A PYNET-FORWARD -o pnb-a -j PYNET-F-pnb-a",
-        "-A PYNET-FORWARD -i pnb-b -j PYNET-F-pnb-b",
-        "-A PYNET-FORWARD -o pnb-b -j PYNET-F-pnb-b",
-        "-A PYNET-ISOLATION -i pnb-a -j PYNET-I-pnb-a",
-        "-A PYNET-ISOLATION -o pnb-a -j PYNET-I-pnb-a",
-        "-A PYNET-ISOLATION -i pnb-b -j PYNET-I-pnb-b",
-        "-A PYNET-ISOLATION -o pnb-b -j PYNET-I-pnb-b",
-        "-A PYNET-ISOLATION-2 -o pnb-a -j DROP",
-        "-A PYNET-ISOLATION-2 -o pnb-b -j DROP",
+        "-A PYNET-FORWARD -j PYNET-FORWARD-B7",
+        "-A PYNET-FORWARD -j PYNET-FORWARD-B13",
+        "-A PYNET-ISOLATION -j PYNET-ISOLATION-B7",
+        "-A PYNET-ISOLATION -j PYNET-ISOLATION-B13",
+        "-A PYNET-ISOLATION-2 -j PYNET-ISOLATION-2-B7",
+        "-A PYNET-ISOLATION-2 -j PYNET-ISOLATION-2-B13",
+        "-A PYNET-FORWARD-B7 -i pnb-b -j PYNET-F-pnb-b",
+        "-A PYNET-FORWARD-B7 -o pnb-b -j PYNET-F-pnb-b",
+        "-A PYNET-FORWARD-B13 -i pnb-a -j PYNET-F-pnb-a",
+        "-A PYNET-FORWARD-B13 -o pnb-a -j PYNET-F-pnb-a",
+        "-A PYNET-ISOLATION-B7 -i pnb-b -j PYNET-I-pnb-b",
+        "-A PYNET-ISOLATION-B7 -o pnb-b -j PYNET-I-pnb-b",
+        "-A PYNET-ISOLATION-B13 -i pnb-a -j PYNET-I-pnb-a",
+        "-A PYNET-ISOLATION-B13 -o pnb-a -j PYNET-I-pnb-a",
+        "-A PYNET-ISOLATION-2-B7 -o pnb-b -j DROP",
+        "-A PYNET-ISOLATION-2-B13 -o pnb-a -j DROP",
     ]
     # The extra bridge pnb-a is pynet's own here: isolated through PYNET-ISOLATION-2, not twice.
     assert own_chains(filter_text)["PYNET-I-pnb-a"] == [

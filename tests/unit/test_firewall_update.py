@@ -6,12 +6,14 @@ pair of networks)."""
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
 from pynet.drivers.base import PortMap
-from pynet.drivers.firewall import TABLES, Firewall, NetRules, shared_chains
+from pynet.drivers.firewall import BUCKETS, SHARED_OF, TABLES, Firewall, NetRules, bucket, chain_rules
 from pynet.store.errors import PynetError
 
 BUILT_IN = {
@@ -93,20 +95,18 @@ def net(i: int, rng: random.Random | None = None) -> NetRules:
 
 def matches_full_render(fw: Firewall, kernel: Kernel) -> None:
     """The kernel holds exactly the chains a full rewrite makes: each network's own chains
-    rule for rule, and each shared chain its head first, then the networks' jumps in any order."""
+    rule for rule, each shared chain its head first, then jumps to its buckets in use in any
+    order, and each bucket its networks' jumps in any order."""
     for family, binary in ((4, "iptables-nft"), (6, "ip6tables-nft")):
         w = fw._desired(family)
-        for table, shared in shared_chains(fw.dns_address).items():
+        own = {chain for net in w.nets.values() for _, chain, _ in net.chains}
+        for table, chains in chain_rules(w, fw.dns_address).items():
             held = {c: r for c, r in kernel.chains(binary)[table].items() if c.startswith("PYNET-")}
-            own = {chain: list(rules) for net in w.nets.values() for t, chain, rules in net.chains if t == table}
-            assert set(held) == set(shared) | set(own), (family, table)
-            for chain, rules in own.items():
-                assert held[chain] == rules, (family, chain)
-            for chain in shared:
-                head = list(w.heads.get(chain, ()))
-                jumps = [rule for net in w.nets.values() for t, c, rule in net.jumps if c == chain]
-                assert held[chain][: len(head)] == head, (family, chain)
-                assert sorted(held[chain][len(head) :]) == sorted(jumps), (family, chain)
+            assert set(held) == set(chains), (family, table)
+            for chain, rules in chains.items():
+                head = len(rules) if chain in own else len(w.heads.get(chain, ()))
+                assert held[chain][:head] == list(rules[:head]), (family, chain)
+                assert sorted(held[chain][head:]) == sorted(rules[head:]), (family, chain)
 
 
 async def filled(n: int) -> tuple[Firewall, Kernel]:
@@ -118,12 +118,24 @@ async def filled(n: int) -> tuple[Firewall, Kernel]:
     return fw, kernel
 
 
-def restore_lines(kernel: Kernel) -> int:
-    return sum(len(text.splitlines()) for _, text in kernel.restores)
+# The lines that make or delete a bucket chain and the shared chain's jump to it.
+BUCKET_LINE = re.compile(r"(:|-X |-[AD] PYNET-[A-Z0-9-]+ -j )PYNET-[A-Z0-9-]+-B\d+( - \[0:0\])?")
+
+
+def restore_lines(kernel: Kernel) -> list[str]:
+    return [line for _, text in kernel.restores for line in text.splitlines()]
+
+
+def chains_of(*bridges: str) -> set[str]:
+    """The networks' own chains and their buckets."""
+    own = {f"PYNET-{c}-{b}" for c in "IFDPT" for b in bridges}
+    return own | {bucket(shared, b) for shared in set(SHARED_OF.values()) for b in bridges}
 
 
 @pytest.mark.parametrize("change", ["create", "publish", "remove"])
 async def test_one_change_writes_the_same_few_lines_with_5_or_50_networks(change: str) -> None:
+    """Besides making its bucket (its first network) or deleting it (its last), a change
+    writes the same lines at 5 networks as at 50, and only in the network's chains."""
     counts = []
     for n in (5, 50):
         fw, kernel = await filled(n)
@@ -134,11 +146,43 @@ async def test_one_change_writes_the_same_few_lines_with_5_or_50_networks(change
         else:
             await fw.remove("n3")
         assert len(kernel.restores) == 2, "one restore per family"
-        flushed = {line.split()[0] for _, text in kernel.restores for line in text.splitlines() if line[0] == ":"}
-        assert flushed <= {f":PYNET-{c}-pnb-{i}" for c in "IFDPT" for i in (3, 99)}, "only the network's own chains"
-        counts.append(restore_lines(kernel))
+        lines = restore_lines(kernel)
+        flushed = {line.split()[0][1:] for line in lines if line[0] == ":"}
+        assert flushed <= chains_of("pnb-3", "pnb-99"), "only the network's own chains and buckets"
+        assert set(re.findall(r"pnb-\d+", "".join(lines))) <= {"pnb-3", "pnb-99"}, "no other network's rule"
+        counts.append(len([line for line in lines if not BUCKET_LINE.fullmatch(line)]))
         matches_full_render(fw, kernel)
     assert counts[0] == counts[1], f"restore lines for one {change} at 5 and 50 networks: {counts}"
+
+
+async def test_a_delete_at_250_networks_reads_one_bucket_of_each_shared_chain() -> None:
+    """iptables-nft reads back every rule of the chain a `-D` names: a network's jumps sit in
+    buckets of about 2N/BUCKETS rules, and the shared chains hold a jump per bucket."""
+    fw, kernel = await filled(250)
+    held = kernel.chains("iptables-nft")
+    for table, chains in held.items():
+        for chain, rules in chains.items():
+            if chain in SHARED_OF.values():
+                assert len(rules) <= BUCKETS + 1, (table, chain)
+            elif chain in SHARED_OF:
+                assert len(rules) <= 3 * 2 * 250 // BUCKETS, (table, chain)  # crc32 spreads the names
+    await fw.remove("n7")
+    deleted = {line.split()[1] for line in restore_lines(kernel) if line.startswith("-D ")}
+    assert deleted and deleted <= chains_of("pnb-7") | set(SHARED_OF.values())
+    assert not deleted & set(SHARED_OF.values()), "n7 shares its buckets with other networks: they stay"
+    matches_full_render(fw, kernel)
+
+
+async def test_the_last_network_of_a_bucket_takes_the_bucket_with_it() -> None:
+    fw, kernel = await filled(1)
+    await fw.set("n1", net(1))
+    await fw.remove("n0")
+    lines = restore_lines(kernel)
+    assert f"-D PYNET-FORWARD -j {bucket('PYNET-FORWARD', 'pnb-0')}" in lines
+    assert f"-X {bucket('PYNET-ISOLATION-2', 'pnb-0')}" in lines
+    await fw.remove("n1")
+    assert not [c for t in kernel.chains("iptables-nft").values() for c in t if c in SHARED_OF], "no bucket left"
+    matches_full_render(fw, kernel)
 
 
 async def test_rules_per_network_do_not_grow_with_the_networks() -> None:
@@ -148,19 +192,24 @@ async def test_rules_per_network_do_not_grow_with_the_networks() -> None:
     assert rules < 50 * 15, rules
 
 
-async def test_random_changes_keep_the_chains_as_a_full_rewrite_makes_them() -> None:
-    rng = random.Random(12)
-    kernel = Kernel()
-    fw = Firewall("nft", other_bridges={"virbr0"}, runner=kernel)
-    await fw.apply()  # at start, as the daemon does
-    for _ in range(150):
+async def random_changes(fw: Firewall, seed: int, rounds: int, check: Callable[[], None]) -> None:
+    """Networks of 12 made, changed and deleted at random, CHECK after each change."""
+    rng = random.Random(seed)
+    for _ in range(rounds):
         i = rng.randrange(12)
         if rng.random() < 0.3:
             await fw.remove(f"n{i}")
         else:
             await fw.set(f"n{i}", net(i, rng))
-        matches_full_render(fw, kernel)
-    full = [text for _, text in kernel.restores if ":PYNET-FORWARD" in text]
+        check()
+
+
+async def test_random_changes_keep_the_chains_as_a_full_rewrite_makes_them() -> None:
+    kernel = Kernel()
+    fw = Firewall("nft", other_bridges={"virbr0"}, runner=kernel)
+    await fw.apply()  # at start, as the daemon does
+    await random_changes(fw, 12, 150, lambda: matches_full_render(fw, kernel))
+    full = [text for _, text in kernel.restores if ":PYNET-FORWARD - [0:0]" in text]
     assert len(full) == 2, "only the apply at start rewrote the chains (one restore per family)"
 
 
@@ -179,7 +228,7 @@ async def test_after_a_failed_restore_the_next_change_rewrites_everything() -> N
     matches_full_render(fw, kernel)
     kernel.restores.clear()
     await fw.set("n8", net(8))
-    assert not any(":PYNET-FORWARD" in text for _, text in kernel.restores), "no full rewrite"
+    assert not any(":PYNET-FORWARD - [0:0]" in text for _, text in kernel.restores), "no full rewrite"
     matches_full_render(fw, kernel)
 
 
@@ -190,3 +239,14 @@ async def test_a_full_rewrite_deletes_the_chains_of_networks_that_are_gone() -> 
     await restarted.apply()
     assert not [c for c in kernel.chains("iptables-nft")["filter"] if c.endswith("-pnb-2")]
     matches_full_render(restarted, kernel)
+
+
+async def test_a_renamed_bridge_moves_the_network_to_its_new_bucket() -> None:
+    fw, kernel = await filled(3)
+    used = {bucket("PYNET-FORWARD", f"pnb-{i}") for i in range(3)}
+    name = next(f"pnx-{i}" for i in range(100) if bucket("PYNET-FORWARD", f"pnx-{i}") not in used)
+    await fw.set("n0", replace(net(0), bridge=name))
+    lines = restore_lines(kernel)
+    assert f"-X {bucket('PYNET-FORWARD', 'pnb-0')}" in lines, "pnb-0 was alone in its bucket"
+    assert f"-A PYNET-FORWARD -j {bucket('PYNET-FORWARD', name)}" in lines
+    matches_full_render(fw, kernel)

@@ -22,6 +22,7 @@ from pynet.drivers.nftables import (
 from pynet.plugin.ops.iptables import Iptables
 from pynet.store.errors import PynetError
 from tests.unit.test_firewall import rules
+from tests.unit.test_firewall_update import chains_of, net, random_changes
 
 PORT = PortMap("tcp", "", 8080, "10.99.0.2", 80)
 
@@ -95,14 +96,23 @@ def test_network_with_a_published_port() -> None:
         + """\
         chain PYNET-FORWARD {
             jump PYNET-ISOLATION
+            jump PYNET-FORWARD-B13
+        }
+        chain PYNET-ISOLATION {
+            jump PYNET-ISOLATION-B13
+        }
+        chain PYNET-ISOLATION-2 {
+            jump PYNET-ISOLATION-2-B13
+        }
+        chain PYNET-FORWARD-B13 {
             iifname "pnb-a" jump PYNET-F-pnb-a
             oifname "pnb-a" jump PYNET-F-pnb-a
         }
-        chain PYNET-ISOLATION {
+        chain PYNET-ISOLATION-B13 {
             iifname "pnb-a" jump PYNET-I-pnb-a
             oifname "pnb-a" jump PYNET-I-pnb-a
         }
-        chain PYNET-ISOLATION-2 {
+        chain PYNET-ISOLATION-2-B13 {
             oifname "pnb-a" drop
         }
         chain PYNET-I-pnb-a {
@@ -120,12 +130,21 @@ def test_network_with_a_published_port() -> None:
             oifname "pnb-a" drop
         }
         chain PYNET-PREROUTING {
-            jump PYNET-D-pnb-a comment "pynet n1"
+            jump PYNET-PREROUTING-B13
         }
         chain PYNET-OUTPUT {
-            jump PYNET-D-pnb-a comment "pynet n1"
+            jump PYNET-OUTPUT-B13
         }
         chain PYNET-POSTROUTING {
+            jump PYNET-POSTROUTING-B13
+        }
+        chain PYNET-PREROUTING-B13 {
+            jump PYNET-D-pnb-a comment "pynet n1"
+        }
+        chain PYNET-OUTPUT-B13 {
+            jump PYNET-D-pnb-a comment "pynet n1"
+        }
+        chain PYNET-POSTROUTING-B13 {
             jump PYNET-P-pnb-a comment "pynet n1"
         }
         chain PYNET-D-pnb-a {
@@ -137,6 +156,9 @@ def test_network_with_a_published_port() -> None:
             oifname "pnb-a" fib saddr type local masquerade
         }
         chain PYNET-NOTRACK {
+            jump PYNET-NOTRACK-B13
+        }
+        chain PYNET-NOTRACK-B13 {
             iifname "pnb-a" jump PYNET-T-pnb-a
         }
         chain PYNET-T-pnb-a {
@@ -283,10 +305,78 @@ async def test_each_change_is_one_nft_transaction_and_no_iptables_at_all() -> No
     await fw.remove("n1")
     assert len(nft.scripts) == 3
     assert all(argv[0] == "nft" for argv in nft.calls)
-    assert nft.scripts[-1] == fw.render_nft() and "pnb-a" not in nft.scripts[-1]
-    assert nft.scripts[-1].startswith(
+    assert nft.scripts[0].startswith(  # the first write replaces the tables whole
         "table ip pynet {}\ndelete table ip pynet\ntable ip6 pynet {}\ndelete table ip6 pynet\n"
     )
+    assert "delete table" not in nft.scripts[1] + nft.scripts[2], "later ones change chains"
+    assert "delete chain ip pynet PYNET-F-pnb-a" in nft.scripts[2] and "pnb-b" not in nft.scripts[2]
+
+
+def applied(tables: dict[int, dict[str, list[str]]], script: str) -> None:
+    """`nft -f -` of an update script, on a model of pynet's chains (translated rules)."""
+    family = {"ip": 4, "ip6": 6}
+    for line in script.splitlines():
+        verb, kind, fam, table, name, *rule = line.split(" ", 5)
+        chains = tables[family[fam]]
+        assert table == "pynet"
+        if (verb, kind) == ("add", "chain"):
+            assert name not in chains, line
+            chains[name] = []
+        elif (verb, kind) == ("flush", "chain"):
+            chains[name].clear()
+        elif (verb, kind) == ("add", "rule"):
+            chains[name].append(rule[0])
+        else:
+            assert (verb, kind) == ("delete", "chain"), line
+            del chains[name]
+
+
+def translated(fw: Firewall) -> dict[int, dict[str, list[str]]]:
+    return {
+        f: {c: [translate(r, f) for r in rules] for c, rules in chains.items()}
+        for f, chains in fw._nft_desired()[1].items()
+    }
+
+
+async def test_changes_leave_the_chains_a_whole_write_makes() -> None:
+    nft = FakeNft()
+    fw = Firewall("nftables", runner=nft)
+    await fw.apply()
+    model = translated(fw)
+
+    def check() -> None:
+        if len(nft.scripts) > 1:
+            applied(model, nft.scripts.pop())
+        assert model == translated(fw)
+
+    await random_changes(fw, 7, 120, check)
+    assert len(nft.scripts) == 1, "only the first apply wrote the tables whole"
+
+
+async def test_a_delete_at_250_networks_changes_only_the_networks_chains_and_buckets() -> None:
+    nft = FakeNft()
+    fw = Firewall("nftables", runner=nft)
+    fw.stage({f"n{i}": net(i) for i in range(250)})
+    await fw.apply()
+    await fw.remove("n7")
+    named = {line.split()[4] for line in nft.scripts[-1].splitlines()}
+    assert named and named <= chains_of("pnb-7"), named
+    # its buckets rewritten, about 2 * 250 / 16 rules each: not the tables' 15,000 lines
+    assert 20 * len(nft.scripts[-1].splitlines()) < len(fw.render_nft().splitlines())
+
+
+async def test_a_failed_change_is_followed_by_a_whole_write() -> None:
+    nft = FakeNft()
+    fw = Firewall("nftables", runner=nft)
+    await fw.set("n1", rules())
+    nft.fail = True
+    with pytest.raises(PynetError):
+        await fw.set("n2", rules("pnb-b"))
+    nft.fail = False
+    await fw.set("n2", rules("pnb-b"))
+    assert nft.scripts[-1] == fw.render_nft(), "what the kernel holds was unknown: the tables go whole"
+    await fw.remove("n2")
+    assert "delete table" not in nft.scripts[-1]
 
 
 async def test_ensure_rewrites_only_missing_tables_and_teardown_drops_exactly_pynets() -> None:
