@@ -360,6 +360,12 @@ class Written:
     nets: dict[str, NetChains]
     others: tuple[str, ...]  # the bridges isolated from pynet's: a change rewrites every network
 
+    @functools.cached_property
+    def buckets(self) -> frozenset[tuple[str, str]]:
+        """(table, bucket chain) of every bucket holding a jump of its networks. Once per
+        Written: a change compares the last one written with the next, which it then keeps."""
+        return frozenset(_buckets(self))
+
 
 # The nftables backend's tables as written: the base chains' hooks, and the chains per family.
 NftWritten = tuple[tuple[nftables.Hook, ...], dict[int, dict[str, tuple[str, ...]]]]
@@ -434,7 +440,7 @@ def update_text(before: Written, after: Written, key: str) -> str:
     in its buckets added or deleted; a bucket is made with its first network and deleted with
     its last, so no line touches another network's rules. "" when nothing changed."""
     old, new = before.nets.get(key), after.nets.get(key)
-    was_held, held = _buckets(before), _buckets(after)
+    was_held, held = before.buckets, after.buckets
     lines: dict[str, list[str]] = {t: [] for t in TABLES}
     for chain, rules in after.heads.items():  # both heads are in the filter table
         if rules != before.heads.get(chain, ()):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,11 @@ from pynet.drivers.rtnl import (
     IFF_UP,
     LinkSocket,
     dump_links_request,
+    dump_routes_request,
     get_link_request,
     group_request,
     link_fields,
+    route_fields,
     veth_request,
 )
 from pynet.store.errors import Conflict, PynetError
@@ -417,16 +420,18 @@ class Netlink:
     # -- routes ------------------------------------------------------------------------------
 
     async def routes(self) -> list[Route]:
-        """Unicast routes of the main table, both families."""
+        """Unicast routes of the main table, both families: hand-built dumps (drivers/rtnl.py),
+        since every network adds a route. pyroute2 decoded 500 routes in about 70 ms (cProfile,
+        bridge creates on a host without a default route, Dec 2026)."""
         out: list[Route] = []
-        async with self._dump_lock:
-            for family in (2, 10):
-                async for m in await self.ipr.route("dump", family=family, table=254):
-                    if m["type"] != 1:  # RTN_UNICAST
-                        continue
-                    dst = m.get("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
-                    net = ipaddress.ip_network(f"{dst}/{m['dst_len']}", strict=False)
-                    out.append(Route(net, m.get("RTA_OIF") or 0, m["dst_len"] == 0))
+        sock = self._link_socket
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for reply in await sock.dump(dump_routes_request(sock.next_seq(), family)):
+                r = route_fields(reply)
+                if r.table != MAIN_TABLE or r.type != RTN_UNICAST:
+                    continue
+                dst = r.dst or bytes(4 if family == socket.AF_INET else 16)  # a default route has none
+                out.append(Route(ipaddress.ip_network((dst, r.dst_len), strict=False), r.oif, r.dst_len == 0))
         return out
 
     async def ensure_route(self, dst: str, dev: str) -> None:

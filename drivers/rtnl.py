@@ -7,12 +7,15 @@ retirement. Here both messages are a few `struct.pack` calls (about 10 µs) and 
 read straight back: rtnetlink handles a request inside the sender's `sendmsg`, so the ack is
 queued before the send returns (a reply that is not there yet is awaited, never spun on).
 
-Looking a link up (`link get`, by name or index) is the third: network create and delete make
+Looking a link up (`link get`, by name or index) is the third, and the dumps of links and
+routes the fourth: network create and delete make
 one to three each. pyroute2 decodes every attribute of the reply, the statistics and the
 per-family settings included (about 1.5 KiB), into objects: 73 % of a macvlan CreateNetwork's
 time in the handler (cProfile, 200 creates in a netns, Dec 2026). Here the kernel is asked to
 leave the statistics out (RTEXT_FILTER_SKIP_STATS) and only the eight fields a `Link` holds are
-read; the rest is skipped by its length.
+read; the rest is skipped by its length. Route dumps likewise: each network adds a connected
+route, and an IPAM RequestPool without a subnet, or a bridge create on a host with no default
+route, dumped them all through pyroute2.
 Every other netlink request still goes through pyroute2 (drivers/netlink.py).
 
 Errors are pyroute2's `NetlinkError`, with the kernel's extended-ack message when it gives
@@ -36,7 +39,7 @@ NETLINK_ROUTE = 0
 SOL_NETLINK = 270  # not in Python's socket module
 NETLINK_CAP_ACK = 10  # the ack carries the request's header only, not the whole request
 NETLINK_EXT_ACK = 11  # and the kernel's message naming what it refused
-RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWLINK, RTM_GETLINK, RTM_GETROUTE = 16, 18, 26
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
@@ -47,12 +50,14 @@ IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_LINKINFO, IFLA_GROUP, IFLA_EXT_MASK = 18, 27, 29
 RTEXT_FILTER_SKIP_STATS = 1 << 3
+RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
 NLA_TYPE_MASK = 0x3FFF  # without the NESTED and BYTEORDER flags
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 NLA_F_NESTED = 0x8000
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
+_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -110,6 +115,38 @@ def dump_links_request(seq: int, master: int = 0) -> bytes:
     without their statistics."""
     attrs = _u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS) + (_u32(IFLA_MASTER, master) if master else b"")
     return _message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, _IFINFO.pack(0, 0, 0, 0, 0), attrs)
+
+
+def dump_routes_request(seq: int, family: int) -> bytes:
+    """RTM_GETROUTE of every route of one family (AF_INET 2, AF_INET6 10), every table."""
+    return _message(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), b"")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFields:
+    """What drivers/netlink.py's `Route` needs, read from an RTM_NEWROUTE message."""
+
+    family: int
+    dst: bytes  # RTA_DST, b"" for a default route
+    dst_len: int
+    table: int  # RTA_TABLE where given (tables above 255), else the header's
+    type: int
+    oif: int
+
+
+def route_fields(data: bytes) -> RouteFields:
+    """The fields of the RTM_NEWROUTE message at the start of `data`."""
+    length = _HEADER.unpack_from(data)[0]
+    family, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(data, _HEADER.size)
+    dst, oif = b"", 0
+    for attr, lo, hi in _attrs(data, _HEADER.size + _RTMSG.size, length):
+        if attr == RTA_DST:
+            dst = data[lo:hi]
+        elif attr == RTA_OIF and hi - lo >= 4:
+            (oif,) = struct.unpack_from("=I", data, lo)
+        elif attr == RTA_TABLE and hi - lo >= 4:
+            (table,) = struct.unpack_from("=I", data, lo)
+    return RouteFields(family, dst, dst_len, table, kind, oif)
 
 
 def split_messages(data: bytes) -> Iterator[bytes]:
@@ -225,7 +262,8 @@ class LinkSocket:
         return await self._exchange(message)
 
     async def dump(self, message: bytes) -> list[bytes]:
-        """Send a dump request (`dump_links_request`) and return every message of its answer."""
+        """Send a dump request (`dump_links_request`, `dump_routes_request`) and return every
+        message of its answer."""
         (seq,) = struct.unpack_from("=I", message, 8)
         loop = asyncio.get_running_loop()
         got: list[bytes] = []

@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import struct
 import sys
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from pynet.drivers.rtnl import RTM_GETROUTE
 from pynet.plugin import serve
 from pynet.plugin.daemon import config
 
@@ -26,9 +28,10 @@ def counted(counts: Counter[str], kind: str, method: Callable[..., Any]) -> Call
 
 
 def counted_once(counts: Counter[str], name: str, method: Callable[..., Any]) -> Callable[..., Any]:
-    async def call(*args: Any) -> Any:
-        counts[name] += 1
-        return await method(*args)
+    async def call(message: bytes) -> Any:
+        kind = struct.unpack_from("=H", message, 4)[0]  # nlmsghdr's type: what the request is of
+        counts[name.replace("link", "route") if kind == RTM_GETROUTE else name] += 1
+        return await method(message)
 
     return call
 

@@ -1,6 +1,6 @@
-"""`Netlink.link()`, `link_by_index()`, `links()` and `ports()`, hand-built (drivers/rtnl.py),
-read every kind of link pynet looks at exactly as pyroute2's decoder reads them, in a netns of
-the test's own."""
+"""`Netlink.link()`, `link_by_index()`, `links()`, `ports()` and `routes()`, hand-built
+(drivers/rtnl.py), read every kind of link and route pynet looks at exactly as pyroute2's
+decoder reads them, in a netns of the test's own."""
 
 from __future__ import annotations
 
@@ -41,6 +41,14 @@ async def main(names):
     out["missing"] = [await nl.link("pnq-none"), await nl.link_by_index(999999)]
     out["dump"] = [[dataclasses.asdict(l) for l in await nl.links()], [theirs(m) async for m in await nl.ipr.link("dump")]]
     out["ports"] = [l.name for l in await nl.ports(out["pnb-l"][0]["index"])]
+    pyroute2 = []
+    for family in (2, 10):
+        async for m in await nl.ipr.route("dump", family=family, table=254):
+            if m["type"] == 1:
+                dst = m.get("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
+                pyroute2.append([f"{dst}/{m['dst_len']}", m.get("RTA_OIF") or 0, m["dst_len"] == 0])
+    routes = [[str(r.dst.network_address) + f"/{r.dst.prefixlen}", r.oif, r.default] for r in await nl.routes()]
+    out["routes"] = [sorted(routes), sorted(pyroute2)]
     await nl.close()
     print(json.dumps(out))
 
@@ -62,6 +70,13 @@ def netns() -> Iterator[None]:
         ip("link", "add", "pnx-l", "type", "vxlan", "id", "42", "dstport", "4789", "nolearning")
         for name in ("lo", "pnb-l", "pnh-l"):
             ip("link", "set", name, "up")
+        # Routes of both families, connected and static, a default, and one in another table.
+        ip("addr", "add", "10.77.0.1/24", "dev", "pnb-l")
+        ip("addr", "add", "fd77::1/64", "dev", "pnb-l", "nodad")
+        ip("route", "add", "10.78.0.0/16", "via", "10.77.0.2")
+        ip("route", "add", "default", "via", "10.77.0.254")
+        ip("-6", "route", "add", "default", "via", "fd77::fe")
+        ip("route", "add", "10.79.0.0/16", "dev", "pnb-l", "table", "1000")
         batch = "".join(f"link add {name} type veth peer name {name}p\n" for name in MORE)
         subprocess.run(["ip", "-n", NS, "-batch", "-"], input=batch, check=True, capture_output=True, text=True)
         yield
@@ -88,3 +103,10 @@ def test_hand_built_lookups_read_what_pyroute2_reads() -> None:
     assert ours == pyroute2
     assert {link["name"] for link in ours} == {*NAMES, *MORE, *(f"{name}p" for name in MORE)}
     assert got["ports"] == ["pnh-l"]
+    ours, pyroute2 = got["routes"]
+    assert ours == pyroute2
+    bridge = got["pnb-l"][0]["index"]
+    for route in (["10.77.0.0/24", bridge, False], ["10.78.0.0/16", bridge, False], ["0.0.0.0/0", bridge, True],
+                  ["fd77::/64", bridge, False], ["::/0", bridge, True]):  # fmt: skip
+        assert route in ours
+    assert not any(dst == "10.79.0.0/16" for dst, _, _ in ours)  # not the main table's
