@@ -193,7 +193,7 @@ def link_fields(data: bytes) -> LinkFields:
     for attr, lo, hi in _attrs(data, _HEADER.size + _IFINFO.size, length):
         if attr == IFLA_LINKINFO:
             kinds = (data[a:b] for t, a, b in _attrs(data, lo, hi) if t == IFLA_INFO_KIND)
-            kind = next(kinds, b"").rstrip(b"\0").decode()
+            kind = next(kinds, b"").rstrip(b"\0").decode(errors="replace")
         elif attr in (IFLA_IFNAME, IFLA_ADDRESS, IFLA_MTU, IFLA_MASTER, IFLA_LINK):
             values[attr] = data[lo:hi]
 
@@ -202,7 +202,9 @@ def link_fields(data: bytes) -> LinkFields:
         return int(struct.unpack("=I", raw)[0]) if raw and len(raw) >= 4 else 0
 
     return LinkFields(
-        name=values.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(),
+        # Linux takes any bytes but "/" and spaces in a name: one that is not UTF-8 (another
+        # program's link) must not fail the dump of every link at start-up.
+        name=values.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace"),
         index=index,
         kind=kind,
         mtu=u32(IFLA_MTU),

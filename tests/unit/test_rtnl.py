@@ -111,3 +111,16 @@ def test_link_fields_reads_what_pyroute2_encodes_and_skips_the_rest() -> None:
     msg.encode()
     fields = link_fields(bytes(msg.data))
     assert fields == LinkFields("pnm-x", 9, "macvlan", 1450, 1, "02:42:0a:3d:00:09", 0, 4)
+
+
+def test_link_fields_reads_a_name_that_is_not_utf8() -> None:
+    """Another program's link may have any bytes for a name: the dump of every link at
+    start-up must not fail on it (no pynet name ever has such bytes)."""
+    msg = ifinfmsg()
+    msg["index"] = 12
+    msg["attrs"] = [("IFLA_IFNAME", "pnx")]
+    msg.encode()
+    data = bytearray(msg.data)
+    at = bytes(data).index(b"pnx")
+    data[at : at + 3] = b"\xffq\xfe"
+    assert link_fields(bytes(data)).name == "\ufffdq\ufffd"
