@@ -3,6 +3,8 @@
 Every helper is idempotent: "already exists" and "already gone" are outcomes, not errors,
 because Docker retries requests and pynet replays its store over the kernel at start.
 Dumps share one lock: a netlink socket runs one dump at a time (docs/dependencies.md §3, pitfall 5).
+The hottest requests, and the dumps of links and routes, go hand-built on a socket of their own
+(drivers/rtnl.py), which runs one request at a time.
 """
 
 from __future__ import annotations

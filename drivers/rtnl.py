@@ -126,7 +126,6 @@ def dump_routes_request(seq: int, family: int) -> bytes:
 class RouteFields:
     """What drivers/netlink.py's `Route` needs, read from an RTM_NEWROUTE message."""
 
-    family: int
     dst: bytes  # RTA_DST, b"" for a default route
     dst_len: int
     table: int  # RTA_TABLE where given (tables above 255), else the header's
@@ -137,7 +136,7 @@ class RouteFields:
 def route_fields(data: bytes) -> RouteFields:
     """The fields of the RTM_NEWROUTE message at the start of `data`."""
     length = _HEADER.unpack_from(data)[0]
-    family, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(data, _HEADER.size)
+    _, dst_len, _, _, table, _, _, kind, _ = _RTMSG.unpack_from(data, _HEADER.size)
     dst, oif = b"", 0
     for attr, lo, hi in _attrs(data, _HEADER.size + _RTMSG.size, length):
         if attr == RTA_DST:
@@ -146,7 +145,7 @@ def route_fields(data: bytes) -> RouteFields:
             (oif,) = struct.unpack_from("=I", data, lo)
         elif attr == RTA_TABLE and hi - lo >= 4:
             (table,) = struct.unpack_from("=I", data, lo)
-    return RouteFields(family, dst, dst_len, table, kind, oif)
+    return RouteFields(dst, dst_len, table, kind, oif)
 
 
 def split_messages(data: bytes) -> Iterator[bytes]:
@@ -255,17 +254,24 @@ class LinkSocket:
     async def request(self, message: bytes) -> None:
         """Send a message built above (its sequence number from `next_seq`); raises the
         kernel's refusal as NetlinkError."""
-        _, error = ack_of(await self._exchange(message))
+        (reply,) = await self._exchange(message)
+        _, error = ack_of(reply)
         if error is not None:  # a reply that is no ack
             raise error
 
     async def query(self, message: bytes) -> bytes:
         """Send a request whose answer is one message (`get_link_request`), and return it."""
-        return await self._exchange(message)
+        (reply,) = await self._exchange(message)
+        return reply
 
     async def dump(self, message: bytes) -> list[bytes]:
         """Send a dump request (`dump_links_request`, `dump_routes_request`) and return every
         message of its answer."""
+        return await self._exchange(message, dump=True)
+
+    async def _exchange(self, message: bytes, dump: bool = False) -> list[bytes]:
+        """The messages answering `message`: its one reply (an ack, or the message it asked
+        for), or with `dump` every message until NLMSG_DONE. A refusal is raised."""
         (seq,) = struct.unpack_from("=I", message, 8)
         loop = asyncio.get_running_loop()
         got: list[bytes] = []
@@ -276,30 +282,17 @@ class LinkSocket:
                     _, kind, _, reply_seq, _ = _HEADER.unpack_from(reply)
                     if reply_seq != seq:
                         continue  # the late reply to a request whose caller was cancelled
-                    if kind == NLMSG_DONE:
-                        return got
                     if kind == NLMSG_ERROR:
                         _, error = ack_of(reply)
-                        raise error or NetlinkError(errno.EPROTO, "a dump answered with an ack")
+                        if error is not None:
+                            raise error
+                        if dump:
+                            raise NetlinkError(errno.EPROTO, "a dump answered with an ack")
+                    if dump and kind == NLMSG_DONE:
+                        return got
                     got.append(reply)
-
-    async def _exchange(self, message: bytes) -> bytes:
-        """The reply to `message`: its ack, or the one message it asked for. A refusal is raised."""
-        (seq,) = struct.unpack_from("=I", message, 8)
-        loop = asyncio.get_running_loop()
-        async with self._lock:
-            await loop.sock_sendall(self._sock, message)
-            while True:
-                data = await loop.sock_recv(self._sock, 65536)
-                _, kind, _, got, _ = _HEADER.unpack_from(data)
-                if got != seq:
-                    continue  # the late reply to a request whose caller was cancelled
-                if kind != NLMSG_ERROR:
-                    return data
-                _, error = ack_of(data)
-                if error is not None:
-                    raise error
-                return data
+                    if not dump:
+                        return got
 
     def close(self) -> None:
         self._sock.close()
