@@ -182,8 +182,11 @@ async def test_the_host_comes_back_after_etcd_refused_its_new_lease(capped: tupl
         while not keys(server, "/h/"):
             assert time.monotonic() < deadline, "the host never registered again"
             await asyncio.sleep(0.1)
-        lease = keys(server, "/h/")["/h/vxlan/42/vteps/h1"]
-        assert lease and lease == registry._lease
+        # etcdctl blocks this loop, so the key can be seen before the renewal resumes and
+        # records its lease; the renewal holds the registry's lock until it has.
+        async with registry._lock:
+            lease = keys(server, "/h/")["/h/vxlan/42/vteps/h1"]
+            assert lease and lease == registry._lease
     finally:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
