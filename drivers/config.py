@@ -14,9 +14,10 @@ import msgspec
 
 
 class BridgedConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """What the bridge and VXLAN modes share: containers are veths on a pynet bridge."""
+    """What the bridge and VXLAN modes share: one L2 segment whose gateway a host link holds.
+    Containers are veths on a pynet bridge, or, with `lower`, macvlan links of that device."""
 
-    bridge: str
+    bridge: str  # the link holding the gateway: the bridge, or with `lower` a macvlan link of it
     mtu: int | None = None  # None: derived at create (uplink, or underlay less the VXLAN header)
     masquerade: bool = True
     icc: bool = True
@@ -24,6 +25,10 @@ class BridgedConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Whether pynet made the bridge (False: a user's `bridge_name` that existed before, which
     # pynet leaves in place); None until create looks.
     owns_bridge: bool | None = None
+    # The device whose macvlan links (bridge mode) the gateway link and the containers' links
+    # are, instead of a bridge with veths: a VXLAN network's own device (drivers/vxlan.py says
+    # why). "": a bridge, as every bridge network and VXLAN networks recorded before.
+    lower: str = ""
 
     def claims(self) -> dict[str, str | int]:
         """What no two networks of one host may share (drivers/claims.py reserves them)."""
@@ -43,7 +48,7 @@ class BridgeConfig(BridgedConfig, frozen=True, kw_only=True, tag="bridge", tag_f
 
 class VxlanConfig(BridgedConfig, frozen=True, kw_only=True, tag="vxlan", tag_field="mode"):
     vni: int
-    device: str  # the VXLAN device, a port of `bridge`
+    device: str  # the VXLAN device: a port of `bridge`, or the `lower` of its links
     port: int = 4789
     underlay: str = ""  # as given: an interface or an address; "" for the daemon's default
     peers: tuple[str, ...] = ()  # static remote VTEPs

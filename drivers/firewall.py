@@ -95,6 +95,10 @@ class NetRules:
     # False for an IPv6-only network (Docker 28's --ipv4=false): none of its rules, isolation
     # and icc included, goes in iptables, as Docker's bridge writes none there either.
     ipv4: bool = True
+    # Whether traffic between the network's containers crosses a bridge in this namespace,
+    # and so the host's netfilter (br_netfilter): not between macvlan links of one device
+    # (a VXLAN network's, drivers/vxlan.py), whose frames never reach the host's hooks.
+    bridged: bool = True
 
     def __post_init__(self) -> None:
         # Validated here so that a bad value fails the request instead of a later restore,
@@ -239,9 +243,16 @@ def _postrouting_rules(family: int, key: str, r: NetRules) -> list[str]:
         return []
     rules = [f"-s {s} ! -o {r.bridge}{_comment(key)} -j MASQUERADE" for s in r.subnets(family)] if r.masquerade else []
     ports = r.published(family)
-    rules += [
-        f"-s {p.container_ip} -d {p.container_ip} {_match_port(p, p.container_port)} -j MASQUERADE" for p in ports
-    ]
+    if r.bridged:
+        # A container reaching its own published port; a neighbour's replies are bridged
+        # back and un-DNATed by conntrack on the way.
+        rules += [
+            f"-s {p.container_ip} -d {p.container_ip} {_match_port(p, p.container_port)} -j MASQUERADE" for p in ports
+        ]
+    elif ports:
+        # Unbridged, a neighbour's replies would go to it straight, never un-DNATed: every
+        # container reaching a published port through the host is masqueraded.
+        rules += [f"-s {s} -o {r.bridge} {_DNATED} -j MASQUERADE" for s in r.subnets(family)]
     if family == 4 and ports:
         # The host reaching 127.0.0.1:port (with route_localnet) must not send from 127/8.
         rules.append(f"-o {r.bridge} -m addrtype --src-type LOCAL -j MASQUERADE")
@@ -256,8 +267,11 @@ def _notrack_rules(family: int, r: NetRules) -> list[str]:
     state and it is never NATed. Measured on VXLAN across hosts, conntrack cost about a tenth
     of the throughput. Local destinations (the gateway, published ports) stay tracked, and so
     do replies from a published port: a neighbour that reached it through the host's address
-    gets them bridged, and only conntrack can undo the DNAT on them.
+    gets them bridged, and only conntrack can undo the DNAT on them. Unbridged networks have
+    none: their in-network traffic never reaches the host.
     """
+    if not r.bridged:
+        return []
     rules = [
         f"-i {r.bridge} -s {p.container_ip} {_match_port(p, p.container_port, 'sport')} -j RETURN"
         for p in r.published(family)

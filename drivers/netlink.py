@@ -30,6 +30,7 @@ from pynet.drivers.rtnl import (
     get_link_request,
     group_request,
     link_fields,
+    macvlan_request,
     route_fields,
     veth_request,
 )
@@ -307,6 +308,34 @@ class Netlink:
         sock = self._link_socket
         request = veth_request(sock.next_seq(), name, peer, mtu, peer_mac, master)
         return await self._add(name, "veth", lambda: sock.request(request))
+
+    async def ensure_macvlan(self, name: str, lower: str, mtu: int, mac: str, view: HostView | None = None) -> None:
+        """`create_macvlan`, up; with `view` (reconcile's), one it shows up costs no request."""
+        seen = view.links.get(name) if view else None
+        if seen is None or seen.kind != "macvlan" or not seen.up:
+            await self.create_macvlan(name, lower, mtu, mac, up=True)
+
+    async def create_macvlan(self, name: str, lower: str, mtu: int, mac: str, up: bool = False) -> None:
+        """A macvlan link in bridge mode on the link named `lower`, hand-built as a veth is. A
+        retry finds it in place; one of that name on another lower (left from a device that
+        was made again) is made again."""
+        parent = await self.link(lower)
+        if parent is None:
+            raise PynetError(f"pynet: link {lower!r} is missing")
+        sock = self._link_socket
+
+        def send() -> Awaitable[None]:
+            return sock.request(macvlan_request(sock.next_seq(), name, parent.index, mtu, mac, up))
+
+        if await self._add(name, "macvlan", send):
+            return
+        existing = await self.link(name)
+        if existing is not None and existing.parent == parent.index:
+            if up and not existing.up:
+                await self.set_link(name, state="up")
+            return
+        await self.delete_link(name)
+        await self._add(name, "macvlan", send)
 
     async def _bridge_index(self, name: str) -> int:
         link = await self.link(name)

@@ -1,9 +1,11 @@
 """A pynet bridge with its veth endpoints, firewall rules and published ports: one L2 segment.
 
-The bridge mode is this segment alone; the VXLAN mode is this segment plus a VXLAN device as
-one more port and a control plane (drivers/vxlan.py). The segment holds the gateway
-address(es); each endpoint is a veth pair whose host end is a bridge port and whose other end
-Docker moves into the container. Egress is masqueraded, networks are isolated from each other
+The bridge mode is this segment alone; the VXLAN mode is this segment plus a VXLAN device and a
+control plane (drivers/vxlan.py). The segment holds the gateway address(es) on a host link.
+Each endpoint is a veth pair whose host end is a bridge port and whose other end Docker moves
+into the container; or, where the settings name a `lower` device (VXLAN), there is no bridge:
+the gateway link and every endpoint are macvlan links of that device (bridge mode), and Docker
+moves the endpoint's whole link. Egress is masqueraded, networks are isolated from each other
 and from Docker's own bridges, and published ports are DNAT rules, all in `drivers.firewall`
 (which rewrites pynet's chains in one restore).
 """
@@ -73,9 +75,10 @@ class Segment:
         """Whether pynet makes the bridge (it does not exist yet) or adopts a user's one; once
         recorded, the record's answer (a retried create finds the bridge pynet made)."""
         existing = await self.nl.link(cfg.bridge)
-        if existing is not None and existing.kind != "bridge":
+        kind = "macvlan" if cfg.lower else "bridge"
+        if existing is not None and existing.kind != kind:
             raise Conflict(
-                f"pynet: option com.docker.network.bridge.name: {cfg.bridge!r} exists and is not a bridge"
+                f"pynet: option com.docker.network.bridge.name: {cfg.bridge!r} exists and is not a {kind}"
             )
         return cfg.owns_bridge if cfg.owns_bridge is not None else existing is None
 
@@ -89,7 +92,10 @@ class Segment:
         """`mac` is set only on a bridge pynet owns: a user's bridge keeps its own. With `view`
         (reconcile's one look at the host), what it shows in place is not asked for again."""
         cfg = config_of(net, BridgedConfig)
-        await self.nl.ensure_bridge(cfg.bridge, resolved_mtu(cfg), mac if cfg.owns_bridge else "", view)
+        if cfg.lower:
+            await self.nl.ensure_macvlan(cfg.bridge, cfg.lower, resolved_mtu(cfg), mac, view)
+        else:
+            await self.nl.ensure_bridge(cfg.bridge, resolved_mtu(cfg), mac if cfg.owns_bridge else "", view)
         for sub in (*net.ipv4, *net.ipv6):
             if sub.gateway:
                 await self.nl.ensure_address(cfg.bridge, sub.gateway, view=view)
@@ -108,8 +114,9 @@ class Segment:
         bridge = await self.nl.link(cfg.bridge)
         if bridge is None:
             return
-        # Ports left behind by endpoints Docker never deleted (crash paths, docs/protocol.md §4.3).
-        for link in await self.nl.ports(bridge.index):
+        # Ports left behind by endpoints Docker never deleted (crash paths, docs/protocol.md §4.3);
+        # a lower's links go with it.
+        for link in [] if cfg.lower else await self.nl.ports(bridge.index):
             if link.name.startswith(HOST_END_PREFIX):
                 await self.nl.delete_link(link.name)
         if cfg.owns_bridge:
@@ -125,7 +132,11 @@ class Segment:
         cfg = config_of(net, BridgedConfig)
         ep.ifname, ep.peer = endpoint_links(ep.id)
         ep.mac = ep.mac or mac_for(ep.address)
-        await self.nl.create_veth(ep.ifname, ep.peer, resolved_mtu(cfg), ep.mac, cfg.bridge)
+        if cfg.lower:
+            ep.ifname = ""  # the whole link moves
+            await self.nl.create_macvlan(ep.peer, cfg.lower, resolved_mtu(cfg), ep.mac)
+        else:
+            await self.nl.create_veth(ep.ifname, ep.peer, resolved_mtu(cfg), ep.mac, cfg.bridge)
 
     def join(self, net: Network, ep: Endpoint) -> JoinInfo:
         if net.internal:
@@ -148,13 +159,15 @@ class Segment:
         return [{"Destination": f"{resolver}/{128 if v6 else 32}", "RouteType": 0, "NextHop": gateway}]
 
     async def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
-        host_end, _ = endpoint_links(ep.id)
-        await self.nl.retire_link(host_end)
+        # A macvlan link is back in the host when Docker could move it back, else it goes
+        # with the container's namespace.
+        host_end, peer = endpoint_links(ep.id)
+        await self.nl.retire_link(peer if config_of(net, BridgedConfig).lower else host_end)
         await self.revoke_external(net, ep)
 
     async def program_external(self, net: Network, ep: Endpoint) -> None:
         self._ports.setdefault(net.id, {})[ep.id] = list(ep.ports)
-        if ep.ports:
+        if ep.ports and ep.ifname:
             await self.nl.set_hairpin(ep.ifname)
         await self._apply_rules(net)
 
@@ -178,6 +191,7 @@ class Segment:
             masquerade=cfg.masquerade,
             ports=() if net.internal else ports,
             ipv4=net.enable_ipv4,
+            bridged=not cfg.lower,
         )
 
     async def _apply_rules(self, net: Network) -> None:
@@ -224,7 +238,7 @@ class Segment:
 
     def expected_links(self, nets: list[Network], eps: list[Endpoint]) -> set[str]:
         bridges = {config_of(n, BridgedConfig).bridge for n in nets}
-        return bridges | {e.ifname for e in eps} | {e.peer for e in eps}
+        return bridges | {e.ifname for e in eps if e.ifname} | {e.peer for e in eps}
 
 
 class SegmentEndpoints:

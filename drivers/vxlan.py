@@ -1,10 +1,26 @@
 """The VXLAN backend: one L2 segment and one subnet across hosts, identified by its VNI.
 
-Each host that runs `docker network create -d pynet -o mode=vxlan -o vni=N ...` gets a bridge
-`pno-<vni>` holding the network's gateway and a VXLAN device `pnx-<vni>` (learning off, proxy
-on) as one of its ports; containers are veths on the bridge, exactly as in the bridge mode: both
-hold a drivers/segment.py `Segment`. Egress, isolation and published ports are the segment's:
-every host masquerades its own containers' traffic through its own gateway.
+Each host that runs `docker network create -d pynet -o mode=vxlan -o vni=N ...` gets a VXLAN
+device `pnx-<vni>` (learning off, proxy on) and a link `pno-<vni>` holding the network's
+gateway: a drivers/segment.py `Segment`, as in the bridge mode. Egress, isolation and published
+ports are the segment's: every host masquerades its own containers' traffic through its own
+gateway.
+
+Design notes: no bridge. The gateway link and every container's link are macvlan links (bridge
+mode) of the VXLAN device (`VxlanConfig.lower`): frames between two local containers go from
+one macvlan link to the other, frames to other hosts leave by the device, and frames from the
+tunnel are handed to the link with their destination MAC. A bridge with veths in the host
+namespace would put every in-network frame through the host's netfilter hooks, since Docker
+turns br_netfilter on for the whole namespace (a per-bridge switch can only turn it on), and
+that alone cost pynet 6-8 % of its TCP throughput against Docker's overlay, whose bridge sits
+in a namespace of its own. Measured in one run (2 lab hosts, iperf3 5 s, 6 rounds, paired
+against the overlay, Docker 28.5): a bridge with veths 0.99, the same with br_netfilter off
+1.06, macvlan links of the device 1.13, the device alone moved into the container 1.10
+(bench/README.md, "vxlan"). A namespace per network, the overlay's way, would need
+CAP_SYS_ADMIN, and the managed plugin's mount namespace could not keep it past a restart.
+What macvlan links cannot do is drop traffic between two of them: a network with
+`enable_icc=false` keeps the bridge, where the firewall drops it (`lower` ""), as do networks
+recorded before.
 
 The gateway address is the same on every host, so its MAC is too (derived from the VNI):
 whichever bridge answers, a container's neighbour entry for its gateway stays valid, and ARP
@@ -111,6 +127,10 @@ async def _ipv4_of(host: str) -> str | None:
     return str(infos[0][4][0]) if infos else None
 
 
+def _gateway_mac(net: Network) -> str:
+    return vni_mac(config_of(net, VxlanConfig).vni)
+
+
 class VxlanBackend(SegmentEndpoints):
     """A segment (held, not inherited from the bridge mode) plus the control plane."""
 
@@ -153,15 +173,17 @@ class VxlanBackend(SegmentEndpoints):
                 "pynet: option vni is required with mode=vxlan: an integer in 1..16777215, "
                 "the same on every host of the network"
             )
+        settings = segment_settings(cfg)
         return VxlanConfig(
             bridge=vxlan_bridge(vni),
             device=vxlan_device(vni),
+            lower=vxlan_device(vni) if settings["icc"] else "",
             vni=vni,
             port=cfg["vxlan_port"],
             underlay=cfg["underlay"],
             peers=cfg["peers"],
             cluster=cfg["cluster"],
-            **segment_settings(cfg),
+            **settings,
         )
 
     # -- networks ----------------------------------------------------------------------------
@@ -178,9 +200,12 @@ class VxlanBackend(SegmentEndpoints):
             )
         cfg = replace(cfg, local=local, mtu=mtu, owns_bridge=await self.segment.owns(cfg))
         net = replace(net, config=cfg)
-        await self.segment.create(net, vni_mac(cfg.vni))  # cleans up after itself when it fails
         async with undo_on_failure(lambda: self.delete_network(net)):
-            await self._ensure_device(cfg, link)
+            if cfg.lower:  # the segment's links are the device's
+                await self._ensure_device(cfg, link)
+            await self.segment.create(net, vni_mac(cfg.vni))
+            if not cfg.lower:  # a port of the segment's bridge
+                await self._ensure_device(cfg, link)
             faults.hit("vxlan.create.after_device")
             await self._register(cfg)
         return cfg
@@ -224,9 +249,16 @@ class VxlanBackend(SegmentEndpoints):
                 return str(iface.ip)
         raise InvalidRequest(f"pynet: {what} ({link.name}) has no IPv4 address to use as VTEP")
 
-    async def _ensure_device(self, cfg: VxlanConfig, link: Link) -> None:
-        bridge = await self.nl.link(cfg.bridge)
-        if bridge is None:
+    async def _ensure_device(self, cfg: VxlanConfig, link: Link, view: HostView | None = None) -> None:
+        """The VXLAN device, up: a port of the bridge, or (`lower`) on its own. With `view`
+        (reconcile's), a device it shows in place costs no request."""
+        seen = view.links.get(cfg.device) if view else None
+        if seen is not None and seen.kind == "vxlan" and seen.up and view is not None:
+            bridge_seen = view.links.get(cfg.bridge)
+            if cfg.lower or (bridge_seen is not None and seen.master == bridge_seen.index):
+                return
+        bridge = None if cfg.lower else await self.nl.link(cfg.bridge)
+        if not cfg.lower and bridge is None:
             raise PynetError(f"pynet: bridge {cfg.bridge!r} is missing")
         await self.nl.add_link(
             cfg.device,
@@ -240,7 +272,10 @@ class VxlanBackend(SegmentEndpoints):
             vxlan_proxy=0 if cfg.peers else 1,
             mtu=cfg.mtu,
         )
-        await self.nl.set_link(cfg.device, master=bridge.index, state="up")
+        if bridge is None:
+            await self.nl.set_link(cfg.device, state="up")
+        else:
+            await self.nl.set_link(cfg.device, master=bridge.index, state="up")
 
     async def _register(self, cfg: VxlanConfig) -> None:
         await self.registry.put(vtep_key(self.prefix, cfg.vni, self.host), {"address": cfg.local, "port": cfg.port})
@@ -275,7 +310,11 @@ class VxlanBackend(SegmentEndpoints):
         """Rebuild devices, register this host's VTEPs and endpoints under a new lease; FDB and
         neighbour entries are reprogrammed from the store once the peer watch (`sync`) runs. A
         network whose bridge or underlay fails is left out, and the others still come up."""
-        failed = await self.segment.reconcile(nets, eps, lambda n: vni_mac(config_of(n, VxlanConfig).vni), view)
+        # A device first where the segment's links are its own: a network whose device fails
+        # is named for that, not for its gateway link that could not follow.
+        lowered = [n for n in nets if config_of(n, VxlanConfig).lower]
+        failed = await restore_each(lowered, lambda n: self._device(n, view))
+        failed = {**await self.segment.reconcile(nets, eps, _gateway_mac, view), **failed}
         grouped = by_network(eps)
         failed |= await restore_each(
             [n for n in nets if n.id not in failed], lambda n: self._attach(n, grouped.get(n.id, []), view)
@@ -283,19 +322,28 @@ class VxlanBackend(SegmentEndpoints):
         return failed
 
     async def restore(self, net: Network, eps: list[Endpoint]) -> None:
-        await self.segment.restore(net, vni_mac(config_of(net, VxlanConfig).vni), eps)
+        cfg = config_of(net, VxlanConfig)
+        if cfg.lower:
+            await self._device(net)
+        await self.segment.restore(net, _gateway_mac(net), eps)
         await self._attach(net, eps)
 
-    async def _attach(self, net: Network, eps: list[Endpoint], view: HostView | None = None) -> None:
+    async def _device(self, net: Network, view: HostView | None = None) -> None:
         """The network's VXLAN device on the underlay address its record holds (the address
-        the other hosts know this VTEP by), its VTEP and endpoints registered. `view`: the
-        host as reconcile saw it (the underlay's address does not change meanwhile)."""
+        the other hosts know this VTEP by). `view`: the host as reconcile saw it (the
+        underlay's address does not change meanwhile)."""
         cfg = config_of(net, VxlanConfig)
         underlay = cfg.underlay or cfg.local
-        link = underlay_link(underlay, view or await self.nl.host_view())
+        host = view or await self.nl.host_view()
+        link = underlay_link(underlay, host)
         if link is None:
             raise PynetError(f"pynet: the underlay {underlay} of VNI {cfg.vni} is not on this host")
-        await self._ensure_device(cfg, link)
+        await self._ensure_device(cfg, link, host)
+
+    async def _attach(self, net: Network, eps: list[Endpoint], view: HostView | None = None) -> None:
+        """The device (`_device`), its VTEP and endpoints registered."""
+        cfg = config_of(net, VxlanConfig)
+        await self._device(net, view)
         await self._register(cfg)
         for ep in eps:
             await self._register_endpoint(cfg, ep)

@@ -121,7 +121,10 @@ async def test_a_network_whose_underlay_address_is_gone_does_not_keep_the_others
 
         await until("the VXLAN network never came back", restored)
         device = sh("ip", "-n", ns.host, "-d", "link", "show", "pnx-4343").stdout
-        assert "local 192.0.2.77" in device and "master pno-4343" in device
+        assert "local 192.0.2.77" in device, device
+        # Its gateway link went with it, and is back on the new device.
+        gateway = sh("ip", "-n", ns.host, "-d", "addr", "show", "pno-4343").stdout
+        assert "pno-4343@pnx-4343" in gateway and "macvlan mode bridge" in gateway and "10.62.0.1/24" in gateway, gateway
         code, st = cli(ns, daemon, "status")
         assert code == 0 and task(st, "restore-networks")["detail"]["failing"] == "-", st
         _, checks = cli(ns, daemon, "doctor")

@@ -83,12 +83,14 @@ def test_bridge_bad_values_name_the_option_and_value(options: dict[str, str], ma
 
 
 def test_vxlan_defaults_and_names_from_the_vni() -> None:
+    """No bridge: the gateway and containers are macvlan links of the device (drivers/vxlan.py)."""
     assert vxlan({"vni": "42"}) == VxlanConfig(
-        bridge="pno-42", device="pnx-42", vni=42, port=4789, underlay="", peers=(), mtu=None, local=""
+        bridge="pno-42", device="pnx-42", lower="pnx-42", vni=42, port=4789, underlay="", peers=(), mtu=None, local=""
     )
 
 
 def test_vxlan_options_and_aliases() -> None:
+    """icc off keeps the bridge, where the firewall can drop traffic between containers."""
     cfg = vxlan({"vni": "7", "vxlan_port": "8472", "underlay": "eth1", "peers": " 192.0.2.2, 192.0.2.3,", "mtu": "1400", "icc": "false"})
     assert cfg == VxlanConfig(
         bridge="pno-7", device="pnx-7", vni=7, port=8472, underlay="eth1", peers=("192.0.2.2", "192.0.2.3"),
