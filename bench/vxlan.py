@@ -12,10 +12,10 @@ hits both alike.
 TCP is measured on four paths in the same rounds, each round in a rotated order: pynet, the
 overlay, the underlay itself (iperf3 between the two hosts' own addresses) and a bare pair of
 VXLAN devices (`BareVxlan`: pynet's device settings, no bridge, no veth, no netfilter inside),
-the ceiling VXLAN leaves on this machine; every path's iperf3 runs in a lab container (`Pair`). A fifth path, pynet with br_netfilter switched off in
-both hosts (`net.bridge.bridge-nf-call-iptables=0`, only while it runs), bounds what any way
-of keeping pynet's bridged frames out of netfilter could gain; Docker needs the setting on, so
-that path is a measurement, not an option.
+the ceiling VXLAN leaves on this machine; every path's iperf3 runs in a lab container (`Pair`).
+pynet's own path has no bridge either: containers are macvlan links of the VXLAN device
+(drivers/vxlan.py). An earlier fifth path, pynet's former bridge with br_netfilter switched
+off, measured what that change could gain (bench/README.md).
 
 Two figures are pynet's alone, taken on its socket: convergence (CreateEndpoint sent on host 1
 to the FDB entry for the endpoint's MAC appearing on host 2's VXLAN device, seen by `bridge
@@ -32,8 +32,8 @@ import re
 import secrets
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from bench.common import PluginClient, Row, iperf_gbits, percentile, print_table, rtt, run_time, start_peers
@@ -141,21 +141,6 @@ class BareVxlan(Pair):
                 run_cmd(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", *cmd])
 
 
-@contextmanager
-def bridge_netfilter_off(lab: Lab) -> Iterator[None]:
-    """br_netfilter off in every lab host (a per-namespace setting) for the duration: the upper
-    bound of keeping bridged frames out of netfilter. The per-bridge `nf_call_iptables 0` would
-    not do it: the kernel ORs it with this setting, which Docker turns on."""
-    key = "net.bridge.bridge-nf-call-iptables"
-    for host in lab.hosts:
-        host.run("sysctl", "-qw", f"{key}=0")
-    try:
-        yield
-    finally:
-        for host in lab.hosts:
-            host.run("sysctl", "-qw", f"{key}=1")
-
-
 @dataclass
 class Paths:
     """TCP samples per path, taken in rounds (one sample of every path per round)."""
@@ -185,7 +170,7 @@ def tcp_rounds(measures: dict[str, Callable[[], float]], rounds: int) -> Paths:
 
 
 RATIOS = (("pynet", "overlay"), ("pynet", "underlay"), ("bare-vxlan", "underlay"), ("pynet", "bare-vxlan"),
-          ("overlay", "underlay"), ("pynet-nf-off", "pynet"), ("pynet-nf-off", "overlay"))  # fmt: skip
+          ("overlay", "underlay"))  # fmt: skip
 
 
 def print_paths(paths: Paths, seconds: int) -> None:
@@ -376,10 +361,6 @@ def main(quick: bool = False, lab_name: str | None = None, docker: str = MACHINE
         def container_gbits(driver: str) -> Callable[[], float]:
             return lambda: iperf_gbits(h2, networks[driver], secs, driver, client=h1)
 
-        def without_netfilter() -> float:
-            with bridge_netfilter_off(lab):
-                return container_gbits("pynet")()
-
         with underlay(lab) as ul, BareVxlan(lab) as bare:
             paths = tcp_rounds(
                 {
@@ -387,7 +368,6 @@ def main(quick: bool = False, lab_name: str | None = None, docker: str = MACHINE
                     "overlay": container_gbits("docker"),
                     "underlay": lambda: ul.gbits(secs),
                     "bare-vxlan": lambda: bare.gbits(secs),
-                    "pynet-nf-off": without_netfilter,
                 },
                 n_iperf,
             )

@@ -244,6 +244,27 @@ def test_ports_v4() -> None:
     }
 
 
+def test_unbridged_network_masquerades_dnat_from_its_subnet_and_tracks_nothing_within() -> None:
+    """Macvlan links of a VXLAN device (drivers/vxlan.py): no frame between containers reaches
+    the host, so no NOTRACK; a container reaching a published port through the host (its own
+    or a neighbour's) is masqueraded, or the neighbour's reply would go to it straight."""
+    fw = firewall({"n1": rules(ports=PORTS, bridged=False)})
+    chains = own_chains(fw.render(4))
+    assert chains["PYNET-P-pnb-a"] == [
+        '-s 10.99.0.0/24 ! -o pnb-a -m comment --comment "pynet n1" -j MASQUERADE',
+        "-s 10.99.0.0/24 -o pnb-a -m conntrack --ctstate DNAT -j MASQUERADE",
+        "-o pnb-a -m addrtype --src-type LOCAL -j MASQUERADE",
+    ]
+    assert chains["PYNET-T-pnb-a"] == []
+    bridged = own_chains(firewall({"n1": rules(ports=PORTS)}).render(4))
+    assert {k: v for k, v in chains.items() if k[:8] not in ("PYNET-P-", "PYNET-T-")} == {
+        k: v for k, v in bridged.items() if k[:8] not in ("PYNET-P-", "PYNET-T-")
+    }
+    assert own_chains(firewall({"n1": rules(bridged=False)}).render(4))["PYNET-P-pnb-a"] == [
+        '-s 10.99.0.0/24 ! -o pnb-a -m comment --comment "pynet n1" -j MASQUERADE'
+    ], "nothing published: nothing to masquerade within"
+
+
 def test_ports_v6() -> None:
     fw = firewall({"n1": rules(subnets6=("fd00:99::1/64",), ports=PORTS)})
     assert own_chains(fw.render(6)) == {

@@ -228,6 +228,7 @@ def test_both_backends_write_the_same_chains() -> None:
         ("-p udp -j DROP", 4, "meta l4proto udp drop"),
         ("-m addrtype ! --dst-type LOCAL -j NOTRACK", 4, "fib daddr type != local notrack"),
         ("-m conntrack --ctstate DNAT -j ACCEPT", 4, "ct status dnat accept"),
+        ("-s 10.0.0.0/24 -o a -m conntrack --ctstate DNAT -j MASQUERADE", 4, 'ip saddr 10.0.0.0/24 oifname "a" ct status dnat masquerade'),
         (
             '-m comment --comment "pynet x y" -j DNAT --to-destination [fd00::2]:80',
             6,
