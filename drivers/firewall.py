@@ -14,6 +14,7 @@ go into pynet's own `ip pynet` / `ip6 pynet` tables instead, in one `nft -f -` p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -109,6 +110,15 @@ class NetRules:
                 _check_network(subnet, family)
         for port in self.ports:
             _check_port(port)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        """Once per value: every change looks each network's rules up in network_chains'
+        cache, and hashing every field anew took 0.4 ms per family at 250 networks."""
+        return hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
 
     def subnets(self, family: int) -> tuple[str, ...]:
         return tuple(
@@ -310,11 +320,15 @@ BUCKETED = (*(j.target for j in JUMPS), ISOLATION, ISOLATION_2)  # every shared 
 SHARED_OF = {f"{shared}-B{n}": shared for shared in BUCKETED for n in range(BUCKETS)}
 
 
-def bucket(shared: str, bridge: str) -> str:
-    """The bucket chain of SHARED that holds the jumps of the network on BRIDGE: stable across
-    restarts and hosts (crc32, not Python's salted hash)."""
-    return f"{shared}-B{zlib.crc32(bridge.encode()) % BUCKETS}"
+def slot(bridge: str) -> int:
+    """The bucket number of the network on BRIDGE, the same in every shared chain: stable
+    across restarts and hosts (crc32, not Python's salted hash)."""
+    return zlib.crc32(bridge.encode()) % BUCKETS
 
+
+def bucket(shared: str, bridge: str) -> str:
+    """The bucket chain of SHARED that holds the jumps of the network on BRIDGE."""
+    return f"{shared}-B{slot(bridge)}"
 
 
 @dataclass(frozen=True)
@@ -323,6 +337,7 @@ class NetChains:
 
     chains: tuple[tuple[str, str, tuple[str, ...]], ...]  # (table, chain, rules)
     jumps: tuple[tuple[str, str, str], ...]  # (table, bucket chain, rule)
+    slot: int  # its buckets' number: every network has a jump in each shared chain's bucket
 
 
 @functools.lru_cache(maxsize=4096)
@@ -353,7 +368,7 @@ def network_chains(family: int, key: str, r: NetRules, outsiders: tuple[str, ...
     )
     jumps = tuple((table, bucket(shared, b), rule) for table, shared, rule in to_shared)
     chains = tuple((table, own[letter], tuple(dict.fromkeys(rules[letter]))) for table, letter in OWN_CHAINS)
-    return NetChains(chains, jumps)
+    return NetChains(chains, jumps, slot(b))
 
 
 def input_rules(family: int, dns_address: str) -> list[str]:
@@ -375,10 +390,11 @@ class Written:
     others: tuple[str, ...]  # the bridges isolated from pynet's: a change rewrites every network
 
     @functools.cached_property
-    def buckets(self) -> frozenset[tuple[str, str]]:
-        """(table, bucket chain) of every bucket holding a jump of its networks. Once per
-        Written: a change compares the last one written with the next, which it then keeps."""
-        return frozenset(_buckets(self))
+    def slots(self) -> frozenset[int]:
+        """The numbers of the buckets holding its networks' jumps. Once per Written: a change
+        compares the last one written with the next, which it then keeps. By number, not by
+        (table, chain): the set of every jump's chain took 1 ms at 250 networks."""
+        return frozenset(net.slot for net in self.nets.values())
 
 
 # The nftables backend's tables as written: the base chains' hooks, and the chains per family.
@@ -454,7 +470,7 @@ def update_text(before: Written, after: Written, key: str) -> str:
     in its buckets added or deleted; a bucket is made with its first network and deleted with
     its last, so no line touches another network's rules. "" when nothing changed."""
     old, new = before.nets.get(key), after.nets.get(key)
-    was_held, held = before.buckets, after.buckets
+    was_held, held = before.slots, after.slots
     lines: dict[str, list[str]] = {t: [] for t in TABLES}
     for chain, rules in after.heads.items():  # both heads are in the filter table
         if rules != before.heads.get(chain, ()):
@@ -463,7 +479,7 @@ def update_text(before: Written, after: Written, key: str) -> str:
     if old is not None and (new is None or old.jumps != new.jumps):  # gone, or its bridge renamed
         for table, chain, rule in old.jumps:
             lines[table].append(f"-D {chain} {rule}")
-        for table, chain in sorted(_buckets(old) - held):  # it was the bucket's last network
+        for table, chain in sorted(_buckets(old)) if old.slot not in held else ():  # its buckets' last network
             lines[table] += [f"-D {SHARED_OF[chain]} -j {chain}", f":{chain} - [0:0]", f"-X {chain}"]
         for table, chain, _ in old.chains:
             lines[table] += [f":{chain} - [0:0]", f"-X {chain}"]
@@ -474,7 +490,7 @@ def update_text(before: Written, after: Written, key: str) -> str:
             if was.get((table, chain)) != rules:
                 lines[table] += [f":{chain} - [0:0]", *(f"-A {chain} {rule}" for rule in rules)]
         if old is None:
-            for table, chain in sorted(_buckets(new) - was_held):
+            for table, chain in sorted(_buckets(new)) if new.slot not in was_held else ():
                 lines[table] += [f":{chain} - [0:0]", f"-A {SHARED_OF[chain]} -j {chain}"]
             for table, chain, rule in new.jumps:
                 lines[table].append(f"-A {chain} {rule}")
@@ -482,10 +498,9 @@ def update_text(before: Written, after: Written, key: str) -> str:
     return "\n".join(text) + "\n" if text else ""
 
 
-def _buckets(w: Written | NetChains) -> set[tuple[str, str]]:
-    """(table, bucket chain) of every bucket holding a jump of W's networks (or of one network)."""
-    nets = w.nets.values() if isinstance(w, Written) else (w,)
-    return {(table, chain) for net in nets for table, chain, _ in net.jumps}
+def _buckets(net: NetChains) -> set[tuple[str, str]]:
+    """(table, bucket chain) of every bucket holding a jump of one network."""
+    return {(table, chain) for table, chain, _ in net.jumps}
 
 
 # -- jumps (pure) -----------------------------------------------------------------------------
@@ -794,20 +809,28 @@ class Firewall:
         self._written[family] = w
 
     async def _update(self, key: str) -> None:
-        """Network KEY's own chains and jumps, per family. Where the kernel no longer matches
-        what pynet wrote (a rule deleted by hand makes its `-D` fail), or what it wrote is
-        unknown, every chain is rewritten, with the jumps checked, as `apply` does."""
-        for family in self.families:
-            after = self._desired(family)
-            before = self._written.pop(family, None)
-            try:
-                if before is None or before.others != after.others:
-                    raise PynetError("pynet: the chains as written are unknown, or every network's changed")
-                if text := update_text(before, after, key):
-                    await self._restore(family, text)
-            except PynetError:
-                await self._write(family, after)
-            self._written[family] = after
+        """Network KEY's own chains and jumps, both families at once: each restore is a
+        process that mostly waits on the kernel (iptables-nft-restore lists the table's chains
+        before it commits, 3.0 ms at 10 networks and 5.3 ms at 250), so the two overlap."""
+        done = await asyncio.gather(*(self._update_family(f, key) for f in self.families), return_exceptions=True)
+        for outcome in done:  # both finished either way: the first error, as it was raised
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _update_family(self, family: int, key: str) -> None:
+        """Where the kernel no longer matches what pynet wrote (a rule deleted by hand makes
+        its `-D` fail), or what it wrote is unknown, every chain is rewritten, with the jumps
+        checked, as `apply` does."""
+        after = self._desired(family)
+        before = self._written.pop(family, None)
+        try:
+            if before is None or before.others != after.others:
+                raise PynetError("pynet: the chains as written are unknown, or every network's changed")
+            if text := update_text(before, after, key):
+                await self._restore(family, text)
+        except PynetError:
+            await self._write(family, after)
+        self._written[family] = after
 
     async def _write_nft(self) -> None:
         """pynet's nft tables replaced whole."""
