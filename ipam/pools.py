@@ -26,6 +26,7 @@ Choices where Docker leaves room:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
@@ -685,9 +686,18 @@ def _check_pool_options(options: Mapping[str, str] | None) -> None:
 
 
 def _check_overlap(subnet: IPNetwork, existing: list[IPNetwork]) -> None:
+    version, first, last = _span(subnet)
     for other in existing:
-        if other.version == subnet.version and other.overlaps(subnet):
+        other_version, other_first, other_last = _span(other)
+        if other_version == version and other_first <= last and first <= other_last:
             raise Conflict(f"pynet: --subnet {subnet} overlaps existing pool {other}")
+
+
+@functools.lru_cache(maxsize=16384)
+def _span(net: IPNetwork) -> tuple[int, int, int]:
+    """(family, first address, last address) as integers: `overlaps` on every pool of the set
+    took 0.5 ms of a RequestPool at 250 pools."""
+    return net.version, int(net.network_address), int(net.broadcast_address)
 
 
 def _address_field(gateway: bool, subnet: IPNetwork) -> str:
