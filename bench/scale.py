@@ -64,6 +64,7 @@ from typing import Any
 from bench import scale_vxlan
 from bench.common import PluginClient, percentile, save_plot, timed
 from lab import IMAGE, PLUGIN_SOCKET, Host, Lab
+from lab.cmd import unix_http
 from lab.releases import fetch
 from pynet.drivers.firewall import detect_flavour
 
@@ -234,8 +235,8 @@ def _print_decades(what: str, decades: list[Decade]) -> None:
         )
 
 
-def _docker_lab(name: str) -> Lab:
-    return Lab(name=name, hosts=1, etcd=False, docker=fetch(DOCKER_RELEASE))
+def _docker_lab(name: str, pynet_args: Sequence[str] = ()) -> Lab:
+    return Lab(name=name, hosts=1, etcd=False, docker=fetch(DOCKER_RELEASE), pynet_args=pynet_args)
 
 
 def containers(quick: bool, lab_name: str) -> None:
@@ -476,27 +477,70 @@ def _plot_restart(curve: list[Start]) -> None:
     print(f"\nplot: {path}")
 
 
+# pynet's Prometheus metrics on a socket in the lab host: the networks curve reads the time
+# pynet spent answering each docker command's requests, so what grows in pynet and what grows
+# in dockerd are told apart.
+METRICS_SOCKET = "/run/pynet-bench-metrics.sock"
+# The samples' series: each driver's docker command, end to end, and "pynet own", the part of
+# pynet's command spent in pynet's handlers (every request it made, IPAM included).
+OWN = "pynet own"
+
+
+def _pynet_seconds(host: Host) -> float:
+    """Seconds pynet has spent answering plugin requests so far (every method's histogram sum)."""
+    status, body = unix_http(str(host.inside(METRICS_SOCKET)), "GET", "/metrics")
+    if status != 200:
+        raise RuntimeError(f"pynet's metrics: HTTP {status}")
+    lines = body.decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("pynet_request_seconds_sum{"))
+
+
 def _network_samples(host: Host, count: int) -> dict[str, dict[str, list[float]]]:
     """Creates COUNT networks of each driver one by one, then removes them in reverse; the two
     drivers take turns, and who goes first swaps every time, so load drift hits both alike."""
-    times: dict[str, dict[str, list[float]]] = {op: {d: [0.0] * count for d in DRIVERS} for op in ("create", "rm")}
+    series = (*DRIVERS, OWN)
+    times: dict[str, dict[str, list[float]]] = {op: {d: [0.0] * count for d in series} for op in ("create", "rm")}
 
     def turns(i: int) -> list[str]:
         return list(DRIVERS) if i % 2 == 0 else list(DRIVERS)[::-1]
 
+    def sample(op: str, driver: str, i: int, cmd: tuple[str, ...]) -> None:
+        before = _pynet_seconds(host) if driver == "pynet" else 0.0
+        times[op][driver][i] = timed(partial(host.docker, *cmd))
+        if driver == "pynet":
+            times[op][OWN][i] = (_pynet_seconds(host) - before) * 1000
+
     for i in range(count):
         for driver in turns(i):
             args, prefix = DRIVERS[driver]
-            cmd = ("network", "create", *args, "--subnet", f"{prefix}.{i}.0/24", f"scale-{driver}-{i}")
-            times["create"][driver][i] = timed(partial(host.docker, *cmd))
+            name = f"scale-{driver}-{i}"
+            sample("create", driver, i, ("network", "create", *args, "--subnet", f"{prefix}.{i}.0/24", name))
         if (i + 1) % DECADE == 0:
             _progress("created", i + 1 - DECADE, times["create"])
     for i in reversed(range(count)):
         for driver in turns(i):
-            times["rm"][driver][i] = timed(partial(host.docker, "network", "rm", f"scale-{driver}-{i}"))
+            sample("rm", driver, i, ("network", "rm", f"scale-{driver}-{i}"))
         if i % DECADE == 0:
             _progress("removed", i, times["rm"])
     return times
+
+
+def _print_shares(op: str, samples: dict[str, list[float]]) -> None:
+    """pynet's command split into pynet's own handlers and the rest (dockerd, the CLI), by
+    decade, with the growth of each: last decade / first, and the mean of the last five / the
+    first five."""
+    rest = [end - own for end, own in zip(samples["pynet"], samples[OWN], strict=True)]
+    parts = {"pynet end to end": samples["pynet"], OWN: samples[OWN], "the rest": rest}
+    parts["Docker's bridge"] = samples["docker"]
+    medians = {k: [statistics.median(v[i : i + DECADE]) for i in range(0, len(v), DECADE)] for k, v in parts.items()}
+    print(f"\ndocker network {op}, ms, medians: pynet's command split into pynet's handlers and the rest")
+    print(f"{'networks':>10}" + "".join(f"{k:>18}" for k in parts))
+    for n, row in enumerate(zip(*medians.values(), strict=True)):
+        print(f"{n * DECADE:>5}-{n * DECADE + DECADE - 1:<4}" + "".join(f"{x:>18.1f}" for x in row))
+    five = max(1, min(5, len(next(iter(medians.values()))) // 2))
+    print(f"{'last/first':>10}" + "".join(f"{m[-1] / m[0]:>18.2f}" for m in medians.values()))
+    means = [statistics.mean(m[-five:]) / statistics.mean(m[:five]) for m in medians.values()]
+    print(f"{'5 vs 5':>10}" + "".join(f"{x:>18.2f}" for x in means))
 
 
 def _progress(done: str, first: int, samples: dict[str, list[float]]) -> None:
@@ -511,12 +555,13 @@ def networks(quick: bool, lab_name: str) -> None:
         f"\nnetworks: docker network create / rm, 0 to {count - 1} networks of each driver already there,"
         f" Docker {DOCKER_RELEASE}, load {_load()}"
     )
-    with _docker_lab(f"{lab_name}-net") as lab:
+    with _docker_lab(f"{lab_name}-net", ("--metrics-listen", METRICS_SOCKET)) as lab:
         times = _network_samples(lab.hosts[0], count)
     print(f"load at the end {_load()}")
     series: Series = {}
     for op, samples in times.items():
-        decades = _by_decade(samples)
+        _print_shares(op, samples)
+        decades = _by_decade({d: samples[d] for d in DRIVERS})
         print(f"\ndocker network {op}, ms (networks of the driver already on the host)")
         _print_decades("networks", decades)
         first, last = decades[0], decades[-1]
