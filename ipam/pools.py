@@ -26,7 +26,6 @@ Choices where Docker leaves room:
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
 import random
@@ -72,6 +71,8 @@ from pynet.ipam.netmath import (
     parse_ip_or_cidr,
     parse_sub_pool,
     parse_subnet,
+    span,
+    spans_overlap,
     to_address,
     usable_exclusions,
 )
@@ -686,18 +687,10 @@ def _check_pool_options(options: Mapping[str, str] | None) -> None:
 
 
 def _check_overlap(subnet: IPNetwork, existing: list[IPNetwork]) -> None:
-    version, first, last = _span(subnet)
+    mine = span(subnet)
     for other in existing:
-        other_version, other_first, other_last = _span(other)
-        if other_version == version and other_first <= last and first <= other_last:
+        if spans_overlap(mine, span(other)):
             raise Conflict(f"pynet: --subnet {subnet} overlaps existing pool {other}")
-
-
-@functools.lru_cache(maxsize=16384)
-def _span(net: IPNetwork) -> tuple[int, int, int]:
-    """(family, first address, last address) as integers: `overlaps` on every pool of the set
-    took 0.5 ms of a RequestPool at 250 pools."""
-    return net.version, int(net.network_address), int(net.broadcast_address)
 
 
 def _address_field(gateway: bool, subnet: IPNetwork) -> str:
