@@ -479,8 +479,9 @@ def update_text(before: Written, after: Written, key: str) -> str:
     if old is not None and (new is None or old.jumps != new.jumps):  # gone, or its bridge renamed
         for table, chain, rule in old.jumps:
             lines[table].append(f"-D {chain} {rule}")
-        for table, chain in sorted(_buckets(old)) if old.slot not in held else ():  # its buckets' last network
-            lines[table] += [f"-D {SHARED_OF[chain]} -j {chain}", f":{chain} - [0:0]", f"-X {chain}"]
+        if old.slot not in held:  # it was its buckets' last network
+            for table, chain in sorted(_buckets(old)):
+                lines[table] += [f"-D {SHARED_OF[chain]} -j {chain}", f":{chain} - [0:0]", f"-X {chain}"]
         for table, chain, _ in old.chains:
             lines[table] += [f":{chain} - [0:0]", f"-X {chain}"]
         old = None
@@ -490,8 +491,9 @@ def update_text(before: Written, after: Written, key: str) -> str:
             if was.get((table, chain)) != rules:
                 lines[table] += [f":{chain} - [0:0]", *(f"-A {chain} {rule}" for rule in rules)]
         if old is None:
-            for table, chain in sorted(_buckets(new)) if new.slot not in was_held else ():
-                lines[table] += [f":{chain} - [0:0]", f"-A {SHARED_OF[chain]} -j {chain}"]
+            if new.slot not in was_held:  # its buckets' first network
+                for table, chain in sorted(_buckets(new)):
+                    lines[table] += [f":{chain} - [0:0]", f"-A {SHARED_OF[chain]} -j {chain}"]
             for table, chain, rule in new.jumps:
                 lines[table].append(f"-A {chain} {rule}")
     text = [line for table, changes in lines.items() if changes for line in (f"*{table}", *changes, "COMMIT")]
