@@ -37,7 +37,8 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import ClassVar
 
 from msgspec.structs import replace
@@ -131,6 +132,16 @@ def _gateway_mac(net: Network) -> str:
     return vni_mac(config_of(net, VxlanConfig).vni)
 
 
+async def _in_order(
+    cfg: VxlanConfig, segment: Callable[[], Awaitable[object]], device: Callable[[], Awaitable[None]]
+) -> None:
+    """The segment and the VXLAN device, each once, in the order one needs the other: the
+    device first when the segment's links are its own (`lower`), else after the bridge it joins."""
+    first, then = (device, segment) if cfg.lower else (segment, device)
+    await first()
+    await then()
+
+
 class VxlanBackend(SegmentEndpoints):
     """A segment (held, not inherited from the bridge mode) plus the control plane."""
 
@@ -201,11 +212,8 @@ class VxlanBackend(SegmentEndpoints):
         cfg = replace(cfg, local=local, mtu=mtu, owns_bridge=await self.segment.owns(cfg))
         net = replace(net, config=cfg)
         async with undo_on_failure(lambda: self.delete_network(net)):
-            if cfg.lower:  # the segment's links are the device's
-                await self._ensure_device(cfg, link)
-            await self.segment.create(net, vni_mac(cfg.vni))
-            if not cfg.lower:  # a port of the segment's bridge
-                await self._ensure_device(cfg, link)
+            segment = partial(self.segment.create, net, _gateway_mac(net))
+            await _in_order(cfg, segment, partial(self._ensure_device, cfg, link))
             faults.hit("vxlan.create.after_device")
             await self._register(cfg)
         return cfg
@@ -253,7 +261,7 @@ class VxlanBackend(SegmentEndpoints):
         """The VXLAN device, up: a port of the bridge, or (`lower`) on its own. With `view`
         (reconcile's), a device it shows in place costs no request."""
         seen = view.links.get(cfg.device) if view else None
-        if seen is not None and seen.kind == "vxlan" and seen.up and view is not None:
+        if view is not None and seen is not None and seen.kind == "vxlan" and seen.up:
             bridge_seen = view.links.get(cfg.bridge)
             if cfg.lower or (bridge_seen is not None and seen.master == bridge_seen.index):
                 return
@@ -312,21 +320,22 @@ class VxlanBackend(SegmentEndpoints):
         network whose bridge or underlay fails is left out, and the others still come up."""
         # A device first where the segment's links are its own: a network whose device fails
         # is named for that, not for its gateway link that could not follow.
+        # (`_in_order`, for every network at once.)
         lowered = [n for n in nets if config_of(n, VxlanConfig).lower]
         failed = await restore_each(lowered, lambda n: self._device(n, view))
         failed = {**await self.segment.reconcile(nets, eps, _gateway_mac, view), **failed}
+        bridged = [n for n in nets if n.id not in failed and not config_of(n, VxlanConfig).lower]
+        failed |= await restore_each(bridged, lambda n: self._device(n, view))
         grouped = by_network(eps)
         failed |= await restore_each(
-            [n for n in nets if n.id not in failed], lambda n: self._attach(n, grouped.get(n.id, []), view)
+            [n for n in nets if n.id not in failed], lambda n: self._register_all(n, grouped.get(n.id, []))
         )
         return failed
 
     async def restore(self, net: Network, eps: list[Endpoint]) -> None:
         cfg = config_of(net, VxlanConfig)
-        if cfg.lower:
-            await self._device(net)
-        await self.segment.restore(net, _gateway_mac(net), eps)
-        await self._attach(net, eps)
+        await _in_order(cfg, partial(self.segment.restore, net, _gateway_mac(net), eps), partial(self._device, net))
+        await self._register_all(net, eps)
 
     async def _device(self, net: Network, view: HostView | None = None) -> None:
         """The network's VXLAN device on the underlay address its record holds (the address
@@ -340,10 +349,9 @@ class VxlanBackend(SegmentEndpoints):
             raise PynetError(f"pynet: the underlay {underlay} of VNI {cfg.vni} is not on this host")
         await self._ensure_device(cfg, link, host)
 
-    async def _attach(self, net: Network, eps: list[Endpoint], view: HostView | None = None) -> None:
-        """The device (`_device`), its VTEP and endpoints registered."""
+    async def _register_all(self, net: Network, eps: list[Endpoint]) -> None:
+        """The network's VTEP and endpoints registered, and its device attached to the peer sync."""
         cfg = config_of(net, VxlanConfig)
-        await self._device(net, view)
         await self._register(cfg)
         for ep in eps:
             await self._register_endpoint(cfg, ep)
