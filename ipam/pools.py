@@ -54,10 +54,10 @@ from pynet.ipam.layout import (
     AddrRecord,
     Keys,
     PoolId,
+    Poolset,
     decode,
     decode_poolset,
     encode,
-    encode_poolset,
 )
 from pynet.ipam.netmath import (
     IPAddress,
@@ -71,8 +71,6 @@ from pynet.ipam.netmath import (
     parse_ip_or_cidr,
     parse_sub_pool,
     parse_subnet,
-    span,
-    spans_overlap,
     to_address,
     usable_exclusions,
 )
@@ -318,7 +316,8 @@ class Ipam:
             if meta is not None and subnet in existing:
                 done = await self._join_pool(subnet, meta, pid)
             else:
-                _check_overlap(subnet, [n for n in existing if n != subnet])
+                if (other := existing.overlapping(subnet)) is not None:
+                    raise Conflict(f"pynet: --subnet {subnet} overlaps existing pool {other}")
                 done = await self._create_pool(subnet, pid, poolset, existing)
             if done:
                 return
@@ -343,14 +342,14 @@ class Ipam:
         return ok
 
     async def _create_pool(
-        self, subnet: IPNetwork, pid: PoolId, poolset: KeyValue | None, existing: list[IPNetwork]
+        self, subnet: IPNetwork, pid: PoolId, poolset: KeyValue | None, existing: Poolset
     ) -> bool:
         meta_key = self.keys.meta(subnet)
         meta = encode({"subnet": str(subnet), "host": self.host, "time": time.time(), INDEXED: 1})
         ok = await self.store.txn(
             [_unchanged_or_absent(poolset, self.keys.poolset), Compare.absent(meta_key)],
             [
-                Put(self.keys.poolset, encode_poolset(_with(existing, subnet))),
+                Put(self.keys.poolset, existing.encode_with(subnet)),
                 Put(meta_key, meta),
                 Put(self.keys.host(subnet, self.host), self._host_record(pid)),
             ],
@@ -367,7 +366,7 @@ class Ipam:
         for attempt in range(MAX_ATTEMPTS):
             poolset = await self.store.get(self.keys.poolset)
             existing = decode_poolset(poolset.value if poolset else None)
-            subnet = first_free_subnet(ranges, existing + routes)
+            subnet = first_free_subnet(ranges, [*existing, *routes])
             if subnet is None:
                 raise Exhausted(
                     f"pynet: no free {family(v6)} subnet left in the default pools "
@@ -399,7 +398,7 @@ class Ipam:
             [Compare.unchanged(meta), _unchanged_or_absent(poolset, self.keys.poolset)],
             [
                 Delete(self.keys.pool(subnet), prefix=True),
-                Put(self.keys.poolset, encode_poolset([n for n in existing if n != subnet])),
+                Put(self.keys.poolset, existing.encode_without(subnet)),
             ],
         )
         if ok:
@@ -686,13 +685,6 @@ def _check_pool_options(options: Mapping[str, str] | None) -> None:
         raise InvalidRequest(f"pynet: unsupported --ipam-opt {given}: pynet's IPAM has no options")
 
 
-def _check_overlap(subnet: IPNetwork, existing: list[IPNetwork]) -> None:
-    mine = span(subnet)
-    for other in existing:
-        if spans_overlap(mine, span(other)):
-            raise Conflict(f"pynet: --subnet {subnet} overlaps existing pool {other}")
-
-
 def _address_field(gateway: bool, subnet: IPNetwork) -> str:
     if gateway:
         return "--gateway"
@@ -733,10 +725,6 @@ def _gave_up(subnet: IPNetwork | None) -> Conflict:
 
 def _unchanged_or_absent(kv: KeyValue | None, key: str) -> Compare:
     return Compare.unchanged(kv) if kv is not None else Compare.absent(key)
-
-
-def _with(nets: list[IPNetwork], net: IPNetwork) -> list[IPNetwork]:
-    return nets if net in nets else [*nets, net]
 
 
 async def _backoff(attempt: int) -> None:
