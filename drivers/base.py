@@ -103,7 +103,7 @@ class PortMap(msgspec.Struct, frozen=True):
         return f"{f'[{host}]' if ':' in host else host}:{self.host_port}->{self.container_port}/{self.proto}"
 
 
-class Network(msgspec.Struct):
+class Network(msgspec.Struct, frozen=True):
     id: str
     mode: str  # "bridge" | "macvlan" | "vxlan"
     options: dict[str, str]  # the user's `-o` options, as given

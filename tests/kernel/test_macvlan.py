@@ -68,9 +68,6 @@ async def main() -> None:
             args.append(await nl.host_view())  # serve's one look at the host, shared by every mode
         try:
             result = await getattr(backend, req["method"])(*args)
-            if req["method"] == "create_network":
-                # What the plugin stores: the record with the settings create resolved.
-                args[0] = msgspec.structs.replace(args[0], config=result)
             reply = {"result": result, "args": args}
         except Exception as e:
             reply = {"error": type(e).__name__, "message": str(e)}
@@ -174,11 +171,15 @@ class Backend:
         if "error" in reply:
             raise RemoteError(reply["error"], reply["message"])
         for old, new in zip(args, reply["args"]):
-            if isinstance(old, msgspec.Struct):
+            if isinstance(old, msgspec.Struct) and not old.__struct_config__.frozen:  # an Endpoint the backend filled in
                 changed = msgspec.convert(new, type(old))
                 for field in old.__struct_fields__:
                     setattr(old, field, getattr(changed, field))
         return reply["result"]
+
+    def create_network(self, net: Network) -> Network:
+        """The record as the plugin stores it: with the settings create resolved."""
+        return msgspec.structs.replace(net, config=msgspec.convert(self.call("create_network", net), MacvlanConfig))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -204,8 +205,7 @@ def network(options: dict[str, str], *subnets: Subnet, internal: bool = False) -
     """A record as the plugin makes it: options parsed before anything is created."""
     net = Network(id=secrets.token_hex(32), mode="macvlan", options=options, config=MacvlanConfig(parent=""),
                   ipv4=list(subnets or (LAN,)), internal=internal)
-    net.config = MacvlanBackend(Netlink(), LINK_PREFIXES).parse_options(options, net)
-    return net
+    return msgspec.structs.replace(net, config=MacvlanBackend(Netlink(), LINK_PREFIXES).parse_options(options, net))
 
 
 def endpoint(mv: Backend, net: Network, address: str) -> Endpoint:
@@ -240,7 +240,7 @@ def vlan_supported(lab: Lab) -> bool:
 
 def test_a_container_reaches_the_lan_through_the_parent(lab: Lab, mv: Backend) -> None:
     net = network({"parent": "eth0"})
-    mv.call("create_network", net)
+    net = mv.create_network(net)
     assert isinstance(net.config, MacvlanConfig) and net.config.mtu == PARENT_MTU, "the parent's MTU by default"
     ep = endpoint(mv, net, "10.20.0.10/24")
     assert (ep.ifname, ep.peer, ep.mac) == ("", "pnv-" + ep.id[:11], "02:42:0a:14:00:0a")
@@ -262,7 +262,7 @@ def test_a_container_reaches_the_lan_through_the_parent(lab: Lab, mv: Backend) -
 @pytest.mark.parametrize("mode, siblings_meet", [("bridge", True), ("private", False)])
 def test_containers_on_one_parent_meet_in_bridge_mode_only(lab: Lab, mv: Backend, mode: str, siblings_meet: bool) -> None:
     net = network({"parent": "eth0", "macvlan_mode": mode})
-    mv.call("create_network", net)
+    net = mv.create_network(net)
     ep1, c1 = start(mv, lab, net, "c1", "10.20.0.11/24")
     ep2, c2 = start(mv, lab, net, "c2", "10.20.0.12/24")
     assert f"macvlan mode {mode}" in sh("ip", "-d", "-n", c1, "link", "show", "eth0")
@@ -272,7 +272,7 @@ def test_containers_on_one_parent_meet_in_bridge_mode_only(lab: Lab, mv: Backend
 
 def test_passthru_gives_the_parent_to_one_container(lab: Lab, mv: Backend) -> None:
     net = network({"parent": "eth0", "macvlan_mode": "passthru"})
-    mv.call("create_network", net)
+    net = mv.create_network(net)
     ep, ctr = start(mv, lab, net, "c1", "10.20.0.13/24")
     assert f"link/ether {ep.mac} " in lab.show("eth0", "link"), "a passthru link has the parent's MAC"
     assert lab.pings(ctr, "10.20.0.2")
@@ -286,7 +286,7 @@ def test_passthru_gives_the_parent_to_one_container(lab: Lab, mv: Backend) -> No
 
 def test_the_shim_lets_the_host_reach_its_containers(lab: Lab, mv: Backend) -> None:
     net = network({"parent": "eth0", "host_shim": "10.20.0.250/24"})
-    mv.call("create_network", net)
+    net = mv.create_network(net)
     shim = "pns-" + net.id[:11]
     assert "macvlan mode bridge" in lab.show(shim, "link")
     assert "10.20.0.250/24" in lab.show(shim, "addr") and "noprefixroute" in lab.show(shim, "addr")
@@ -311,7 +311,7 @@ def test_the_shim_lets_the_host_reach_its_containers(lab: Lab, mv: Backend) -> N
 def test_an_internal_network_is_a_segment_of_its_own(lab: Lab, mv: Backend) -> None:
     # The LAN's subnet on purpose: were the segments joined, the peer would answer.
     net = network({}, Subnet("10.20.0.0/24", "10.20.0.1/24"), internal=True)
-    mv.call("create_network", net)
+    net = mv.create_network(net)
     parent = "pnm-" + net.id[:11]
     assert net.config == MacvlanConfig(parent=parent, mtu=1500), "internal: its own port-less parent"
     assert "inet " not in lab.show(parent, "addr"), "no address: the host is not on it"
@@ -332,11 +332,12 @@ def test_deleting_networks_removes_every_link_pynet_made(lab: Lab, mv: Backend) 
                        internal=True)
     records: list[tuple[Network, list[Endpoint]]] = []
     for net, prefix in ((lan, "10.20.0"), (internal, "10.30.0")):
-        mv.call("create_network", net)
+        net = mv.create_network(net)
         never_joined = endpoint(mv, net, f"{prefix}.30/24")
-        ran, ctr = start(mv, lab, net, "c1" if net is lan else "c2", f"{prefix}.31/24")
+        name = "c1" if prefix == "10.20.0" else "c2"
+        ran, ctr = start(mv, lab, net, name, f"{prefix}.31/24")
         assert lab.pings(lab.host, f"{prefix}.31"), "the shim works on an internal network too"
-        lab.detach(ran.peer, "c1" if net is lan else "c2")
+        lab.detach(ran.peer, name)
         records.append((net, [never_joined, ran]))
     assert len(lab.ours()) == 2 * 2 + 2 + 1  # endpoints, shims, the internal parent
 
@@ -373,8 +374,8 @@ def test_bad_parents_are_named_and_leave_nothing(lab: Lab, mv: Backend) -> None:
 def test_networks_share_a_parent_unless_they_clash(lab: Lab, mv: Backend) -> None:
     first = network({"parent": "eth0"}, Subnet("10.20.0.0/25", "10.20.0.2/25"))
     second = network({"parent": "eth0"}, Subnet("10.20.0.128/25", "10.20.0.129/25"))
-    mv.call("create_network", first)
-    mv.call("create_network", second)
+    first = mv.create_network(first)
+    second = mv.create_network(second)
     ep1, c1 = start(mv, lab, first, "c1", "10.20.0.10/25")
     ep2, c2 = start(mv, lab, second, "c2", "10.20.0.140/25")
     assert lab.pings(c1, "10.20.0.2")
@@ -386,7 +387,7 @@ def test_networks_share_a_parent_unless_they_clash(lab: Lab, mv: Backend) -> Non
     ]
     for net, message in clashes:
         with pytest.raises(RemoteError, match=message) as err:
-            mv.call("create_network", net)
+            net = mv.create_network(net)
         assert err.value.kind == "Conflict"
     assert lab.links() == before
     mv.call("delete_network", second)
@@ -417,9 +418,9 @@ def test_a_vlan_parent_is_made_shared_and_removed_with_its_last_network(lab: Lab
     sh("ip", "-n", lab.peer, "link", "set", "eth0.10", "up")
     first = network({"parent": "eth0.10"}, Subnet("10.40.0.0/25", "10.40.0.2/25"))
     second = network({"parent": "eth0.10"}, Subnet("10.40.0.128/25", "10.40.0.129/25"))
-    mv.call("create_network", first)
+    first = mv.create_network(first)
     assert "vlan protocol 802.1Q id 10" in lab.show("eth0.10", "link")
-    mv.call("create_network", second)
+    second = mv.create_network(second)
     vlan_created = [n.config.vlan_created for n in (first, second) if isinstance(n.config, MacvlanConfig)]
     assert vlan_created == [True, True], "the second network inherits ownership"
 
@@ -434,7 +435,7 @@ def test_a_vlan_parent_is_made_shared_and_removed_with_its_last_network(lab: Lab
     sh("ip", "-n", lab.host, "link", "add", "link", "eth0", "name", "eth0.20", "type", "vlan", "id", "20")
     sh("ip", "-n", lab.host, "link", "set", "eth0.20", "up")
     users = network({"parent": "eth0.20"})
-    mv.call("create_network", users)
+    users = mv.create_network(users)
     assert isinstance(users.config, MacvlanConfig) and users.config.vlan_created is False
     mv.call("delete_network", users)
     assert "eth0.20" in lab.links(), "a sub-interface the user made stays"
@@ -446,8 +447,8 @@ def test_a_vlan_parent_is_made_shared_and_removed_with_its_last_network(lab: Lab
 def test_reconcile_restores_what_is_missing(lab: Lab, mv: Backend, tmp_path: Path) -> None:
     lan = network({"parent": "eth0", "host_shim": "10.20.0.250/32"})
     internal = network({}, Subnet("10.30.0.0/24"), internal=True)
-    mv.call("create_network", lan)
-    mv.call("create_network", internal)
+    lan = mv.create_network(lan)
+    internal = mv.create_network(internal)
     ep, ctr = start(mv, lab, lan, "c1", "10.20.0.10/24")
     mv.stop()
     # While pynet is down its shim and internal parent vanish (orphan links are the daemon's
