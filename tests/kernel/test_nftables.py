@@ -213,10 +213,10 @@ async def test_changes_leave_the_tables_a_whole_write_makes(fw: Firewall) -> Non
     assert pynet_chains() == changed
     assert connect("ext", "198.18.0.1", 8080) == "198.18.0.2"
     assert connect("ctr2", "198.18.0.2", 80) is None, "b's accepts went with it"
-    in_ns("host", "nft", "delete", "table", "ip6", "pynet")
+    in_ns("host", "nft", "delete", "table", "ip", "pynet")
     await fw.set("b", NET_B)
     assert connect("ctr2", "198.18.0.2", 80) == "198.18.0.1"
-    assert '"pnfw-b"' in pynet_chains()["ip6"][bucket("PYNET-ISOLATION-2", "pnfw-b")], "the tables written whole"
+    assert '"pnfw-b"' in pynet_chains()["ip"][bucket("PYNET-ISOLATION-2", "pnfw-b")], "the tables written whole"
 
 
 async def test_docker_forward_drop_policy_wins_and_doctor_says_so(fw: Firewall) -> None:

@@ -140,12 +140,18 @@ async def test_one_change_writes_the_same_few_lines_with_5_or_50_networks(change
     for n in (5, 50):
         fw, kernel = await filled(n)
         if change == "create":
+            changed = [net(99)]
             await fw.set("new", net(99))
         elif change == "publish":
-            await fw.set("n3", replace(net(3), internal=False, ports=(PortMap("tcp", "", 30000, "10.3.0.9", 80),)))
+            changed = [net(3), replace(net(3), internal=False, ports=(PortMap("tcp", "", 30000, "10.3.0.9", 80),))]
+            await fw.set("n3", changed[1])
         else:
+            changed = [net(3)]
             await fw.remove("n3")
-        assert len(kernel.restores) == 2, "one restore per family"
+        families = [f for f in (4, 6) if any(r.in_family(f) for r in changed)]
+        assert [binary.split("-")[0] for binary, _ in kernel.restores] == [
+            {4: "iptables", 6: "ip6tables"}[f] for f in families
+        ], "one restore per family the network is in"
         lines = restore_lines(kernel)
         flushed = {line.split()[0][1:] for line in lines if line[0] == ":"}
         assert flushed <= chains_of("pnb-3", "pnb-99"), "only the network's own chains and buckets"

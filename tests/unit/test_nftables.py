@@ -188,13 +188,16 @@ def test_internal_network_without_icc_in_ip6() -> None:
 
 
 def test_every_network_is_closed_in_each_family_it_has() -> None:
-    """An IPv4-only network is closed in ip6 too (a peer could route IPv6 to its bridge); an
-    IPv6-only one is absent from `ip pynet`, as from iptables."""
+    """A default IPv4-only network is absent from `ip6 pynet`, as Docker's is from its ip6
+    tables; one with icc off is closed in ip6 too (its containers' link-local IPv6 crosses the
+    bridge); an IPv6-only one is absent from `ip pynet`, as from iptables."""
     v6only = rules("pnb-six", subnets4=(), subnets6=("fd00:97::/64",), ipv4=False, icc=False)
     fw = Firewall("nftables")
-    fw.desired.update({"n4": rules(), "n6": v6only})
+    fw.desired.update({"n4": rules(), "n4c": rules("pnb-c", icc=False), "n6": v6only})
     ip, _, ip6 = fw.render_nft().partition("table ip6 pynet {\n")
-    assert _chain(ip, "PYNET-F-pnb-a")[-1] == _chain(ip6, "PYNET-F-pnb-a")[-1] == 'oifname "pnb-a" drop'
+    assert _chain(ip, "PYNET-F-pnb-a")[-1] == 'oifname "pnb-a" drop'
+    assert "pnb-a" not in ip6
+    assert _chain(ip, "PYNET-F-pnb-c")[-1] == _chain(ip6, "PYNET-F-pnb-c")[-1] == 'oifname "pnb-c" drop'
     assert _chain(ip6, "PYNET-F-pnb-six")[-2:] == ['iifname "pnb-six" oifname "pnb-six" drop', 'oifname "pnb-six" drop']
     assert "pnb-six" not in ip
 
